@@ -1,0 +1,366 @@
+"""The cached bench: measured PTQ accuracy of many bit configurations, in one SQLite file.
+
+Building (``build_bench``) commits each result as it finishes and resumes after a crash;
+reading (``Bench``) gives immutable arrays, NAS-Bench-201 style.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from benchmark.data import calibration_batch, data_fingerprint, load_split
+from benchmark.models import check_model_name, checkpoint_path, load_model
+from benchmark.ptq import (
+    CLIP_GRID,
+    DEFAULT_BITS,
+    QuantSim,
+    bops,
+    check_bits,
+    layer_table,
+    state_fingerprint,
+)
+
+SCHEMA_VERSION = 1
+SHIPPED = Path(__file__).resolve().parent / "benches"
+# Meta keys that must agree before results may be added to an existing file.
+IDENTITY_KEYS = (
+    "schema_version",
+    "model",
+    "model_fingerprint",
+    "data_fingerprint",
+    "quantizer",
+    "candidates",
+    "act_bits",
+    "sample_seed",
+)
+
+
+class BenchError(ValueError):
+    """A bench file is missing, corrupt, or does not match the requested settings."""
+
+
+def default_bench(model: str = "resnet20") -> Path:
+    """Path of a shipped bench file."""
+    return SHIPPED / f"{check_model_name(model)}.sqlite"
+
+
+def config_key(w_bits: Sequence[int], a_bits: Sequence[int]) -> str:
+    """Primary key of a configuration: ``"w1,w2,...|a1,a2,..."``."""
+    return ",".join(map(str, w_bits)) + "|" + ",".join(map(str, a_bits))
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """Everything that determines a bench's measurements (picklable, sent to workers)."""
+
+    model: str
+    checkpoint: str
+    candidates: tuple[int, ...] = DEFAULT_BITS
+    act_bits: int = 8
+    calib_images: int = 512
+    calib_seed: int = 0
+    clip_grid: int = CLIP_GRID
+    rounding: str = "nearest"
+
+    def quantizer(self) -> dict:
+        return {
+            "weights": "per-channel symmetric narrow-range, MSE clipping",
+            "activations": "per-tensor asymmetric, min/max calibration",
+            "clip_grid": self.clip_grid,
+            "calib_images": self.calib_images,
+            "calib_seed": self.calib_seed,
+            "rounding": self.rounding,
+        }
+
+
+@lru_cache(maxsize=2)
+def _simulator(spec: BenchSpec) -> tuple[QuantSim, torch.Tensor, torch.Tensor]:
+    """Per-process quantization simulator and test set (built once per worker)."""
+    model = load_model(spec.model, spec.checkpoint)
+    calib, _ = calibration_batch(spec.calib_images, spec.calib_seed)
+    x, y = load_split("test")
+    return QuantSim(model, calib, spec.clip_grid), x, y
+
+
+def measure(spec: BenchSpec, w_bits: Sequence[int], a_bits: Sequence[int], threads: int = 0):
+    """Measure one configuration on the full test set: (key, top1, loss, seconds)."""
+    if threads:
+        torch.set_num_threads(threads)
+    sim, x, y = _simulator(spec)
+    start = time.perf_counter()
+    sim.set_config(list(w_bits), list(a_bits))
+    top1, loss = sim.evaluate(x, y)
+    return config_key(w_bits, a_bits), top1, loss, time.perf_counter() - start
+
+
+def sample_configs(
+    num_layers: int, n: int, seed: int, candidates: Sequence[int] = DEFAULT_BITS
+) -> list[tuple[int, ...]]:
+    """The uniform configurations, then ``n`` distinct i.i.d. uniform random ones.
+
+    The sequence is prefix-stable: asking for more configurations extends it.
+    """
+    cands = np.asarray(sorted(candidates))
+    out = [tuple([int(b)] * num_layers) for b in cands]
+    seen = set(out)
+    rng = np.random.default_rng(seed)
+    while len(out) < n + len(cands):
+        row = tuple(int(b) for b in cands[rng.integers(0, len(cands), num_layers)])
+        if row not in seen:
+            seen.add(row)
+            out.append(row)
+    return out
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS results (config TEXT PRIMARY KEY, idx INTEGER NOT NULL,"
+            " top1 REAL NOT NULL, loss REAL NOT NULL, bops REAL NOT NULL, seconds REAL NOT NULL)"
+        )
+    except sqlite3.DatabaseError as exc:
+        con.close()
+        raise BenchError(f"{path} is not a valid bench file ({exc}); choose another --out") from exc
+    return con
+
+
+def _read_meta(con: sqlite3.Connection) -> dict:
+    return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+
+
+def _mismatch(old: dict, new: dict) -> list[str]:
+    return [k for k in IDENTITY_KEYS if k in old and old[k] != new[k]]
+
+
+def build_bench(
+    model: str,
+    n_configs: int,
+    seed: int,
+    out: Path | str,
+    jobs: int = 1,
+    checkpoint: Path | str | None = None,
+    candidates: Sequence[int] = DEFAULT_BITS,
+    act_bits: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Measure ``n_configs`` random configurations (plus the uniform ones) into ``out``.
+
+    Each result is committed as it finishes; rerunning the same command resumes. Results
+    are never mixed with a file whose model, data or quantizer fingerprints differ.
+    """
+    check_model_name(model)
+    if n_configs < 0:
+        raise ValueError(f"--configs must be >= 0, got {n_configs}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    check_bits(candidates, range(2, 17), "candidate bit-width")
+    check_bits([act_bits], range(2, 17), "activation bit-width")
+    ckpt = Path(checkpoint or checkpoint_path(model)).resolve()
+    spec = BenchSpec(model, str(ckpt), tuple(sorted(int(c) for c in candidates)), int(act_bits))
+    net = load_model(model, ckpt)
+    layers = layer_table(net)
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "model": model,
+        "model_fingerprint": state_fingerprint(net),
+        "data_fingerprint": data_fingerprint("test"),
+        "quantizer": spec.quantizer(),
+        "candidates": list(spec.candidates),
+        "act_bits": spec.act_bits,
+        "sample_seed": seed,
+        "layers": [layer.to_dict() for layer in layers],
+        "test_images": 10000,
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    con = _connect(out)
+    try:
+        old = _read_meta(con)
+        bad = _mismatch(old, meta)
+        if bad:
+            raise BenchError(
+                f"{out} was built with different {', '.join(bad)}; refusing to mix results "
+                "(use another --out, or the settings the file was built with)"
+            )
+        if "fp_top1" not in old:
+            sim, x, y = _simulator(spec)
+            sim.set_fp()
+            meta["fp_top1"], meta["fp_loss"] = sim.evaluate(x, y)
+        with con:
+            for k, v in meta.items():
+                if k not in old:
+                    con.execute("INSERT INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+        configs = sample_configs(len(layers), n_configs, seed, spec.candidates)
+        abits = (spec.act_bits,) * len(layers)
+        done = {row[0] for row in con.execute("SELECT config FROM results")}
+        index = {config_key(c, abits): i for i, c in enumerate(configs)}
+        todo = [c for c in configs if config_key(c, abits) not in done]
+        macs = [layer.macs for layer in layers]
+        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+        bar = tqdm(
+            total=len(configs), initial=len(configs) - len(todo), disable=not progress,
+            desc=f"bench {model}", unit="cfg",
+        )  # fmt: skip
+        results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+            delayed(measure)(spec, c, abits, threads) for c in todo
+        )
+        for key, top1, loss, secs in results:
+            w = [int(b) for b in key.split("|")[0].split(",")]
+            with con:
+                con.execute(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, index[key], top1, loss, bops(macs, w, abits), secs),
+                )
+            bar.update(1)
+        bar.close()
+        total = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    finally:
+        con.close()
+    return {"path": str(out), "configs": total, "measured": len(todo)}
+
+
+class Bench:
+    """A read-only bench: arrays of configurations and their measured accuracy.
+
+    Open with ``Bench.open(path)``; query by configuration with ``query``; split with
+    ``split``. Arrays are read-only.
+    """
+
+    def __init__(self, path: Path, meta: dict, rows: list[tuple]):
+        self.path = path
+        self.meta = meta
+        self.layers: list[dict] = meta["layers"]
+        self.candidates: tuple[int, ...] = tuple(meta["candidates"])
+        keys = [r[0] for r in rows]
+        self.keys: tuple[str, ...] = tuple(keys)
+        w = [[int(b) for b in k.split("|")[0].split(",")] for k in keys]
+        a = [[int(b) for b in k.split("|")[1].split(",")] for k in keys]
+        n_layers = len(self.layers)
+        self.w_bits = np.asarray(w, dtype=np.int64).reshape(len(keys), n_layers)
+        self.a_bits = np.asarray(a, dtype=np.int64).reshape(len(keys), n_layers)
+        self.accuracy = np.asarray([r[2] for r in rows], dtype=np.float64)
+        self.loss = np.asarray([r[3] for r in rows], dtype=np.float64)
+        self.bops = np.asarray([r[4] for r in rows], dtype=np.float64)
+        self.seconds = np.asarray([r[5] for r in rows], dtype=np.float64)
+        for arr in (self.w_bits, self.a_bits, self.accuracy, self.loss, self.bops, self.seconds):
+            arr.setflags(write=False)
+        self._index = {k: i for i, k in enumerate(keys)}
+
+    @classmethod
+    def open(cls, path: Path | str) -> Bench:
+        """Load a bench file; a missing, corrupt or empty file is a clear ``BenchError``."""
+        path = Path(path)
+        if not path.is_file():
+            raise BenchError(f"bench file {path} does not exist (build one with 'emq bench build')")
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                meta = _read_meta(con)
+                rows = con.execute(
+                    "SELECT config, idx, top1, loss, bops, seconds FROM results ORDER BY idx"
+                ).fetchall()
+            finally:
+                con.close()
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+            raise BenchError(f"{path} is not a readable bench file: {exc}") from exc
+        if meta.get("schema_version") != SCHEMA_VERSION or "layers" not in meta:
+            raise BenchError(
+                f"{path} has bench schema {meta.get('schema_version')!r}, expected "
+                f"{SCHEMA_VERSION}: rebuild it with 'emq bench build'"
+            )
+        if not rows:
+            raise BenchError(f"{path} holds no measured configuration yet")
+        return cls(path, meta, rows)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def model(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def macs(self) -> np.ndarray:
+        return np.asarray([layer["macs"] for layer in self.layers], dtype=np.int64)
+
+    @property
+    def params(self) -> np.ndarray:
+        return np.asarray([layer["params"] for layer in self.layers], dtype=np.int64)
+
+    @property
+    def fingerprint(self) -> dict:
+        """The identity of this bench (recorded by campaigns and exported proxies)."""
+        return {k: self.meta[k] for k in IDENTITY_KEYS}
+
+    def bit_index(self) -> np.ndarray:
+        """``w_bits`` as indices into ``candidates`` (for score-table gathers)."""
+        lut = np.full(max(self.candidates) + 1, -1, dtype=np.int64)
+        lut[list(self.candidates)] = np.arange(len(self.candidates))
+        return lut[self.w_bits]
+
+    def query(self, w_bits: Sequence[int], a_bits: Sequence[int] | None = None) -> dict:
+        """Measured results of one configuration (``KeyError`` if it was not measured)."""
+        if len(w_bits) != self.num_layers:
+            raise ValueError(
+                f"config has {len(w_bits)} bit-widths but {self.model} has "
+                f"{self.num_layers} quantizable layers"
+            )
+        check_bits(w_bits, self.candidates)
+        a_bits = a_bits if a_bits is not None else [self.meta["act_bits"]] * self.num_layers
+        key = config_key([int(b) for b in w_bits], [int(b) for b in a_bits])
+        if key not in self._index:
+            raise KeyError(f"configuration {key} is not in {self.path}")
+        i = self._index[key]
+        return {
+            "top1": float(self.accuracy[i]),
+            "loss": float(self.loss[i]),
+            "bops": float(self.bops[i]),
+            "seconds": float(self.seconds[i]),
+        }
+
+    def split(self, seed: int = 0, heldout: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+        """Deterministic (search, held-out) index arrays, disjoint and covering the bench."""
+        if not 0.0 < heldout < 1.0:
+            raise ValueError(f"held-out fraction must be in (0, 1), got {heldout}")
+        perm = np.random.default_rng(seed).permutation(len(self))
+        cut = int(round(len(self) * (1.0 - heldout)))
+        return np.sort(perm[:cut]), np.sort(perm[cut:])
+
+    def info(self) -> dict:
+        """Summary of the bench for ``emq bench info``."""
+        acc = self.accuracy
+        return {
+            "path": str(self.path),
+            "model": self.model,
+            "configs": len(self),
+            "fp_top1": self.meta.get("fp_top1"),
+            "top1_min": float(acc.min()),
+            "top1_median": float(np.median(acc)),
+            "top1_max": float(acc.max()),
+            "candidates": list(self.candidates),
+            "act_bits": self.meta["act_bits"],
+            "layers": len(self.layers),
+            "params": int(self.params.sum()),
+            "macs": int(self.macs.sum()),
+            "seconds_per_config": float(self.seconds.mean()),
+            "quantizer": self.meta["quantizer"],
+        }

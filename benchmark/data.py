@@ -1,0 +1,94 @@
+"""Fashion-MNIST from IDX files (Debian's ``dataset-fashion-mnist`` package or ``EMQ_DATA``)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEBIAN_PATH = Path("/usr/share/datasets/fashion-mnist")
+# Per-pixel mean/std of the Fashion-MNIST training images (scaled to [0, 1]).
+MEAN, STD = 0.2860, 0.3530
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DatasetMissingError(FileNotFoundError):
+    """Raised when the Fashion-MNIST IDX files cannot be found."""
+
+
+def data_dir() -> Path:
+    """Folder holding the IDX files: ``$EMQ_DATA`` if set, else the Debian path."""
+    return Path(os.environ.get("EMQ_DATA") or DEBIAN_PATH)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DatasetMissingError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {folder}: install the Debian package "
+        "'dataset-fashion-mnist' (apt-get install dataset-fashion-mnist) or set EMQ_DATA "
+        "to a folder holding the IDX files"
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: expected {dims}, got {data.size} bytes")
+    return data.reshape(dims)
+
+
+@lru_cache(maxsize=2)
+def _load_raw(split: str, folder: str) -> tuple[np.ndarray, np.ndarray]:
+    img_stem, lbl_stem = FILES[split]
+    images = read_idx(_find(Path(folder), img_stem))
+    labels = read_idx(_find(Path(folder), lbl_stem))
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
+    return images, labels
+
+
+def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return normalized images ``[N, 1, 28, 28]`` (float32) and labels ``[N]`` (int64)."""
+    if split not in FILES:
+        raise ValueError(f"unknown split {split!r}: expected 'train' or 'test'")
+    images, labels = _load_raw(split, str(data_dir()))
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    x = (x - MEAN) / STD
+    return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def data_fingerprint(split: str) -> str:
+    """Content hash of a split's images and labels (recorded in bench files)."""
+    images, labels = _load_raw(split, str(data_dir()))
+    h = hashlib.sha256()
+    h.update(images.tobytes())
+    h.update(labels.tobytes())
+    return h.hexdigest()[:16]
+
+
+def calibration_batch(n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random batch of ``n`` training images and labels (never test images)."""
+    x, y = load_split("train")
+    if not 0 < n <= len(x):
+        raise ValueError(f"calibration batch size must be in 1..{len(x)}, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=g)[:n]
+    return x[idx].clone(), y[idx].clone()

@@ -1,0 +1,302 @@
+"""Post-training quantization: the ground truth every proxy is judged against.
+
+* BatchNorm is folded into the preceding convolution.
+* Weights: per output channel, symmetric (narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]``), the
+  clipping range of each channel chosen by MSE over a grid of clip ratios, vectorized over
+  channels and ratios. ``Q_b(W)`` is computed once per (layer, bit) and reused.
+* Activations (the input of each quantizable layer): per tensor, asymmetric, the range
+  calibrated once (min/max over a calibration set of training images).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_BITS = (2, 3, 4, 8)
+CLIP_GRID = 100  # number of clip ratios in (0, 1] searched per channel
+SUPPORTED_BITS = range(2, 17)
+
+
+def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every ``Conv2d`` and ``Linear`` of ``model``, in module order."""
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        raise ValueError(f"model {type(model).__name__} has no Conv2d or Linear layer to quantize")
+    return layers
+
+
+def fold_bn(model: nn.Module, check_input: torch.Tensor | None = None) -> nn.Module:
+    """Return an eval-mode copy of ``model`` with each BatchNorm folded into its conv.
+
+    A BatchNorm is folded when it directly follows a conv in module order and has as many
+    features as the conv has output channels (true of the zoo models). When ``check_input``
+    is given, the folded copy is verified to compute the same function.
+    """
+    folded = copy.deepcopy(model).eval()
+    modules = list(folded.named_modules())
+    for (_, conv), (bn_name, bn) in zip(modules, modules[1:], strict=False):
+        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
+            continue
+        if bn.num_features != conv.out_channels or not bn.track_running_stats:
+            continue
+        with torch.no_grad():
+            std = torch.sqrt(bn.running_var + bn.eps)
+            gamma = bn.weight if bn.affine else torch.ones_like(std)
+            beta = bn.bias if bn.affine else torch.zeros_like(std)
+            factor = gamma / std
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
+            conv.weight.copy_(conv.weight * factor.reshape(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(beta + (bias - bn.running_mean) * factor)
+        parent_name, _, child = bn_name.rpartition(".")
+        parent = folded.get_submodule(parent_name) if parent_name else folded
+        setattr(parent, child, nn.Identity())
+    if check_input is not None:
+        with torch.no_grad():
+            ref, out = model.eval()(check_input), folded(check_input)
+        if not torch.allclose(ref, out, rtol=1e-3, atol=1e-3):
+            raise ValueError("BatchNorm folding changed the model's output: unsupported layout")
+    return folded
+
+
+def check_bits(bits: Sequence[int], candidates: Sequence[int], what: str = "bit-width") -> None:
+    """Raise a clear error when a bit-width is not among ``candidates``."""
+    bad = sorted({int(b) for b in bits} - {int(c) for c in candidates})
+    if bad:
+        raise ValueError(f"{what} {bad} not among the candidates {sorted(candidates)}")
+
+
+def weight_qrange(bits: int) -> int:
+    """Largest integer level of the narrow symmetric range at ``bits``."""
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bit-width {bits} unsupported: expected 2..16")
+    return 2 ** (bits - 1) - 1
+
+
+def fake_quant_per_channel(w: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Symmetric per-output-channel fake quantization (zero point 0, levels ``±qmax``).
+
+    Matches ``torch.fake_quantize_per_channel_affine(w, scale, 0, 0, -qmax, qmax)``.
+    """
+    s = scale.reshape(-1, *([1] * (w.ndim - 1)))
+    return torch.clamp(torch.round(w * (1.0 / s)), -qmax, qmax) * s
+
+
+def mse_weight_scales(w: torch.Tensor, bits: int, grid: int = CLIP_GRID) -> torch.Tensor:
+    """Per-channel scales whose clip ratio minimizes the quantization MSE.
+
+    All channels and all ``grid`` clip ratios are evaluated at once (no Python loop).
+    """
+    qmax = weight_qrange(bits)
+    flat = w.detach().reshape(w.shape[0], -1)
+    maxabs = flat.abs().amax(1).clamp_min(1e-12)  # [C]
+    ratios = torch.linspace(1.0 / grid, 1.0, grid, dtype=flat.dtype)  # [R]
+    scales = ratios[:, None] * maxabs[None, :] / qmax  # [R, C]
+    q = torch.clamp(torch.round(flat[None] * (1.0 / scales[..., None])), -qmax, qmax)
+    err = ((q * scales[..., None] - flat[None]) ** 2).sum(-1)  # [R, C]
+    best = err.argmin(0)  # first (smallest) ratio on ties: deterministic
+    return scales.gather(0, best[None]).squeeze(0)
+
+
+def quantize_weight(w: torch.Tensor, bits: int, grid: int = CLIP_GRID) -> torch.Tensor:
+    """``Q_b(W)``: MSE-clipped per-channel symmetric fake quantization of ``w``."""
+    return fake_quant_per_channel(w.detach(), mse_weight_scales(w, bits, grid), weight_qrange(bits))
+
+
+def act_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
+    """Scale and zero point of the asymmetric per-tensor range ``[lo, hi]`` at ``bits``."""
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"activation bit-width {bits} unsupported: expected 2..16")
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    qmax = 2**bits - 1
+    scale = max((hi - lo) / qmax, 1e-8)
+    zero_point = int(np.clip(round(-lo / scale), 0, qmax))
+    return float(np.float32(scale)), zero_point
+
+
+def fake_quant_per_tensor(x: torch.Tensor, scale: float, zero_point: int, bits: int):
+    """Asymmetric per-tensor fake quantization to ``[0, 2^bits - 1]``.
+
+    Matches ``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 2^bits-1)``.
+    """
+    inv = 1.0 / torch.tensor(scale, dtype=torch.float32)
+    q = torch.clamp(torch.round(x * inv) + zero_point, 0, 2**bits - 1)
+    return (q - zero_point) * torch.tensor(scale, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One quantizable layer: name, kind, shapes, parameter count and MACs per image."""
+
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "weight_shape": list(self.weight_shape)}
+
+
+def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> list[LayerInfo]:
+    """Parameter counts and MACs per image of each quantizable layer (forward hooks)."""
+    layers = quantizable_layers(model)
+    macs: dict[str, int] = {}
+
+    def hook(name: str):
+        def fn(mod: nn.Module, inputs, output: torch.Tensor) -> None:
+            per_out = mod.weight[0].numel()  # MACs per output element (Cin/groups * kh * kw)
+            macs[name] = int(output[0].numel() * per_out)
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    return [
+        LayerInfo(
+            name=n,
+            kind=type(m).__name__,
+            weight_shape=tuple(m.weight.shape),
+            params=m.weight.numel() + (m.bias.numel() if m.bias is not None else 0),
+            macs=macs[n],
+        )
+        for n, m in layers
+    ]
+
+
+def bops(macs: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]) -> float:
+    """Bit operations ``sum_l MACs_l * w_l * a_l``."""
+    return float(np.sum(np.asarray(macs, float) * np.asarray(w_bits) * np.asarray(a_bits)))
+
+
+def relative_bops(macs: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]) -> float:
+    """BOPs relative to W8A8 everywhere."""
+    return bops(macs, w_bits, a_bits) / (64.0 * float(np.sum(macs)))
+
+
+@dataclass
+class QuantSim:
+    """A BN-folded private copy of a model that evaluates bit configurations.
+
+    ``Q_b(W)`` is computed lazily once per (layer, bit) and reused; activation ranges are
+    calibrated once at construction. The user's model is never modified.
+    """
+
+    model: nn.Module
+    calib: torch.Tensor
+    clip_grid: int = CLIP_GRID
+    folded: nn.Module = field(init=False)
+    layers: list[tuple[str, nn.Module]] = field(init=False)
+    fp_weights: list[torch.Tensor] = field(init=False)
+    act_ranges: list[tuple[float, float]] = field(init=False)
+    _wq: dict[tuple[int, int], torch.Tensor] = field(init=False, default_factory=dict)
+    _act: list[tuple[float, int, int] | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.folded = fold_bn(self.model, self.calib[:8])
+        self.layers = quantizable_layers(self.folded)
+        self.fp_weights = [m.weight.detach().clone() for _, m in self.layers]
+        self._act = [None] * len(self.layers)
+        self.act_ranges = self._calibrate()
+        for i, (_, m) in enumerate(self.layers):
+            m.register_forward_pre_hook(self._make_hook(i))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def _calibrate(self) -> list[tuple[float, float]]:
+        ranges = [[float("inf"), float("-inf")] for _ in self.layers]
+
+        def hook(i: int):
+            def fn(mod, inputs):
+                x = inputs[0]
+                ranges[i][0] = min(ranges[i][0], float(x.min()))
+                ranges[i][1] = max(ranges[i][1], float(x.max()))
+
+            return fn
+
+        handles = [m.register_forward_pre_hook(hook(i)) for i, (_, m) in enumerate(self.layers)]
+        try:
+            with torch.no_grad():
+                for j in range(0, len(self.calib), 256):
+                    self.folded(self.calib[j : j + 256])
+        finally:
+            for h in handles:
+                h.remove()
+        return [(lo, hi) for lo, hi in ranges]
+
+    def _make_hook(self, i: int):
+        def fn(mod, inputs):
+            spec = self._act[i]
+            if spec is None:
+                return None
+            scale, zp, bits = spec
+            return (fake_quant_per_tensor(inputs[0], scale, zp, bits),)
+
+        return fn
+
+    def quantized_weight(self, layer: int, bits: int) -> torch.Tensor:
+        """``Q_b(W)`` of a layer, computed on first use and cached."""
+        key = (layer, int(bits))
+        if key not in self._wq:
+            self._wq[key] = quantize_weight(self.fp_weights[layer], int(bits), self.clip_grid)
+        return self._wq[key]
+
+    def set_config(self, w_bits: Sequence[int | None], a_bits: Sequence[int | None]) -> None:
+        """Quantize layer ``l`` at ``w_bits[l]`` / ``a_bits[l]`` (``None`` keeps it FP)."""
+        if len(w_bits) != self.num_layers or len(a_bits) != self.num_layers:
+            raise ValueError(
+                f"config has {len(w_bits)} weight / {len(a_bits)} activation bit-widths "
+                f"but the model has {self.num_layers} quantizable layers"
+            )
+        with torch.no_grad():
+            for i, (_, m) in enumerate(self.layers):
+                wb, ab = w_bits[i], a_bits[i]
+                w = self.fp_weights[i] if wb is None else self.quantized_weight(i, wb)
+                m.weight.copy_(w)
+                self._act[i] = None if ab is None else (*act_qparams(*self.act_ranges[i], ab), ab)
+
+    def set_fp(self) -> None:
+        """Back to full precision everywhere."""
+        self.set_config([None] * self.num_layers, [None] * self.num_layers)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, batch: int = 100) -> torch.Tensor:
+        """Logits of the currently configured model (batched; 100 is fastest on CPU)."""
+        return torch.cat([self.folded(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch: int = 100) -> tuple[float, float]:
+        """Top-1 accuracy (%) and mean cross-entropy of the current configuration."""
+        correct, loss = 0, 0.0
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                out = self.folded(x[i : i + batch])
+                loss += F.cross_entropy(out, y[i : i + batch], reduction="sum").item()
+                correct += (out.argmax(1) == y[i : i + batch]).sum().item()
+        return 100.0 * correct / len(x), loss / len(x)
+
+
+def state_fingerprint(model: nn.Module) -> str:
+    """Content hash of a model's state_dict (names, shapes and values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,105 @@
+"""Reproducible training of zoo models (seeded SGD with a one-cycle schedule)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from benchmark.data import load_split
+from benchmark.models import MODELS, check_model_name, checkpoint_path
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; every field is recorded next to the checkpoint."""
+
+    epochs: int = 15
+    batch_size: int = 128
+    max_lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip, vectorized over the batch."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), value=float(x.min()))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, 1, h, w + 2 * pad)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, 1, h, w)
+    out = out.gather(3, cols)
+    flip = torch.rand(n, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000):
+    """Top-1 accuracy (%) and mean cross-entropy loss of ``model`` on ``(x, y)``."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch):
+        out = model(x[i : i + batch])
+        loss += F.cross_entropy(out, y[i : i + batch], reduction="sum").item()
+        correct += (out.argmax(1) == y[i : i + batch]).sum().item()
+    return 100.0 * correct / len(x), loss / len(x)
+
+
+def train(name: str, cfg: TrainConfig, out: Path | None = None, progress: bool = True) -> dict:
+    """Train zoo model ``name`` from scratch; save its state_dict and a JSON record."""
+    check_model_name(name)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = MODELS[name]()
+    x, y = load_split("train")
+    xt, yt = load_split("test")
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay}],
+        lr=cfg.max_lr,
+        momentum=cfg.momentum,
+        nesterov=True,
+    )
+    steps = (len(x) // cfg.batch_size) * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.max_lr, total_steps=steps)
+    start = time.time()
+    bar = tqdm(total=steps, disable=not progress, desc=f"train {name}")
+    for epoch in range(cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(len(x) // cfg.batch_size):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            xb = augment(x[idx], gen)
+            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+    bar.close()
+    acc, test_loss = evaluate(model, xt, yt)
+    out = Path(out or checkpoint_path(name))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    record = {
+        "model": name,
+        "test_top1": round(acc, 2),
+        "test_loss": round(test_loss, 4),
+        "seconds": round(time.time() - start, 1),
+        "torch": torch.__version__,
+        "config": asdict(cfg),
+    }
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,125 @@
+"""The ``emq`` command line. Each subcommand is one ``_cmd_*`` function.
+
+User mistakes (bad arguments, missing or mismatched files) print one line and exit 2;
+set ``EMQ_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, sqlite3.DatabaseError)
+
+
+def _print_json_or_table(obj: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2))
+        return
+    width = max(len(k) for k in obj)
+    for k, v in obj.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        elif isinstance(v, (dict, list)):
+            v = json.dumps(v)
+        print(f"{k:<{width}}  {v}")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from benchmark.train import TrainConfig, train
+
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size)
+    record = train(args.model, cfg, Path(args.out) if args.out else None)
+    _print_json_or_table(record, args.json)
+
+
+def _cmd_bench_build(args: argparse.Namespace) -> None:
+    from benchmark.bench import build_bench
+
+    cands = tuple(int(b) for b in args.bits.split(","))
+    result = build_bench(
+        args.model, args.configs, args.seed, args.out, jobs=args.jobs,
+        checkpoint=args.checkpoint, candidates=cands, act_bits=args.act_bits,
+    )  # fmt: skip
+    _print_json_or_table(result, args.json)
+
+
+def _cmd_bench_info(args: argparse.Namespace) -> None:
+    from benchmark.bench import Bench, default_bench
+
+    bench = Bench.open(args.path or default_bench())
+    info = bench.info()
+    if args.json:
+        info["layer_table"] = bench.layers
+        print(json.dumps(info, indent=2))
+        return
+    _print_json_or_table(info, False)
+    print(f"\n{'layer':<28} {'kind':<7} {'params':>8} {'MACs':>10}")
+    for layer in bench.layers:
+        print(f"{layer['name']:<28} {layer['kind']:<7} {layer['params']:>8} {layer['macs']:>10}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``emq`` command."""
+    from benchmark.models import MODELS
+
+    p = argparse.ArgumentParser(
+        prog="emq",
+        description="Evolve training-free proxies for mixed-precision quantization.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a zoo model on Fashion-MNIST (seeded)")
+    t.add_argument("--model", required=True, choices=sorted(MODELS))
+    t.add_argument("--epochs", type=int, default=15)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", help="checkpoint path (default: the shipped checkpoint)")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_cmd_train)
+
+    b = sub.add_parser("bench", help="build or inspect a bench file")
+    bsub = b.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
+    bb = bsub.add_parser("build", help="measure PTQ accuracy of sampled configurations")
+    bb.add_argument("--model", required=True, help=f"one of {', '.join(sorted(MODELS))}")
+    bb.add_argument("--configs", type=int, required=True, help="number of random configs")
+    bb.add_argument("--seed", type=int, default=0, help="sampling seed")
+    bb.add_argument("--out", required=True, help="SQLite bench file (resumed if it exists)")
+    bb.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    bb.add_argument("--checkpoint", help="state_dict to load (default: shipped checkpoint)")
+    bb.add_argument("--bits", default="2,3,4,8", help="weight bit candidates")
+    bb.add_argument("--act-bits", type=int, default=8, help="activation bit-width")
+    bb.add_argument("--json", action="store_true")
+    bb.set_defaults(func=_cmd_bench_build)
+    bi = bsub.add_parser("info", help="summarize a bench file")
+    bi.add_argument("path", nargs="?", help="bench file (default: shipped ResNet-20 bench)")
+    bi.add_argument("--json", action="store_true")
+    bi.set_defaults(func=_cmd_bench_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``emq`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("emq: interrupted; finished results are saved, rerun the command to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except USER_ERRORS as exc:
+        if os.environ.get("EMQ_DEBUG"):
+            raise
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"emq: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
