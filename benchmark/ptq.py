@@ -59,8 +59,13 @@ def fold_bn(model: nn.Module, check_input: torch.Tensor | None = None) -> nn.Mod
         parent = folded.get_submodule(parent_name) if parent_name else folded
         setattr(parent, child, nn.Identity())
     if check_input is not None:
-        with torch.no_grad():
-            ref, out = model.eval()(check_input), folded(check_input)
+        modes = {m: m.training for m in model.modules()}
+        try:
+            with torch.no_grad():
+                ref, out = model.eval()(check_input), folded(check_input)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
         if not torch.allclose(ref, out, rtol=1e-3, atol=1e-3):
             raise ValueError("BatchNorm folding changed the model's output: unsupported layout")
     return folded
@@ -158,15 +163,16 @@ def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> l
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers]
+    modes = {m: m.training for m in model.modules()}
     try:
-        was_training = model.training
         model.eval()
         with torch.no_grad():
             model(torch.zeros(1, *input_shape))
-        model.train(was_training)
     finally:
         for h in handles:
             h.remove()
+        for m, mode in modes.items():
+            m.training = mode
     return [
         LayerInfo(
             name=n,

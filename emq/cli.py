@@ -63,6 +63,37 @@ def _cmd_bench_info(args: argparse.Namespace) -> None:
         print(f"{layer['name']:<28} {layer['kind']:<7} {layer['params']:>8} {layer['macs']:>10}")
 
 
+def _cmd_evolve(args: argparse.Namespace) -> None:
+    from benchmark.bench import Bench, default_bench
+    from emq.context import bench_evaluator
+    from emq.evolve import Campaign, settings_from_args
+
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    settings = settings_from_args(**vars(args))
+    bench = Bench.open(args.bench or default_bench())
+    evaluator = bench_evaluator(
+        bench, settings.calib_images, settings.calib_seed, settings.split_seed, args.checkpoint
+    )
+    run = Path(args.run or f"runs/{bench.model}-seed{settings.seed}")
+    summary = Campaign(run, bench, evaluator, settings, jobs=args.jobs).run_steps(args.steps)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    held = summary["heldout"]
+    print(f"run folder         {run}")
+    print(f"best proxy         {summary['formula']}")
+    print(f"search fitness     {summary['fitness_search']:.4f}  (Spearman@topk, search split)")
+    print(f"held-out S@topk    {held['spearman@topk']:.4f}")
+    print(
+        f"held-out S@20/50/100 %  {held['spearman@20%']:.4f} / {held['spearman@50%']:.4f} / "
+        f"{held['spearman@100%']:.4f}   Kendall {held['kendall']:.4f}"
+    )
+    print(f"evaluations        {summary['evaluations']} in {summary['step']} steps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``emq`` command."""
     from benchmark.models import MODELS
@@ -99,6 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("path", nargs="?", help="bench file (default: shipped ResNet-20 bench)")
     bi.add_argument("--json", action="store_true")
     bi.set_defaults(func=_cmd_bench_info)
+
+    e = sub.add_parser("evolve", help="run (or resume) an evolution campaign")
+    e.add_argument("--bench", help="bench file (default: shipped ResNet-20 bench)")
+    e.add_argument("--run", help="run folder (default: runs/<model>-seed<seed>)")
+    e.add_argument("--steps", type=int, default=40, help="evolution steps")
+    e.add_argument("--population", type=int, help="population size (default 32)")
+    e.add_argument("--seed", type=int, help="campaign seed (default 0)")
+    e.add_argument("--jobs", type=int, default=1, help="parallel evaluation processes")
+    e.add_argument("--checkpoint", help="weights the bench was built from (default: shipped)")
+    e.add_argument("--mode", choices=["steady", "generational"], help="default: steady")
+    e.add_argument("--offspring", type=int, help="offspring per steady-state step (default 8)")
+    e.add_argument("--generator", choices=["branched", "tree"], help="default: branched")
+    e.add_argument("--no-osp", dest="osp", action="store_false", default=None,
+                   help="uniform operation sampling (ablation)")  # fmt: skip
+    e.add_argument("--no-dps", dest="dps", action="store_false", default=None,
+                   help="plain tournament selection (ablation)")  # fmt: skip
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_evolve)
+    from emq.baselines import add_parser as add_baselines
+
+    add_baselines(sub)
     return p
 
 

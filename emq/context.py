@@ -1,0 +1,44 @@
+"""Binding a bench to its model, calibration batch and cached proxy inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmark.bench import Bench, BenchError
+from benchmark.data import calibration_batch
+from benchmark.models import load_model
+from benchmark.ptq import state_fingerprint
+from emq.fitness import Evaluator
+from primitives.inputs import InputSettings, LayerInputs, get_inputs
+
+
+def bench_inputs(
+    bench: Bench,
+    calib_images: int = 128,
+    calib_seed: int = 0,
+    checkpoint: Path | str | None = None,
+    cache: Path | str | None = None,
+) -> LayerInputs:
+    """Proxy inputs of the bench's model on the seeded calibration batch (cached)."""
+    model = load_model(bench.model, checkpoint)
+    if state_fingerprint(model) != bench.meta["model_fingerprint"]:
+        raise BenchError(
+            f"bench {bench.path} was built from other weights of {bench.model} than the "
+            "checkpoint given; pass the checkpoint the bench was built with"
+        )
+    x, y = calibration_batch(calib_images, calib_seed)
+    settings = InputSettings(candidates=bench.candidates)
+    return get_inputs(model, x, y, settings, cache)
+
+
+def bench_evaluator(
+    bench: Bench,
+    calib_images: int = 128,
+    calib_seed: int = 0,
+    split_seed: int = 0,
+    checkpoint: Path | str | None = None,
+    cache: Path | str | None = None,
+) -> Evaluator:
+    """An ``Evaluator`` for genomes against ``bench``."""
+    inputs = bench_inputs(bench, calib_images, calib_seed, checkpoint, cache)
+    return Evaluator.from_bench(bench, inputs, inputs.path, split_seed)

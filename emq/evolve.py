@@ -1,0 +1,405 @@
+"""Evolution campaigns: a steady-state (EMQ-style) or generational loop over proxy genomes.
+
+A campaign lives in a run folder (``runs/<name>/``): ``campaign.json`` (settings, seeds,
+bench fingerprint), ``checkpoint.json`` (population, RNG state, step, hall of fame, caches;
+written atomically after every step), ``log.csv``, ``best.json`` and plots. Running the same
+command again continues from the checkpoint; the same seed gives the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from benchmark.bench import Bench
+from emq import __version__
+from emq.fitness import INVALID, Evaluator, evaluate_text
+from emq.genome import Genome, from_string, make_toolbox, to_names
+from emq.graph import expr_str, ops_used
+from emq.osp import OperationSampler
+from emq.screen import STAGES, Screener, validity_rate
+
+LOG_FIELDS = (
+    "step", "evaluations", "best", "median", "validity", "unique_ratio", "evals_per_s",
+    "seconds", *STAGES,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CampaignSettings:
+    """Everything that defines a campaign (all recorded in ``campaign.json``)."""
+
+    population: int = 32
+    seed: int = 0
+    mode: str = "steady"  # "steady" (EMQ-style) or "generational"
+    offspring: int = 8  # offspring evaluated per step (steady state)
+    generator: str = "branched"
+    max_height: int = 8
+    cxpb: float = 0.5
+    mutpb: float = 0.9
+    osp: bool = True
+    dps: bool = True
+    split_seed: int = 0
+    calib_images: int = 128
+    calib_seed: int = 0
+    hof_size: int = 10
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("steady", "generational"):
+            raise ValueError(f"unknown mode {self.mode!r}: expected 'steady' or 'generational'")
+        if self.population < 4:
+            raise ValueError(f"--population must be >= 4, got {self.population}")
+        if self.offspring < 1:
+            raise ValueError(f"--offspring must be >= 1, got {self.offspring}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _rng_state_to_json(state: tuple) -> list:
+    return [state[0], list(state[1]), state[2]]
+
+
+def _rng_state_from_json(state: list) -> tuple:
+    return (state[0], tuple(state[1]), state[2])
+
+
+class Campaign:
+    """One evolution campaign bound to a run folder and a bench."""
+
+    def __init__(
+        self,
+        run: Path | str,
+        bench: Bench,
+        evaluator: Evaluator,
+        settings: CampaignSettings,
+        jobs: int = 1,
+        progress: bool = True,
+    ):
+        self.run = Path(run)
+        self.bench, self.evaluator, self.settings = bench, evaluator, settings
+        self.jobs, self.progress = jobs, progress
+        self.rng = random.Random(settings.seed)
+        self.sampler = OperationSampler(enabled=settings.osp)
+        self.toolbox = make_toolbox(self.sampler, self.rng, settings.generator, settings.max_height)
+        self.screener = Screener(evaluator.shapes())
+        self.population: list[Genome] = []
+        self.hof: list[dict] = []
+        self.history: list[dict] = []
+        self.step = 0
+        self.evaluations = 0
+        self.eval_seconds = 0.0
+        self._parallel: Parallel | None = None
+
+    # ------------------------------------------------------------------ run folder
+
+    def identity(self) -> dict:
+        return {
+            "settings": asdict(self.settings),
+            "bench": str(self.bench.path),
+            "bench_fingerprint": self.bench.fingerprint,
+        }
+
+    def open_folder(self) -> bool:
+        """Create the run folder or check it belongs to this campaign. True if resuming."""
+        meta = self.run / "campaign.json"
+        if meta.exists():
+            try:
+                old = json.loads(meta.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{meta} is corrupt ({exc}); use another --run") from exc
+            mine = self.identity()
+            diff = [k for k in mine if old.get(k) != mine[k]]
+            if diff:
+                detail = ""
+                if "settings" in diff:
+                    keys = [k for k, v in mine["settings"].items() if old["settings"].get(k) != v]
+                    detail = f" ({', '.join(keys)})"
+                raise ValueError(
+                    f"run folder {self.run} belongs to a campaign with different "
+                    f"{', '.join(diff)}{detail}; use another --run or the original settings"
+                )
+            return (self.run / "checkpoint.json").exists()
+        if self.run.exists() and any(self.run.iterdir()):
+            raise ValueError(f"{self.run} exists and is not a campaign folder; use another --run")
+        self.run.mkdir(parents=True, exist_ok=True)
+        _atomic_write(meta, json.dumps({**self.identity(), "version": __version__}, indent=2))
+        return False
+
+    def _genome_record(self, g: Genome) -> dict:
+        return {
+            "genome": str(g),
+            "formula": g.canonical,
+            "fitness": g.fitness.values[0],
+            "fingerprint": g.fingerprint,
+        }
+
+    def _genome_from_record(self, rec: dict) -> Genome:
+        g = from_string(rec["genome"])
+        g.fitness.values = (rec["fitness"],)
+        g.canonical, g.fingerprint = rec["formula"], rec["fingerprint"]
+        return g
+
+    def save(self) -> None:
+        """Atomic checkpoint, then log.csv regenerated from the checkpointed history."""
+        state = {
+            "step": self.step,
+            "evaluations": self.evaluations,
+            "eval_seconds": self.eval_seconds,
+            "rng": _rng_state_to_json(self.rng.getstate()),
+            "population": [self._genome_record(g) for g in self.population],
+            "hall_of_fame": self.hof,
+            "screener": self.screener.state(),
+            "osp": self.sampler.state(),
+            "history": self.history,
+        }
+        _atomic_write(self.run / "checkpoint.json", json.dumps(state))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(self.history)
+        _atomic_write(self.run / "log.csv", buf.getvalue())
+
+    def load(self) -> None:
+        path = self.run / "checkpoint.json"
+        try:
+            state = json.loads(path.read_text())
+            self.step, self.evaluations = state["step"], state["evaluations"]
+            self.eval_seconds = state["eval_seconds"]
+            self.rng.setstate(_rng_state_from_json(state["rng"]))
+            self.population = [self._genome_from_record(r) for r in state["population"]]
+            self.hof, self.history = state["hall_of_fame"], state["history"]
+            self.screener.load_state(state["screener"])
+            self.sampler.load_state(state["osp"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"checkpoint {path} is corrupt ({type(exc).__name__}: {exc}); "
+                "delete the run folder or use another --run"
+            ) from exc
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, exprs: list) -> list[dict]:
+        start = time.perf_counter()
+        texts = [expr_str(e) for e in exprs]
+        if self.jobs == 1 or len(texts) == 1:
+            results = [self.evaluator.evaluate(e) for e in exprs]
+        else:
+            results = self._parallel(delayed(_worker_eval)(self.evaluator, t) for t in texts)
+        self.eval_seconds += time.perf_counter() - start
+        self.evaluations += len(exprs)
+        return results
+
+    def _screen_batch(self, n: int, make) -> list[Genome]:
+        """Produce ``n`` new genomes that pass screening, evaluated and with fitness set."""
+        accepted: list[Genome] = []
+        in_pop = {g.canonical for g in self.population}
+        attempts = 0
+        while len(accepted) < n and attempts < 100 * n:
+            pending: list[tuple[Genome, object, str]] = []
+            while len(pending) + len(accepted) < n and attempts < 100 * n:
+                attempts += 1
+                g = make()
+                v = self.screener.static(g)
+                g.canonical = expr_str(v.expr)
+                if v.stage is None:
+                    if all(v.key != k for _, _, k in pending):
+                        pending.append((g, v.expr, v.key))
+                    continue
+                if v.stage != "s1_equivalent":
+                    self.sampler.record(ops_used(v.expr), accepted=False)
+                    continue
+                res = v.cached
+                if res.get("status") == "ok" and g.canonical not in in_pop:
+                    g.fitness.values = (res["fitness"],)
+                    g.fingerprint = res.get("fingerprint")
+                    accepted.append(g)
+                    in_pop.add(g.canonical)
+            results = self._evaluate([e for _, e, _ in pending])
+            for (g, expr, key), res in zip(pending, results, strict=True):
+                res = self.screener.record(key, res)
+                ok = res["status"] == "ok"
+                self.sampler.record(ops_used(expr), accepted=ok)
+                if ok and g.canonical not in in_pop:
+                    g.fitness.values = (res["fitness"],)
+                    g.fingerprint = res["fingerprint"]
+                    accepted.append(g)
+                    in_pop.add(g.canonical)
+        return accepted
+
+    # ------------------------------------------------------------------ selection
+
+    def _select_parent(self) -> Genome:
+        pop = sorted(self.population, key=lambda g: -g.fitness.values[0])
+        if self.settings.dps:
+            # DPS: the top half, one representative per rank fingerprint.
+            seen, pool = set(), []
+            for g in pop[: max(2, len(pop) // 2)]:
+                if g.fingerprint not in seen:
+                    seen.add(g.fingerprint)
+                    pool.append(g)
+            k = 2
+        else:
+            pool, k = pop, 3
+        contenders = [pool[self.rng.randrange(len(pool))] for _ in range(k)]
+        return max(contenders, key=lambda g: g.fitness.values[0])
+
+    def _offspring(self) -> Genome:
+        a = copy.deepcopy(self._select_parent())
+        if self.rng.random() < self.settings.cxpb:
+            b = copy.deepcopy(self._select_parent())
+            a, _ = self.toolbox.mate(a, b)
+        if self.rng.random() < self.settings.mutpb or str(a) in {str(g) for g in self.population}:
+            (a,) = self.toolbox.mutate(a)
+        del a.fitness.values
+        return a
+
+    def unique_ratio(self) -> float:
+        fps = [g.fingerprint for g in self.population]
+        return len(set(fps)) / len(fps) if fps else 0.0
+
+    # ------------------------------------------------------------------ loop
+
+    def _record_step(self, wall: float) -> None:
+        fits = np.array([g.fitness.values[0] for g in self.population])
+        for g in sorted(self.population, key=lambda g: -g.fitness.values[0]):
+            rec = self._genome_record(g)
+            if all(h["formula"] != rec["formula"] for h in self.hof):
+                self.hof.append({**rec, "step": self.step})
+        self.hof = sorted(self.hof, key=lambda h: -h["fitness"])[: self.settings.hof_size]
+        counts = self.screener.counts
+        self.history.append(
+            {
+                "step": self.step,
+                "evaluations": self.evaluations,
+                "best": float(fits.max()),
+                "median": float(np.median(fits)),
+                "validity": round(validity_rate(counts), 4),
+                "unique_ratio": round(self.unique_ratio(), 4),
+                "evals_per_s": round(self.evaluations / max(self.eval_seconds, 1e-9), 2),
+                "seconds": round(wall, 2),
+                **{s: counts[s] for s in STAGES},
+            }
+        )
+
+    def run_steps(self, steps: int) -> dict:
+        """Run (or resume) until ``steps`` steps are done; returns the summary."""
+        resumed = self.open_folder()
+        if resumed:
+            self.load()
+        wall0 = time.perf_counter() - (self.history[-1]["seconds"] if self.history else 0.0)
+        n_jobs = self.jobs
+        with Parallel(n_jobs=n_jobs) if n_jobs > 1 else _NoParallel() as parallel:
+            self._parallel = parallel
+            if not self.population:
+                self.population = self._screen_batch(self.settings.population, self._fresh)
+                if len(self.population) < 2:
+                    raise RuntimeError("could not generate a valid initial population")
+                self._record_step(time.perf_counter() - wall0)
+                self.save()
+            bar = tqdm(
+                total=steps, initial=min(self.step, steps), disable=not self.progress,
+                desc=f"evolve {self.run.name}", unit="step",
+            )  # fmt: skip
+            while self.step < steps:
+                self._one_step()
+                self.step += 1
+                self._record_step(time.perf_counter() - wall0)
+                self.save()
+                last = self.history[-1]
+                bar.update(1)
+                bar.set_postfix(
+                    best=f"{last['best']:.4f}", valid=f"{last['validity']:.2f}",
+                    evals_s=f"{last['evals_per_s']:.1f}",
+                )  # fmt: skip
+            bar.close()
+        self._parallel = None
+        return self.summary()
+
+    def _fresh(self) -> Genome:
+        return self.toolbox.individual()
+
+    def _one_step(self) -> None:
+        s = self.settings
+        if s.mode == "steady":
+            children = self._screen_batch(s.offspring, self._offspring)
+            pool = self.population + children
+            # Remove the worst; among equals, the oldest goes first (list order).
+            order = sorted(range(len(pool)), key=lambda i: (-pool[i].fitness.values[0], -i))
+            self.population = [pool[i] for i in sorted(order[: s.population])]
+        else:
+            children = self._screen_batch(s.population, self._offspring)
+            elite = sorted(self.population, key=lambda g: -g.fitness.values[0])[:2]
+            pool = elite + children
+            pool.sort(key=lambda g: -g.fitness.values[0])
+            self.population = pool[: s.population]
+
+    def best(self) -> Genome:
+        return max(self.population, key=lambda g: g.fitness.values[0])
+
+    def summary(self) -> dict:
+        """Best proxy, its search fitness and held-out report; writes best.json and plots."""
+        best = self.best()
+        expr = self.screener_expr(best)
+        heldout = self.evaluator.report(expr, "heldout")
+        out = {
+            "formula": best.canonical,
+            "genome": str(best),
+            "genome_names": to_names(from_string(best.canonical)),
+            "fitness_search": best.fitness.values[0],
+            "heldout": heldout,
+            "step": self.step,
+            "evaluations": self.evaluations,
+            "bench": str(self.bench.path),
+            "bench_fingerprint": self.bench.fingerprint,
+            "settings": asdict(self.settings),
+            "version": __version__,
+        }
+        _atomic_write(self.run / "best.json", json.dumps(out, indent=2))
+        from emq.plots import plot_campaign
+
+        plot_campaign(self.run, self.history, self.evaluator, expr, best.canonical)
+        return out
+
+    @staticmethod
+    def screener_expr(g: Genome):
+        from emq.graph import canonical
+
+        return canonical(from_string(g.canonical))
+
+
+class _NoParallel:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _worker_eval(evaluator: Evaluator, text: str) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    return evaluate_text(evaluator, text)
+
+
+def settings_from_args(**kw) -> CampaignSettings:
+    names = {f.name for f in fields(CampaignSettings)}
+    return CampaignSettings(**{k: v for k, v in kw.items() if k in names and v is not None})
+
+
+__all__ = ["Campaign", "CampaignSettings", "INVALID", "settings_from_args"]

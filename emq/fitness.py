@@ -1,0 +1,159 @@
+"""Fitness of a genome: its score table's Spearman@topk on the bench's search split.
+
+``Evaluator`` holds the proxy inputs and the bench arrays. It pickles without the tensors:
+a worker process reloads them once from the inputs cache file (``lru_cache``), so large
+inputs cross to each worker once, not per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.bench import Bench
+from emq.graph import Expr, evaluate, score_table
+from emq.metrics import RATIOS, correlation_report, spearman_at_topk
+from emq.scoring import config_scores, reduce_to_bits
+from primitives.inputs import LayerInputs, load_inputs
+from primitives.operations import ShapeError
+
+INVALID = -1.0  # fitness of rejected genomes: below every valid Spearman value
+
+
+@lru_cache(maxsize=2)
+def _load_inputs(path: str) -> LayerInputs:
+    return load_inputs(Path(path))
+
+
+@dataclass
+class Evaluator:
+    """Scores genomes against one bench; picklable to worker processes."""
+
+    inputs_path: str
+    bit_index: np.ndarray  # [N, L] candidate indices of every bench configuration
+    accuracy: np.ndarray  # [N]
+    search: np.ndarray  # indices of the search split
+    heldout: np.ndarray  # indices of the held-out split
+    ratios: tuple[float, ...] = RATIOS
+    convention: str = "predicted"
+    probe_layers: tuple[int, ...] = ()
+    _inputs: LayerInputs | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_bench(
+        cls, bench: Bench, inputs: LayerInputs, inputs_path: Path, split_seed: int = 0, **kw
+    ) -> Evaluator:
+        if inputs.num_layers != bench.num_layers or inputs.candidates != bench.candidates:
+            raise ValueError(
+                f"inputs have {inputs.num_layers} layers / bits {inputs.candidates}, bench "
+                f"{bench.path} has {bench.num_layers} layers / bits {bench.candidates}"
+            )
+        search, heldout = bench.split(split_seed)
+        # The numeric probe runs on the two layers with the smallest inputs.
+        sizes = [sum(t.numel() for t in layer.values()) for layer in inputs.tensors]
+        probe = tuple(int(i) for i in np.argsort(sizes, kind="stable")[:2])
+        ev = cls(
+            str(inputs_path), bench.bit_index(), np.asarray(bench.accuracy), search, heldout,
+            probe_layers=probe, **kw,
+        )  # fmt: skip
+        ev._inputs = inputs
+        return ev
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_inputs"] = None
+        return state
+
+    @property
+    def inputs(self) -> LayerInputs:
+        if self._inputs is None:
+            self._inputs = _load_inputs(self.inputs_path)
+        return self._inputs
+
+    def shapes(self) -> list[dict[str, tuple[int, ...]]]:
+        return self.inputs.shapes()
+
+    def table(self, expr: Expr) -> np.ndarray:
+        return score_table(expr, self.inputs)
+
+    def fitness_of_scores(self, scores: np.ndarray, split: str = "search") -> float:
+        idx = self.search if split == "search" else self.heldout
+        return spearman_at_topk(scores[idx], self.accuracy[idx], self.ratios, self.convention)
+
+    def report(self, expr: Expr, split: str = "heldout") -> dict[str, float]:
+        """Correlation report of a proxy on a split (``search``, ``heldout`` or ``all``)."""
+        scores = config_scores(self.table(expr), self.bit_index)
+        idx = {"search": self.search, "heldout": self.heldout}.get(split)
+        idx = np.arange(len(scores)) if idx is None else idx
+        return correlation_report(scores[idx], self.accuracy[idx])
+
+    def probe(self, expr: Expr) -> str | None:
+        """Stage 3: numeric probe on the two smallest layers; a reason, or None if passed."""
+        try:
+            table = score_table(expr, self.inputs, self.probe_layers)
+        except ShapeError:
+            return "shape"
+        except RuntimeError:
+            return "runtime"
+        if not np.all(np.isfinite(table)):
+            return "nonfinite"
+        if np.all(np.ptp(table, axis=1) == 0):
+            return "constant"
+        return None
+
+    def evaluate(self, expr: Expr) -> dict:
+        """Probe, then full score table and fitness. Never returns NaN as fitness."""
+        start = time.perf_counter()
+        reason = self.probe(expr)
+        out: dict = {"status": "probe", "reason": reason, "fitness": INVALID}
+        if reason is None:
+            try:
+                table = self.table(expr)
+            except (ShapeError, RuntimeError):
+                table = np.full((1, 1), np.nan)
+            if not np.all(np.isfinite(table)):
+                out.update(status="invalid", reason="nonfinite")
+            else:
+                scores = config_scores(table, self.bit_index)
+                fit = self.fitness_of_scores(scores)
+                if not np.isfinite(fit):
+                    out.update(status="invalid", reason="constant")
+                else:
+                    out.update(status="ok", reason=None, fitness=float(fit))
+                    out["fingerprint"] = rank_fingerprint(scores[self.search])
+        out["seconds"] = time.perf_counter() - start
+        return out
+
+
+def rank_fingerprint(scores: np.ndarray) -> str:
+    """Stage 4: hash of the order the proxy puts configurations in (semantic identity)."""
+    order = np.argsort(np.round(scores, 10), kind="stable")
+    return hashlib.sha1(order.astype(np.int32).tobytes()).hexdigest()[:16]
+
+
+def evaluate_text(evaluator: Evaluator, text: str) -> dict:
+    """Worker entry point: evaluate a canonical formula given as text."""
+    from emq.genome import from_string
+    from emq.graph import canonical
+
+    return evaluator.evaluate(canonical(from_string(text)))
+
+
+def naive_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.ndarray:
+    """Config scores the slow way (as EMQ does): the graph re-evaluated per configuration
+    and layer on that layer's inputs at the configuration's bit-width."""
+    out = np.zeros(len(bit_index))
+    for n, row in enumerate(bit_index):
+        total = 0.0
+        for layer, j in enumerate(row):
+            sliced = {
+                k: (v[j : j + 1] if v.shape[0] > 1 else v) for k, v in inputs.tensors[layer].items()
+            }
+            total += float(reduce_to_bits(evaluate(expr, sliced), 1)[0].double())
+        out[n] = total
+    return out

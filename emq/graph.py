@@ -1,0 +1,170 @@
+"""Proxy graphs: canonical form (networkx DAG), static shapes, evaluation, score tables.
+
+A genome is turned into a canonical expression - nested tuples ``(op, child, ...)`` with
+input names as leaves - by folding ``no_op``, idempotent pairs (``abs(abs(x))``), involutions
+(``revert(revert(x))``) and sorting the operands of commutative operations. Equal
+subexpressions are merged into one node of a networkx DAG, whose Weisfeiler-Lehman hash
+identifies equivalent genomes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import networkx as nx
+import numpy as np
+import torch
+from deap import gp
+
+from emq.scoring import reduce_to_bits
+from primitives.inputs import BIT_DEPENDENT, INPUT_NAMES, LayerInputs
+from primitives.operations import OPS
+
+Expr = str | tuple  # an input name, or (op_name, *children)
+
+
+def _tree_to_expr(tree: gp.PrimitiveTree, start: int = 0) -> tuple[Expr, int]:
+    node = tree[start]
+    if node.arity == 0:
+        return node.value, start + 1
+    children, i = [], start + 1
+    for _ in range(node.arity):
+        child, i = _tree_to_expr(tree, i)
+        children.append(child)
+    return (node.name, *children), i
+
+
+def _simplify(name: str, children: list[Expr]) -> Expr:
+    op = OPS[name]
+    if name == "no_op":
+        return children[0]
+    if op.arity == 1:
+        (c,) = children
+        if isinstance(c, tuple) and c[0] == name:
+            if op.idempotent:
+                return c
+            if op.involution:
+                return c[1]
+        return (name, c)
+    if op.commutative:
+        children = sorted(children, key=expr_str)
+    if op.idempotent and expr_str(children[0]) == expr_str(children[1]):
+        return children[0]
+    return (name, *children)
+
+
+def _canon(expr: Expr) -> Expr:
+    if isinstance(expr, str):
+        return expr
+    return _simplify(expr[0], [_canon(c) for c in expr[1:]])
+
+
+def canonical(tree: gp.PrimitiveTree) -> Expr:
+    """Canonical expression of a genome (equivalent genomes give equal expressions)."""
+    return _canon(_tree_to_expr(tree)[0])
+
+
+def expr_str(expr: Expr) -> str:
+    """Readable formula, e.g. ``mul(sqrt(W), b)``."""
+    if isinstance(expr, str):
+        return expr
+    return f"{expr[0]}({', '.join(expr_str(c) for c in expr[1:])})"
+
+
+def to_dag(expr: Expr) -> nx.DiGraph:
+    """The expression as a DAG (edges parent -> operand), common subexpressions merged."""
+    g = nx.DiGraph()
+
+    def add(e: Expr) -> str:
+        key = expr_str(e)
+        if key in g:
+            return key
+        if isinstance(e, str):
+            g.add_node(key, label=e)
+            return key
+        g.add_node(key, label=e[0])
+        commutative = OPS[e[0]].commutative
+        for pos, child in enumerate(e[1:]):
+            g.add_edge(key, add(child), pos=str(0 if commutative else pos))
+        return key
+
+    root = add(expr)
+    g.nodes[root]["label"] = "root:" + g.nodes[root]["label"]
+    g.graph["root"] = root
+    return g
+
+
+def dag_hash(expr: Expr) -> str:
+    """Weisfeiler-Lehman hash of the canonical DAG (iterations = its depth + 1)."""
+    g = to_dag(expr)
+    depth = nx.dag_longest_path_length(g) + 1 if g.number_of_edges() else 1
+    with warnings.catch_warnings():  # networkx notes its directed-graph hashes changed in 3.5
+        warnings.simplefilter("ignore", UserWarning)
+        return nx.weisfeiler_lehman_graph_hash(
+            g, node_attr="label", edge_attr="pos", iterations=depth, digest_size=16
+        )
+
+
+def leaves(expr: Expr) -> set[str]:
+    """Input names the expression reads."""
+    if isinstance(expr, str):
+        return {expr}
+    return set().union(*(leaves(c) for c in expr[1:]))
+
+
+def ops_used(expr: Expr) -> set[str]:
+    """Operation names in the expression."""
+    if isinstance(expr, str):
+        return set()
+    return {expr[0]}.union(*(ops_used(c) for c in expr[1:]))
+
+
+def depends_on_bits(expr: Expr) -> bool:
+    """Whether the output can change with the bit-width (reads a bit-dependent input)."""
+    return bool(leaves(expr) & BIT_DEPENDENT)
+
+
+def infer_shape(expr: Expr, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """Output shape from the declared shape rules only (raises ``ShapeError``)."""
+    memo: dict[str, tuple[int, ...]] = {}
+
+    def walk(e: Expr) -> tuple[int, ...]:
+        if isinstance(e, str):
+            if e not in shapes:
+                raise KeyError(f"input {e!r} was not computed (have {sorted(shapes)})")
+            return shapes[e]
+        key = expr_str(e)
+        if key not in memo:
+            memo[key] = OPS[e[0]].output_shape(*(walk(c) for c in e[1:]))
+        return memo[key]
+
+    return walk(expr)
+
+
+def evaluate(expr: Expr, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Evaluate on one layer's inputs, each distinct subexpression once."""
+    memo: dict[str, torch.Tensor] = {}
+
+    def walk(e: Expr) -> torch.Tensor:
+        if isinstance(e, str):
+            return tensors[e]
+        key = expr_str(e)
+        if key not in memo:
+            memo[key] = OPS[e[0]].fn(*(walk(c) for c in e[1:]))
+        return memo[key]
+
+    with torch.no_grad():
+        return walk(expr)
+
+
+def score_table(expr: Expr, inputs: LayerInputs, layers: Sequence[int] | None = None) -> np.ndarray:
+    """``S[l, b]``: the graph evaluated once per layer on all bit options at once."""
+    idx = range(inputs.num_layers) if layers is None else layers
+    nbits = len(inputs.candidates)
+    rows = [reduce_to_bits(evaluate(expr, inputs.tensors[i]), nbits) for i in idx]
+    return torch.stack(rows).double().numpy()
+
+
+def input_names() -> tuple[str, ...]:
+    return INPUT_NAMES

@@ -1,0 +1,100 @@
+"""Score tables: a proxy evaluated once per layer on all bit options, ``S[l, b]``.
+
+A configuration's score is ``sum_l S[l, b_l]`` - a gather and a sum - so scoring N
+configurations costs L graph evaluations, not N x L.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.data import calibration_batch
+from benchmark.models import load_model
+from benchmark.ptq import DEFAULT_BITS
+from primitives.inputs import InputSettings, LayerInputs, get_inputs
+
+
+def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """Reduce a graph output to one value per bit: mean over every non-bit axis.
+
+    A bit-independent output (axis 0 of size 1) is broadcast to all bits.
+    """
+    if out.ndim == 0:
+        out = out.reshape(1)
+    per_bit = out.reshape(out.shape[0], -1).mean(1) if out[0].numel() > 1 else out.reshape(-1)
+    if per_bit.numel() == 1:
+        per_bit = per_bit.expand(num_bits)
+    if per_bit.numel() != num_bits:
+        raise ValueError(f"graph output has {per_bit.numel()} bit slots, expected {num_bits}")
+    return per_bit
+
+
+def config_scores(table: np.ndarray, bit_index: np.ndarray) -> np.ndarray:
+    """Scores of configurations ``bit_index [N, L]`` (indices into the candidates)."""
+    table = np.asarray(table, dtype=np.float64)
+    bit_index = np.asarray(bit_index)
+    if bit_index.ndim != 2 or bit_index.shape[1] != table.shape[0]:
+        raise ValueError(
+            f"configurations have {bit_index.shape[-1]} layers, score table has {table.shape[0]}"
+        )
+    return table[np.arange(table.shape[0]), bit_index].sum(1)
+
+
+def bits_to_index(configs: np.ndarray, candidates: Sequence[int]) -> np.ndarray:
+    """Map bit-widths ``[N, L]`` to candidate indices, with a clear error for unknown bits."""
+    configs = np.asarray(configs, dtype=np.int64)
+    lut = {int(b): i for i, b in enumerate(candidates)}
+    bad = sorted(set(np.unique(configs).tolist()) - set(lut))
+    if bad:
+        raise ValueError(f"bit-width(s) {bad} not among the candidates {list(candidates)}")
+    return np.vectorize(lut.__getitem__, otypes=[np.int64])(configs)
+
+
+class ScoreContext:
+    """What a scorer may look at: the model, a calibration batch and its proxy inputs.
+
+    Inputs come from the primitives cache, computed on first use.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        settings: InputSettings | None = None,
+        cache: Path | str | None | bool = None,
+    ):
+        self.model, self.x, self.y = model, x, y
+        self.settings = settings or InputSettings()
+        self.cache = cache
+        self._inputs: LayerInputs | None = None
+
+    @property
+    def candidates(self) -> tuple[int, ...]:
+        return tuple(self.settings.candidates)
+
+    @property
+    def inputs(self) -> LayerInputs:
+        if self._inputs is None:
+            self._inputs = get_inputs(self.model, self.x, self.y, self.settings, self.cache)
+        return self._inputs
+
+    @classmethod
+    def for_model(
+        cls,
+        name: str,
+        checkpoint: Path | str | None = None,
+        candidates: Sequence[int] = DEFAULT_BITS,
+        batch: int = 128,
+        seed: int = 0,
+        cache: Path | str | None | bool = None,
+    ) -> ScoreContext:
+        """Context of a zoo model with the default seeded calibration batch."""
+        model = load_model(name, checkpoint)
+        x, y = calibration_batch(batch, seed)
+        settings = InputSettings(candidates=tuple(int(b) for b in candidates))
+        return cls(model, x, y, settings, cache)

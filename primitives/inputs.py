@@ -1,0 +1,324 @@
+"""Proxy inputs (the terminals of a proxy graph), computed per quantizable layer.
+
+Every input is a float32 tensor whose axis 0 is the bit axis: size ``B`` (one slice per bit
+candidate) for the quantization-aware inputs ``Wq``, ``E``, ``D`` and ``b``, size 1 for the
+others (they broadcast). All computation happens on a BN-folded private copy of the model,
+so the caller's model, its gradients and its train/eval mode are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.ptq import (
+    CLIP_GRID,
+    DEFAULT_BITS,
+    LayerInfo,
+    fold_bn,
+    layer_table,
+    quantizable_layers,
+    quantize_weight,
+    state_fingerprint,
+)
+
+CACHE_VERSION = 1
+INPUT_DOCS = {
+    "A": "layer output activation on the calibration batch",
+    "W": "BN-folded weight",
+    "G": "gradient of the loss w.r.t. the weight",
+    "H": "Hutchinson estimate of the Hessian diagonal w.r.t. the weight",
+    "V": "data-free virtual gradient (|theta| linearised net, input of ones, R = sum of output)",
+    "Ga": "gradient of the loss w.r.t. the layer output",
+    "Wq": "quantized weight Q_b(W)",
+    "E": "weight quantization error W - Q_b(W)",
+    "D": "change of the layer output when only its weights are quantized at b",
+    "b": "the bit-width itself",
+}
+INPUT_NAMES = tuple(INPUT_DOCS)
+BIT_DEPENDENT = frozenset({"Wq", "E", "D", "b"})
+NEEDS_LABELS = frozenset({"G", "H", "Ga"})
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """Settings that change the computed inputs (all part of the cache key)."""
+
+    candidates: tuple[int, ...] = DEFAULT_BITS
+    hutchinson_samples: int = 16
+    hutchinson_seed: int = 0
+    clip_grid: int = CLIP_GRID
+    names: tuple[str, ...] = INPUT_NAMES
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.names if n not in INPUT_DOCS]
+        if unknown:
+            raise ValueError(f"unknown proxy input(s) {unknown}: expected some of {INPUT_NAMES}")
+        if not self.candidates or any(not 2 <= b <= 16 for b in self.candidates):
+            raise ValueError(f"bit candidates must be in 2..16, got {self.candidates}")
+        if self.hutchinson_samples < 1:
+            raise ValueError(f"hutchinson_samples must be >= 1, got {self.hutchinson_samples}")
+
+
+@dataclass(eq=False)
+class LayerInputs:
+    """All proxy inputs of a model: ``tensors[l][name]`` with a leading bit axis."""
+
+    layers: list[LayerInfo]
+    candidates: tuple[int, ...]
+    tensors: list[dict[str, torch.Tensor]]
+    key: str = ""
+    path: Path | None = field(default=None, compare=False)
+    from_cache: bool = field(default=False, compare=False)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def shapes(self) -> list[dict[str, tuple[int, ...]]]:
+        """Shape of every input of every layer (for static shape inference)."""
+        return [{k: tuple(v.shape) for k, v in t.items()} for t in self.tensors]
+
+    def nbytes(self) -> int:
+        return sum(v.numel() * v.element_size() for t in self.tensors for v in t.values())
+
+    def subset(self, layers: Sequence[int]) -> LayerInputs:
+        """The inputs of a few layers only (e.g. the numeric probe)."""
+        return LayerInputs(
+            [self.layers[i] for i in layers], self.candidates, [self.tensors[i] for i in layers]
+        )
+
+
+def _check_batch(x: torch.Tensor, y: torch.Tensor | None, need_labels: bool) -> None:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 2:
+        raise ValueError("calibration batch must be a float tensor [N, ...] with N >= 1")
+    if need_labels:
+        if y is None:
+            raise ValueError("labels are required to compute G, H and Ga (pass y)")
+        if y.ndim != 1 or len(y) != len(x) or y.dtype != torch.long:
+            raise ValueError(
+                f"labels must be an int64 tensor of shape [{len(x)}], got "
+                f"{tuple(y.shape)} {y.dtype}"
+            )
+
+
+def _linear_op(module: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The layer's linear map applied with another weight (no bias)."""
+    if isinstance(module, nn.Conv2d):
+        return module._conv_forward(x, w, None)  # honours padding_mode
+    return F.linear(x, w)
+
+
+def _virtual_gradient(folded: nn.Module, input_shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """dR/dW of the |theta| network with activations removed, input of ones, R = sum(out).
+
+    Computed in float64 (products of |theta| over depth overflow float32 easily).
+    """
+    net = copy.deepcopy(folded).double()
+    for name, mod in list(net.named_modules()):
+        if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Sigmoid)):
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, child, nn.Identity())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()  # private copy: the in-place abs never reaches the caller's model
+    weights = [m.weight for _, m in quantizable_layers(net)]
+    out = net(torch.ones(1, *input_shape, dtype=torch.float64))
+    grads = torch.autograd.grad(out.sum(), weights)
+    return [g.float() for g in grads]
+
+
+def compute_inputs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    settings: InputSettings | None = None,
+) -> LayerInputs:
+    """Compute the proxy inputs of every quantizable layer of ``model`` on batch ``(x, y)``."""
+    settings = settings or InputSettings()
+    names = set(settings.names)
+    _check_batch(x, y, bool(names & NEEDS_LABELS))
+    quantizable_layers(model)  # clear error for a model with no Conv2d/Linear
+    try:
+        folded = fold_bn(model, x[:2])
+    except RuntimeError as exc:
+        msg = str(exc).splitlines()[0]
+        raise ValueError(f"batch of shape {tuple(x.shape)} does not fit the model: {msg}") from exc
+    layers = quantizable_layers(folded)
+    info = layer_table(folded, tuple(x.shape[1:]))
+    bits = tuple(int(b) for b in settings.candidates)
+    params = [m.weight for _, m in layers]
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+
+    outs: list[torch.Tensor | None] = [None] * len(layers)
+    ins: list[torch.Tensor | None] = [None] * len(layers)
+
+    def hook(i: int):
+        def fn(mod, inputs, output):
+            ins[i] = inputs[0].detach()
+            outs[i] = output
+            # Hand the rest of the net a copy, so an in-place activation (ReLU(inplace=True))
+            # cannot overwrite the recorded output A, and Ga stays dLoss/d(layer output).
+            return output.clone()
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(layers)]
+    try:
+        logits = folded(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+    grads_w: Sequence[torch.Tensor | None] = [None] * len(layers)
+    grads_a: Sequence[torch.Tensor | None] = [None] * len(layers)
+    hess: list[torch.Tensor | None] = [None] * len(layers)
+    if names & NEEDS_LABELS:
+        loss = F.cross_entropy(logits, y)
+        want_h = "H" in names
+        grads = torch.autograd.grad(loss, params + outs, create_graph=want_h)
+        grads_w, grads_a = grads[: len(layers)], grads[len(layers) :]
+        if want_h:
+            gen = torch.Generator().manual_seed(settings.hutchinson_seed)
+            acc = [torch.zeros_like(p) for p in params]
+            for s in range(settings.hutchinson_samples):
+                zs = [torch.randint(0, 2, p.shape, generator=gen).float() * 2 - 1 for p in params]
+                last = s == settings.hutchinson_samples - 1
+                hz = torch.autograd.grad(grads_w, params, grad_outputs=zs, retain_graph=not last)
+                for a, z, h in zip(acc, zs, hz, strict=True):
+                    a.add_(z * h)
+            hess = [a / settings.hutchinson_samples for a in acc]
+    virtual = _virtual_gradient(folded, tuple(x.shape[1:])) if "V" in names else None
+
+    tensors = []
+    with torch.no_grad():
+        for i, (_, mod) in enumerate(layers):
+            w = mod.weight.detach()
+            t: dict[str, torch.Tensor] = {}
+            if "W" in names:
+                t["W"] = w.clone().unsqueeze(0)
+            if "A" in names:
+                t["A"] = outs[i].detach().clone().unsqueeze(0)
+            if "G" in names:
+                t["G"] = grads_w[i].detach().clone().unsqueeze(0)
+            if "Ga" in names:
+                t["Ga"] = grads_a[i].detach().clone().unsqueeze(0)
+            if "H" in names:
+                t["H"] = hess[i].detach().clone().unsqueeze(0)
+            if "V" in names:
+                t["V"] = virtual[i].unsqueeze(0)
+            if names & {"Wq", "E", "D"}:
+                wq = torch.stack([quantize_weight(w, b, settings.clip_grid) for b in bits])
+                if "Wq" in names:
+                    t["Wq"] = wq
+                if "E" in names:
+                    t["E"] = w.unsqueeze(0) - wq
+                if "D" in names:
+                    t["D"] = torch.stack([_linear_op(mod, ins[i], q - w) for q in wq])
+            if "b" in names:
+                t["b"] = torch.tensor(bits, dtype=torch.float32)
+            tensors.append(t)
+    return LayerInputs(info, bits, tensors)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """Cache folder: ``$EMQ_CACHE`` or the user's cache dir."""
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("EMQ_CACHE") or user_cache_dir("emq")) / "inputs"
+
+
+def cache_key(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, settings: InputSettings
+) -> str:
+    """Content hash of model state, architecture, batch, labels and settings."""
+    h = hashlib.sha256()
+    h.update(f"v{CACHE_VERSION}".encode())
+    h.update(type(model).__qualname__.encode())
+    h.update(repr(model).encode())
+    h.update(state_fingerprint(model).encode())
+    h.update(str(tuple(x.shape)).encode())
+    h.update(x.detach().contiguous().numpy().tobytes())
+    if y is not None:
+        h.update(y.detach().contiguous().numpy().tobytes())
+    h.update(json.dumps(asdict(settings), sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def save_inputs(inputs: LayerInputs, path: Path) -> None:
+    """Write inputs as an ``.npz`` (no pickle) atomically."""
+    arrays = {f"{i}/{k}": v.numpy() for i, t in enumerate(inputs.tensors) for k, v in t.items()}
+    meta = {
+        "version": CACHE_VERSION,
+        "candidates": list(inputs.candidates),
+        "layers": [layer.to_dict() for layer in inputs.layers],
+    }
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_inputs(path: Path) -> LayerInputs:
+    """Read inputs written by ``save_inputs`` (``allow_pickle=False``)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            layers = [
+                LayerInfo(**{**d, "weight_shape": tuple(d["weight_shape"])}) for d in meta["layers"]
+            ]
+            tensors: list[dict[str, torch.Tensor]] = [{} for _ in layers]
+            for k in data.files:
+                if k != "__meta__":
+                    i, name = k.split("/")
+                    tensors[int(i)][name] = torch.from_numpy(data[k].copy())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"input cache file {path} is corrupt ({exc}); delete it") from exc
+    return LayerInputs(layers, tuple(meta["candidates"]), tensors)
+
+
+def get_inputs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    settings: InputSettings | None = None,
+    cache: Path | str | None | bool = None,
+) -> LayerInputs:
+    """Inputs from the on-disk cache, computing and storing them on a miss.
+
+    ``cache=False`` disables the cache; ``None`` uses ``cache_dir()``.
+    """
+    settings = settings or InputSettings()
+    if cache is False:
+        return compute_inputs(model, x, y, settings)
+    _check_batch(x, y, bool(set(settings.names) & NEEDS_LABELS))
+    key = cache_key(model, x, y, settings)
+    folder = cache_dir() if cache is None or cache is True else Path(cache)
+    path = folder / f"{key}.npz"
+    if path.is_file():
+        inputs = load_inputs(path)
+        inputs.key, inputs.path, inputs.from_cache = key, path, True
+        return inputs
+    inputs = compute_inputs(model, x, y, settings)
+    save_inputs(inputs, path)
+    inputs.key, inputs.path = key, path
+    return inputs

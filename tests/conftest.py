@@ -1,0 +1,78 @@
+"""Shared fixtures for the benchmark tests: real Fashion-MNIST data and the shipped models.
+
+Everything expensive (test set, trained models, a quantization simulator, one small bench
+file) is built once per session and reused; tests must not modify what they receive.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmark.bench import build_bench
+from benchmark.data import calibration_batch, load_split
+from benchmark.models import load_model
+from benchmark.ptq import QuantSim
+
+# Test images used where the full 10k set is not needed (first N of the test split).
+SUBSET = 2000
+# Random configurations in the shared bench: 4 uniform + BENCH_CONFIGS random rows.
+BENCH_CONFIGS = 2
+BENCH_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def test_set() -> tuple[torch.Tensor, torch.Tensor]:
+    """The full Fashion-MNIST test split (normalized images, labels)."""
+    return load_split("test")
+
+
+@pytest.fixture(scope="session")
+def test_subset(test_set) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``SUBSET`` test images and labels."""
+    x, y = test_set
+    return x[:SUBSET], y[:SUBSET]
+
+
+@pytest.fixture(scope="session")
+def resnet20_trained() -> torch.nn.Module:
+    """The shipped ResNet-20 checkpoint (eval mode)."""
+    return load_model("resnet20")
+
+
+@pytest.fixture(scope="session")
+def mobilenetv2_trained() -> torch.nn.Module:
+    """The shipped MobileNetV2 checkpoint (eval mode)."""
+    return load_model("mobilenetv2")
+
+
+@pytest.fixture(scope="session")
+def calib() -> torch.Tensor:
+    """A seeded calibration batch of training images."""
+    return calibration_batch(256, seed=0)[0]
+
+
+@pytest.fixture(scope="session")
+def resnet_sim(resnet20_trained, calib) -> QuantSim:
+    """A quantization simulator of the trained ResNet-20 (callers restore ``set_fp``)."""
+    return QuantSim(resnet20_trained, calib)
+
+
+@pytest.fixture
+def sim(resnet_sim) -> QuantSim:
+    """The shared simulator, reset to full precision before and after each test."""
+    resnet_sim.set_fp()
+    yield resnet_sim
+    resnet_sim.set_fp()
+
+
+@pytest.fixture(scope="session")
+def small_bench(tmp_path_factory) -> dict:
+    """One small ResNet-20 bench file (4 uniform + 2 random configs), built once.
+
+    Returns its ``path``, the ``result`` of ``build_bench`` and the ``n_configs`` and
+    ``seed`` it was built with. Tests that modify a bench work on a copy.
+    """
+    path = tmp_path_factory.mktemp("bench") / "resnet20.sqlite"
+    result = build_bench("resnet20", BENCH_CONFIGS, BENCH_SEED, path, progress=False)
+    return {"path": path, "result": result, "n_configs": BENCH_CONFIGS, "seed": BENCH_SEED}

@@ -1,0 +1,655 @@
+"""Tests for primitives.inputs: definitions, shapes, side effects, Hessian estimate, cache, errors.
+
+Reference values are computed independently here (manual BN folding, forward hooks on a
+private copy with one weight swapped, ``torch.autograd`` gradients and exact Hessians), on
+tiny models over 8x8 average-pooled Fashion-MNIST images, and on a random-init ResNet-20.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import resource
+
+import numpy as np
+import psutil
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+import primitives.inputs as inputs_module
+from benchmark.data import calibration_batch
+from benchmark.models import resnet20
+from benchmark.ptq import fold_bn, quantizable_layers, quantize_weight
+from primitives.inputs import (
+    BIT_DEPENDENT,
+    INPUT_NAMES,
+    InputSettings,
+    cache_dir,
+    cache_key,
+    compute_inputs,
+    get_inputs,
+)
+
+BITS = (2, 3, 4, 8)
+WEIGHT_SHAPED = ("W", "G", "H", "V", "Wq", "E")
+OUTPUT_SHAPED = ("A", "D", "Ga")
+NO_LABELS = ("W", "Wq", "E", "D", "A", "V", "b")
+
+
+class TinyNet(nn.Module):
+    """conv(1->C, 3x3) + BN + ReLU + linear on 1x8x8 images: two quantizable layers."""
+
+    def __init__(
+        self,
+        channels: int = 4,
+        stride: int = 1,
+        classes: int = 10,
+        inplace: bool = False,
+        padding_mode: str = "zeros",
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(1, channels, 3, stride, 1, padding_mode=padding_mode)
+        self.bn = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=inplace)
+        side = 8 // stride
+        self.fc = nn.Linear(channels * side * side, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.relu(self.bn(self.conv(x))), 1))
+
+
+def tiny_model(seed: int = 0, **kwargs) -> TinyNet:
+    """A seeded TinyNet in eval mode whose BatchNorm is far from identity (folding matters)."""
+    torch.manual_seed(seed)
+    model = TinyNet(**kwargs)
+    with torch.no_grad():
+        bn = model.bn
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.25, 4.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the cores are shared with training jobs, and thread contention
+    makes small autograd calls up to 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """16 real training images average-pooled to 8x8, and their labels."""
+    x, y = calibration_batch(16, seed=1)
+    return F.adaptive_avg_pool2d(x, 8), y
+
+
+@pytest.fixture(scope="module")
+def tiny(batch):
+    """A TinyNet and all its inputs (default settings, no cache)."""
+    model = tiny_model()
+    x, y = batch
+    return model, compute_inputs(model, x, y, InputSettings(candidates=BITS))
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in quantizable_layers(model)]
+
+
+def layer_outputs(folded: nn.Module, x: torch.Tensor, swap=None) -> dict[str, torch.Tensor]:
+    """Output of every quantizable layer of a copy of ``folded`` on ``x`` (forward hooks).
+
+    ``swap = (layer name, weight)`` replaces that one layer's weight first.
+    """
+    net = copy.deepcopy(folded)
+    if swap is not None:
+        with torch.no_grad():
+            net.get_submodule(swap[0]).weight.copy_(swap[1])
+    outs: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(mod, inputs, output):
+            outs[name] = output.detach().clone()
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in quantizable_layers(net)]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return outs
+
+
+def output_gradients(folded: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """dLoss/d(layer output) of every quantizable layer of a copy of ``folded``."""
+    net = copy.deepcopy(folded)
+    outs: list[torch.Tensor] = []
+    handles = [
+        m.register_forward_hook(lambda mod, i, o: outs.append(o))
+        for _, m in quantizable_layers(net)
+    ]
+    try:
+        loss = F.cross_entropy(net(x), y)
+    finally:
+        for h in handles:
+            h.remove()
+    return list(torch.autograd.grad(loss, outs))
+
+
+def assert_same_tensors(a, b) -> None:
+    """Two LayerInputs hold bitwise-equal tensors under the same names."""
+    assert len(a.tensors) == len(b.tensors)
+    for ta, tb in zip(a.tensors, b.tensors, strict=True):
+        assert ta.keys() == tb.keys()
+        for name in ta:
+            assert ta[name].dtype == tb[name].dtype, name
+            assert torch.equal(ta[name], tb[name]), name
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def test_every_input_has_a_leading_bit_axis_and_the_documented_shape(tiny, batch):
+    model, inputs = tiny
+    x, _ = batch
+    outs = layer_outputs(fold_bn(model), x)
+    assert inputs.candidates == BITS
+    assert [info.name for info in inputs.layers] == layer_names(model) == ["conv", "fc"]
+    assert inputs.num_layers == 2
+    for (name, module), t in zip(quantizable_layers(model), inputs.tensors, strict=True):
+        assert set(t) == set(INPUT_NAMES)
+        w_shape, out_shape = tuple(module.weight.shape), tuple(outs[name].shape)
+        for key, value in t.items():
+            assert value.dtype == torch.float32, key
+            assert value.shape[0] == (len(BITS) if key in BIT_DEPENDENT else 1), key
+        assert t["b"].shape == (len(BITS),)
+        for key in WEIGHT_SHAPED:
+            assert tuple(t[key].shape[1:]) == w_shape, key
+        for key in OUTPUT_SHAPED:
+            assert tuple(t[key].shape[1:]) == out_shape, key
+    assert inputs.shapes()[1]["D"] == (len(BITS), len(x), 10)
+    expected_bytes = sum(v.numel() * 4 for t in inputs.tensors for v in t.values())
+    assert inputs.nbytes() == expected_bytes
+
+
+def test_only_the_requested_inputs_are_computed(batch):
+    x, y = batch
+    inputs = compute_inputs(tiny_model(), x, y, InputSettings(names=("E", "b")))
+    assert [set(t) for t in inputs.tensors] == [{"E", "b"}, {"E", "b"}]
+
+
+# ----------------------------------------------------------------------------- definitions
+
+
+def test_W_is_the_bn_folded_weight(tiny):
+    model, inputs = tiny
+    bn = model.bn
+    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv_w = model.conv.weight * factor.reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(inputs.tensors[0]["W"][0], conv_w.detach(), rtol=1e-6, atol=0)
+    assert torch.equal(inputs.tensors[1]["W"][0], model.fc.weight.detach())
+    assert not torch.allclose(inputs.tensors[0]["W"][0], model.conv.weight.detach())
+
+
+def test_Wq_and_E_follow_quantize_weight_bit_by_bit(tiny):
+    _, inputs = tiny
+    for t in inputs.tensors:
+        w = t["W"][0]
+        for i, b in enumerate(BITS):
+            assert torch.equal(t["Wq"][i], quantize_weight(w, b))
+            assert torch.equal(t["E"][i], w - t["Wq"][i])
+        # fewer bits, larger error: the slots really differ and are in candidate order
+        errors = [float(t["E"][i].square().sum()) for i in range(len(BITS))]
+        assert errors == sorted(errors, reverse=True) and errors[0] > errors[-1] > 0
+
+
+@pytest.mark.parametrize("candidates", [BITS, (3,), (8, 5)])
+def test_b_is_the_candidates(batch, candidates):
+    x, _ = batch
+    settings = InputSettings(candidates=candidates, names=("b", "Wq"))
+    inputs = compute_inputs(tiny_model(), x, None, settings)
+    assert inputs.candidates == candidates
+    for t in inputs.tensors:
+        assert torch.equal(t["b"], torch.tensor(candidates, dtype=torch.float32))
+        assert t["Wq"].shape[0] == len(candidates)
+
+
+def test_A_is_the_layer_output(tiny, batch):
+    model, inputs = tiny
+    outs = layer_outputs(fold_bn(model), batch[0])
+    for name, t in zip(layer_names(model), inputs.tensors, strict=True):
+        torch.testing.assert_close(t["A"][0], outs[name], rtol=1e-6, atol=1e-6)
+    assert (inputs.tensors[0]["A"] < 0).any()  # pre-activation: the ReLU comes after the hook
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_D_is_the_output_change_with_only_this_layer_quantized(batch, padding_mode):
+    """D[b] = (layer output with that layer's weight swapped for Wq[b]) - (FP layer output)."""
+    x, y = batch
+    model = tiny_model(padding_mode=padding_mode)
+    inputs = compute_inputs(model, x, y, InputSettings(candidates=BITS, names=("W", "Wq", "D")))
+    folded = fold_bn(model)
+    fp = layer_outputs(folded, x)
+    for name, t in zip(layer_names(model), inputs.tensors, strict=True):
+        scale = float(fp[name].abs().max())
+        for i, _ in enumerate(BITS):
+            quantized = layer_outputs(folded, x, swap=(name, t["Wq"][i]))
+            expected = quantized[name] - fp[name]
+            torch.testing.assert_close(t["D"][i], expected, rtol=1e-5, atol=1e-5 * scale)
+            # the other layers' weights stay FP: the earlier layer's output is untouched
+            if name == "fc":
+                assert torch.equal(quantized["conv"], fp["conv"])
+
+
+def test_G_is_the_loss_gradient_wrt_the_folded_weight(tiny, batch):
+    model, inputs = tiny
+    x, y = batch
+    folded = fold_bn(model)
+    weights = {f"{n}.weight": m.weight.detach().clone() for n, m in quantizable_layers(folded)}
+    for w in weights.values():
+        w.requires_grad_(True)
+    loss = F.cross_entropy(functional_call(folded, weights, (x,)), y)
+    grads = torch.autograd.grad(loss, list(weights.values()))
+    for g, t in zip(grads, inputs.tensors, strict=True):
+        torch.testing.assert_close(t["G"][0], g, rtol=1e-5, atol=1e-7)
+        assert g.abs().max() > 0
+
+
+def test_Ga_is_the_loss_gradient_wrt_the_layer_output(tiny, batch):
+    model, inputs = tiny
+    grads = output_gradients(fold_bn(model), *batch)
+    for g, t in zip(grads, inputs.tensors, strict=True):
+        torch.testing.assert_close(t["Ga"][0], g, rtol=1e-5, atol=1e-8)
+        assert g.abs().max() > 0
+
+
+def test_V_is_the_gradient_of_the_abs_weight_net_on_an_input_of_ones(tiny):
+    """V = dR/d|theta| with R = sum of the output of the activation-free |theta| net on ones.
+
+    Every parameter (biases too) is made non-negative and the input is all ones, so every
+    pre-activation is >= 0 and the ReLU is the identity: removing it changes nothing.
+    """
+    model, inputs = tiny
+    folded = fold_bn(model)
+    wc, bc, wl, bl = (
+        p.detach().double().abs().requires_grad_(True)
+        for p in (folded.conv.weight, folded.conv.bias, folded.fc.weight, folded.fc.bias)
+    )
+    hidden = F.conv2d(torch.ones(1, 1, 8, 8, dtype=torch.float64), wc, bc, padding=1)
+    r = F.linear(torch.flatten(hidden, 1), wl, bl).sum()
+    expected = torch.autograd.grad(r, (wc, wl))
+    for e, t in zip(expected, inputs.tensors, strict=True):
+        torch.testing.assert_close(t["V"][0], e.float(), rtol=1e-5, atol=0)
+    # last layer: dR/dW[k, j] is the hidden unit j, the same for every output k
+    torch.testing.assert_close(inputs.tensors[1]["V"][0][3], hidden.flatten().float())
+
+
+def test_inplace_relu_does_not_change_the_inputs(batch):
+    """A ReLU(inplace=True) after a folded BN (an Identity) must not rewrite A or Ga.
+
+    Its twin with ``inplace=False`` has the same weights and computes the same function, so
+    every input must be the same.
+    """
+    x, y = batch
+    settings = InputSettings(candidates=BITS, hutchinson_samples=2)
+    plain = compute_inputs(tiny_model(inplace=False), x, y, settings)
+    inplace = compute_inputs(tiny_model(inplace=True), x, y, settings)
+    for name in INPUT_NAMES:
+        for tp, ti in zip(plain.tensors, inplace.tensors, strict=True):
+            torch.testing.assert_close(ti[name], tp[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+# ----------------------------------------------------------------------------- side effects
+
+
+def module_state(model: nn.Module) -> list[tuple]:
+    """Per module: name, training flag and every hook dict's keys."""
+    return [
+        (
+            name,
+            m.training,
+            list(m._forward_hooks),
+            list(m._forward_pre_hooks),
+            list(m._backward_hooks),
+        )
+        for name, m in model.named_modules()
+    ]
+
+
+@pytest.mark.parametrize("mode", ["eval", "train", "train_with_frozen_bn"])
+def test_the_users_model_is_untouched(batch, mode, tmp_path):
+    """No hooks left, no .grad, bitwise-equal state, and every module's mode preserved."""
+    x, y = batch
+    model = tiny_model()
+    model.train(mode != "eval")
+    if mode == "train_with_frozen_bn":
+        model.bn.eval()  # a common fine-tuning setup: BN statistics frozen
+    before_state = {k: v.clone() for k, v in model.state_dict().items()}
+    before_modules = module_state(model)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+    compute_inputs(model, x, y, InputSettings(hutchinson_samples=2))
+    get_inputs(model, x, y, InputSettings(hutchinson_samples=2), cache=tmp_path)
+
+    assert module_state(model) == before_modules
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    after_state = model.state_dict()
+    assert after_state.keys() == before_state.keys()
+    for k, v in before_state.items():
+        assert torch.equal(after_state[k], v), k
+
+
+def test_the_users_mode_is_restored_when_the_batch_does_not_fit():
+    model = tiny_model().train()
+    with pytest.raises(ValueError, match="shape"):
+        compute_inputs(model, torch.randn(4, 1, 7, 7), None, InputSettings(names=("W",)))
+    assert all(m.training for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- Hessian
+
+
+def exact_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Exact Hessian of the CE loss w.r.t. all quantizable (folded) weights jointly, [P, P]."""
+    folded = fold_bn(model)
+    layers = quantizable_layers(folded)
+    names = [f"{n}.weight" for n, _ in layers]
+    shapes = [m.weight.shape for _, m in layers]
+    flat = torch.cat([m.weight.detach().flatten() for _, m in layers])
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(theta, [s.numel() for s in shapes])
+        weights = {n: p.reshape(s) for n, p, s in zip(names, parts, shapes, strict=True)}
+        return F.cross_entropy(functional_call(folded, weights, (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+def test_hutchinson_diagonal_matches_the_exact_hessian(batch):
+    """H with 4000 Rademacher samples agrees with the exact Hessian diagonal.
+
+    Model: conv(1->4, stride 2) + BN + ReLU + linear(64->10): 36 + 640 weights. The exact
+    Hessian is taken jointly over both weights (as H is); its off-diagonal entries give the
+    estimator's exact standard errors, so the tolerances are statistical:
+
+    * every element within 5 standard errors of the exact diagonal, the standard error of
+      element i being sqrt(sum_{j != i} H_ij^2 / n);
+    * per layer, the trace within 5 standard errors, sqrt((2 sum_{i != j in l} H_ij^2 +
+      sum_{i in l, j not in l} H_ij^2) / n), a bound tighter than half the trace (so the
+      check rejects a zero, negated or doubled estimate);
+    * per layer, Pearson correlation of estimate and exact diagonal > 0.9;
+    * linear layer (small estimator noise, trace standard error < 2 %): relative error of the
+      trace <= 5 % and mean absolute error <= 0.2 x mean |diag|. (The conv weights are
+      strongly coupled to the linear ones: their trace standard error is ~7 %.)
+    """
+    x, y = batch
+    model = tiny_model(channels=4, stride=2)
+    n = 4000
+    settings = InputSettings(hutchinson_samples=n, names=("H",))
+    found = compute_inputs(model, x, y, settings).tensors
+    estimate = torch.cat([t["H"][0].flatten() for t in found]).double()
+    hess = exact_hessian(model, x, y).double()
+    diag = hess.diagonal()
+    sizes = (36, 640)
+    assert estimate.shape == diag.shape == (sum(sizes),)
+
+    off = hess - torch.diag(diag)
+    element_se = torch.sqrt(off.square().sum(1) / n)
+    bound = 5 * element_se + 1e-6 * diag.abs().max()
+    assert ((estimate - diag).abs() <= bound).all()
+
+    start = 0
+    for size in sizes:
+        block = slice(start, start + size)
+        start += size
+        est, exact = estimate[block], diag[block]
+        trace = float(exact.sum())
+        inside = off[block, block].square().sum()
+        across = off[block].square().sum() - inside
+        trace_se = float(torch.sqrt((2 * inside + across) / n))
+        assert 5 * trace_se < 0.5 * trace
+        trace_error = abs(float(est.sum()) - trace)
+        assert trace_error <= 5 * trace_se
+        assert np.corrcoef(est.numpy(), exact.numpy())[0, 1] > 0.9
+        if size == 640:
+            assert trace_se < 0.02 * trace
+            assert trace_error <= 0.05 * trace
+            assert (est - exact).abs().mean() <= 0.2 * exact.abs().mean()
+
+
+def test_hutchinson_estimate_is_reproducible_by_seed(batch):
+    x, y = batch
+    model = tiny_model()
+
+    def hessian(seed: int) -> list[torch.Tensor]:
+        settings = InputSettings(hutchinson_samples=4, hutchinson_seed=seed, names=("H",))
+        return [t["H"] for t in compute_inputs(model, x, y, settings).tensors]
+
+    first, again, other = hessian(0), hessian(0), hessian(1)
+    for a, b, c in zip(first, again, other, strict=True):
+        assert torch.equal(a, b)
+        assert not torch.equal(a, c)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def test_cache_stores_an_npz_and_returns_it_without_computing(batch, tmp_path, monkeypatch):
+    x, y = batch
+    model = tiny_model()
+    settings = InputSettings(hutchinson_samples=2)
+    first = get_inputs(model, x, y, settings, cache=tmp_path)
+    assert not first.from_cache
+    assert first.key == cache_key(model, x, y, settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{first.key}.npz"]
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("compute_inputs called on a cache hit")
+
+    monkeypatch.setattr(inputs_module, "compute_inputs", no_compute)
+    second = get_inputs(model, x, y, settings, cache=tmp_path)
+    assert second.from_cache and second.key == first.key
+    assert second.candidates == first.candidates
+    assert second.layers == first.layers
+    assert_same_tensors(first, second)
+    assert_same_tensors(first, compute_inputs(model, x, y, settings))
+
+
+def test_cache_file_loads_without_pickle(batch, tmp_path):
+    x, y = batch
+    inputs = get_inputs(tiny_model(), x, y, InputSettings(hutchinson_samples=2), cache=tmp_path)
+    with np.load(tmp_path / f"{inputs.key}.npz", allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    assert all(a.dtype != object for a in arrays.values())
+    assert len(arrays) == 1 + sum(len(t) for t in inputs.tensors)
+
+
+def test_cache_key_changes_with_model_batch_labels_candidates_and_settings(batch):
+    x, y = batch
+    model = tiny_model()
+    settings = InputSettings()
+    base = cache_key(model, x, y, settings)
+    assert cache_key(copy.deepcopy(model), x.clone(), y.clone(), InputSettings()) == base
+
+    weight_changed = copy.deepcopy(model)
+    with torch.no_grad():
+        weight_changed.fc.weight[0, 0] += 1e-3
+    stats_changed = copy.deepcopy(model)
+    stats_changed.bn.running_var[0] += 1e-3
+    x_changed = x.clone()
+    x_changed[0, 0, 0, 0] += 1e-3
+    y_changed = y.clone()
+    y_changed[0] = (y[0] + 1) % 10
+    keys = [
+        cache_key(weight_changed, x, y, settings),
+        cache_key(stats_changed, x, y, settings),
+        cache_key(tiny_model(channels=3), x, y, settings),
+        cache_key(model, x_changed, y, settings),
+        cache_key(model, x[:8], y[:8], settings),
+        cache_key(model, x, y_changed, settings),
+        cache_key(model, x, None, InputSettings(names=NO_LABELS)),
+        cache_key(model, x, y, InputSettings(candidates=(2, 4, 8))),
+        cache_key(model, x, y, InputSettings(hutchinson_samples=8)),
+        cache_key(model, x, y, InputSettings(hutchinson_seed=1)),
+        cache_key(model, x, y, InputSettings(clip_grid=50)),
+        cache_key(model, x, y, InputSettings(names=("W", "H"))),
+    ]
+    assert len(set(keys + [base])) == len(keys) + 1
+
+
+def test_a_changed_model_is_computed_again(batch, tmp_path):
+    x, y = batch
+    model = tiny_model()
+    settings = InputSettings(names=("W",))
+    get_inputs(model, x, y, settings, cache=tmp_path)
+    with torch.no_grad():
+        model.fc.weight.mul_(2)
+    again = get_inputs(model, x, y, settings, cache=tmp_path)
+    assert not again.from_cache
+    assert torch.equal(again.tensors[1]["W"][0], model.fc.weight)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_corrupt_cache_file_raises_value_error_naming_it(batch, tmp_path, damage):
+    x, y = batch
+    model = tiny_model()
+    settings = InputSettings(names=("W", "b"))
+    inputs = get_inputs(model, x, y, settings, cache=tmp_path)
+    path = tmp_path / f"{inputs.key}.npz"
+    raw = path.read_bytes()
+    damaged = {"garbage": b"not an npz file" * 8, "truncated": raw[: len(raw) // 2], "empty": b""}
+    path.write_bytes(damaged[damage])
+    with pytest.raises(ValueError, match="corrupt") as info:
+        get_inputs(model, x, y, settings, cache=tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_emq_cache_selects_the_cache_folder(batch, tmp_path, monkeypatch):
+    x, y = batch
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path / "inputs"
+    inputs = get_inputs(tiny_model(), x, y, InputSettings(names=("W",)))
+    assert [p.name for p in (tmp_path / "inputs").iterdir()] == [f"{inputs.key}.npz"]
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "other"))
+    assert cache_dir() == tmp_path / "other" / "inputs"
+
+
+def test_cache_true_uses_the_default_folder(batch, tmp_path, monkeypatch):
+    """``cache`` is typed ``Path | str | None | bool``: True means "cache, where by default"."""
+    x, y = batch
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path))
+    inputs = get_inputs(tiny_model(), x, y, InputSettings(names=("W",)), cache=True)
+    assert (tmp_path / "inputs" / f"{inputs.key}.npz").is_file()
+
+
+def test_cache_false_writes_nothing(batch, tmp_path, monkeypatch):
+    x, y = batch
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path))
+    inputs = get_inputs(tiny_model(), x, y, InputSettings(names=("W",)), cache=False)
+    assert not inputs.from_cache
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("cache", [False, "tmp"])
+def test_a_model_without_conv_or_linear_is_rejected(batch, cache, tmp_path):
+    x, y = batch
+    model = nn.Sequential(nn.Flatten(), nn.ReLU())
+    with pytest.raises(ValueError, match="Conv2d or Linear"):
+        get_inputs(model, x, y, InputSettings(), cache=tmp_path if cache else False)
+
+
+@pytest.mark.parametrize(
+    ("make_model", "shape"),
+    [(resnet20, (4, 3, 28, 28)), (tiny_model, (4, 1, 7, 7))],
+    ids=["resnet20-3-channels", "tiny-7x7"],
+)
+def test_a_batch_that_does_not_fit_the_model_is_rejected(make_model, shape, tmp_path):
+    torch.manual_seed(0)
+    model = make_model()
+    x = torch.randn(shape)
+    y = torch.zeros(shape[0], dtype=torch.long)
+    for cache in (False, tmp_path):
+        with pytest.raises(ValueError, match=r"shape \(4, \d, \d+, \d+\)"):
+            get_inputs(model, x, y, InputSettings(), cache=cache)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["G", "H", "Ga"])
+def test_missing_labels_are_rejected_when_needed(batch, name, tmp_path):
+    x, _ = batch
+    for cache in (False, tmp_path):
+        with pytest.raises(ValueError, match="labels"):
+            get_inputs(tiny_model(), x, None, InputSettings(names=("W", name)), cache=cache)
+
+
+def test_labels_are_not_needed_for_label_free_inputs(batch, tmp_path):
+    x, y = batch
+    model = tiny_model()
+    settings = InputSettings(names=NO_LABELS)
+    without = get_inputs(model, x, None, settings, cache=tmp_path)
+    with_labels = compute_inputs(model, x, y, settings)
+    assert all(set(t) == set(NO_LABELS) for t in without.tensors)
+    assert_same_tensors(without, with_labels)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [torch.zeros(15, dtype=torch.long), torch.zeros(16), torch.zeros(16, 1, dtype=torch.long)],
+    ids=["short", "float", "2d"],
+)
+def test_malformed_labels_are_rejected(batch, labels):
+    x, _ = batch
+    with pytest.raises(ValueError, match="labels"):
+        compute_inputs(tiny_model(), x, labels, InputSettings(names=("G",)))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"names": ("W", "Hessian")}, {"candidates": (1, 4)}, {"candidates": ()}],
+)
+def test_bad_settings_are_rejected(kwargs):
+    with pytest.raises(ValueError, match="Hessian|candidates"):
+        InputSettings(**kwargs)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_resnet20_inputs_fit_in_memory():
+    """All inputs of a random-init ResNet-20 on 128 images: < 2 GB stored, < 2 GB RSS growth.
+
+    One Hutchinson sample: the peak comes from the retained double-backward graph, which is
+    the same for any sample count. RSS growth is bounded by (peak RSS after) - (RSS before),
+    an upper bound of the growth during the call.
+    """
+    torch.manual_seed(0)
+    model = resnet20()
+    x, y = calibration_batch(128, seed=0)
+    gc.collect()
+    rss_before = psutil.Process().memory_info().rss
+    inputs = compute_inputs(model, x, y, InputSettings(hutchinson_samples=1))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    assert inputs.num_layers == 20
+    assert all(set(t) == set(INPUT_NAMES) for t in inputs.tensors)
+    assert inputs.tensors[0]["D"].shape == (4, 128, 16, 28, 28)
+    assert inputs.tensors[-1]["A"].shape == (1, 128, 10)
+    assert 1e8 < inputs.nbytes() < 2e9
+    assert peak - rss_before < 2e9
+    assert psutil.Process().memory_info().rss - rss_before < 2e9
