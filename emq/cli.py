@@ -13,6 +13,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import numpy as np
+
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, sqlite3.DatabaseError)
 
 
@@ -94,6 +96,64 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
     print(f"evaluations        {summary['evaluations']} in {summary['step']} steps")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from emq.export import export_run
+
+    paths = export_run(args.run, args.out)
+    for kind, path in paths.items():
+        print(f"{kind:<8} {path}")
+
+
+def _cmd_score(args: argparse.Namespace) -> None:
+    import time
+
+    from benchmark.bench import Bench
+    from benchmark.ptq import quantizable_layers
+    from emq.export import load_proxy
+    from emq.metrics import correlation_report
+    from emq.score import build_model, model_context, parse_configs, score
+
+    scorer = load_proxy(args.proxy)
+    bench = Bench.open(args.bench) if args.bench else None
+    cands = bench.candidates if bench else tuple(int(b) for b in args.bits.split(","))
+    model = build_model(args.model, args.checkpoint)
+    n_layers = len(quantizable_layers(model))
+    ctx = model_context(model, cands, args.batch, args.seed)
+    configs = (
+        parse_configs(args.configs, n_layers, cands) if args.configs else np.empty((0, n_layers))
+    )
+    if bench is not None and bench.num_layers != n_layers:
+        raise ValueError(f"bench {bench.path} has {bench.num_layers} layers, model {n_layers}")
+    start = time.perf_counter()
+    table, scores = score(scorer, ctx, configs.astype(np.int64))
+    out: dict = {
+        "proxy": getattr(scorer, "formula", None) or getattr(scorer, "name", str(args.proxy)),
+        "model": args.model,
+        "seconds": round(time.perf_counter() - start, 3),
+        "scores": [
+            {"config": ",".join(map(str, c)), "score": float(s)}
+            for c, s in zip(configs.tolist(), scores, strict=True)
+        ],
+    }
+    if bench is not None:
+        _, bench_scores = score(scorer, ctx, bench.w_bits)
+        out["bench"] = {"path": str(bench.path), "configs": len(bench),
+                        **correlation_report(bench_scores, bench.accuracy)}  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"proxy   {out['proxy']}\nmodel   {args.model}  ({n_layers} layers)")
+    for row in out["scores"]:
+        print(f"{row['score']:>14.6g}  {row['config']}")
+    if bench is not None:
+        b = out["bench"]
+        print(
+            f"vs bench ({b['configs']} configs): Spearman@topk {b['spearman@topk']:.4f}, "
+            f"@20/50/100 % {b['spearman@20%']:.4f}/{b['spearman@50%']:.4f}/"
+            f"{b['spearman@100%']:.4f}, Kendall {b['kendall']:.4f}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``emq`` command."""
     from benchmark.models import MODELS
@@ -148,6 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain tournament selection (ablation)")  # fmt: skip
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_evolve)
+
+    x = sub.add_parser("export", help="export a campaign's best proxy (.py, .json, formula)")
+    x.add_argument("run", help="campaign folder")
+    x.add_argument("--out", help="output folder (default: the run folder)")
+    x.set_defaults(func=_cmd_export)
+
+    s = sub.add_parser("score", help="score bit configurations with a proxy or baseline")
+    s.add_argument("--proxy", required=True, help="proxy JSON, run folder or baseline name")
+    s.add_argument("--model", required=True, help="zoo model name or module.path:factory")
+    s.add_argument("--checkpoint", help="state_dict for the model")
+    s.add_argument("--configs", help='file, or inline "b1,b2,...[;b1,b2,...]"')
+    s.add_argument("--bench", help="also correlate with this bench's measured accuracy")
+    s.add_argument("--bits", default="2,3,4,8", help="bit candidates (without --bench)")
+    s.add_argument("--batch", type=int, default=128, help="calibration images")
+    s.add_argument("--seed", type=int, default=0, help="calibration batch seed")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_score)
     from emq.baselines import add_parser as add_baselines
 
     add_baselines(sub)

@@ -208,6 +208,19 @@ class Campaign:
         """Produce ``n`` new genomes that pass screening, evaluated and with fitness set."""
         accepted: list[Genome] = []
         in_pop = {g.canonical for g in self.population}
+        fps = {g.fingerprint for g in self.population}
+
+        def admit(g: Genome, res: dict) -> None:
+            # With DPS, a semantic duplicate of a member (same ranking of every search
+            # configuration, hence the same fitness) adds nothing: it is not admitted.
+            if g.canonical in in_pop or (self.settings.dps and res.get("fingerprint") in fps):
+                return
+            g.fitness.values = (res["fitness"],)
+            g.fingerprint = res.get("fingerprint")
+            accepted.append(g)
+            in_pop.add(g.canonical)
+            fps.add(g.fingerprint)
+
         attempts = 0
         while len(accepted) < n and attempts < 100 * n:
             pending: list[tuple[Genome, object, str]] = []
@@ -223,22 +236,15 @@ class Campaign:
                 if v.stage != "s1_equivalent":
                     self.sampler.record(ops_used(v.expr), accepted=False)
                     continue
-                res = v.cached
-                if res.get("status") == "ok" and g.canonical not in in_pop:
-                    g.fitness.values = (res["fitness"],)
-                    g.fingerprint = res.get("fingerprint")
-                    accepted.append(g)
-                    in_pop.add(g.canonical)
+                if v.cached.get("status") == "ok":
+                    admit(g, v.cached)
             results = self._evaluate([e for _, e, _ in pending])
             for (g, expr, key), res in zip(pending, results, strict=True):
                 res = self.screener.record(key, res)
                 ok = res["status"] == "ok"
                 self.sampler.record(ops_used(expr), accepted=ok)
-                if ok and g.canonical not in in_pop:
-                    g.fitness.values = (res["fitness"],)
-                    g.fingerprint = res["fingerprint"]
-                    accepted.append(g)
-                    in_pop.add(g.canonical)
+                if ok:
+                    admit(g, res)
         return accepted
 
     # ------------------------------------------------------------------ selection
@@ -370,9 +376,11 @@ class Campaign:
             "version": __version__,
         }
         _atomic_write(self.run / "best.json", json.dumps(out, indent=2))
+        from emq.export import export_run
         from emq.plots import plot_campaign
 
         plot_campaign(self.run, self.history, self.evaluator, expr, best.canonical)
+        export_run(self.run)
         return out
 
     @staticmethod

@@ -1,0 +1,161 @@
+"""Campaigns on the shipped ResNet-20 bench: reproducible, resumable, safe run folders."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmark.bench import Bench, default_bench
+from emq.context import bench_evaluator
+from emq.evolve import Campaign, CampaignSettings
+
+SETTINGS = CampaignSettings(population=8, offspring=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("inputs-cache")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return Bench.open(default_bench("resnet20"))
+
+
+@pytest.fixture(scope="module")
+def evaluator(bench, cache_dir):
+    return bench_evaluator(bench, cache=cache_dir)
+
+
+def _run(path, bench, evaluator, steps, settings=SETTINGS, jobs=1):
+    return Campaign(path, bench, evaluator, settings, jobs=jobs, progress=False).run_steps(steps)
+
+
+def _state(path):
+    ck = json.loads((path / "checkpoint.json").read_text())
+    return ck["population"], [h["best"] for h in ck["history"]], ck["hall_of_fame"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, bench, evaluator):
+    path = tmp_path_factory.mktemp("runs") / "ref"
+    summary = _run(path, bench, evaluator, 3)
+    return path, summary
+
+
+def test_run_folder_has_every_artefact(reference):
+    path, summary = reference
+    for name in ("campaign.json", "checkpoint.json", "log.csv", "best.json", "fitness.png",
+                 "heldout_scatter.png", "best_proxy.py", "best_proxy.json"):  # fmt: skip
+        assert (path / name).is_file(), name
+    rows = (path / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4  # header, initial population, 3 steps
+    assert summary["step"] == 3
+    held = summary["heldout"]
+    assert -1.0 <= held["spearman@topk"] <= 1.0
+    assert summary["formula"] == json.loads((path / "best.json").read_text())["formula"]
+
+
+def test_fitness_is_finite_and_valid(reference):
+    population, best, hof = _state(reference[0])
+    assert len(population) == SETTINGS.population
+    assert all(math.isfinite(p["fitness"]) and -1.0 < p["fitness"] <= 1.0 for p in population)
+    assert best == sorted(best)  # steady state keeps the best: never decreases
+    assert hof[0]["fitness"] == max(p["fitness"] for p in population)
+
+
+def test_same_seed_same_result(tmp_path, bench, evaluator, reference):
+    _run(tmp_path / "again", bench, evaluator, 3)
+    assert _state(tmp_path / "again") == _state(reference[0])
+
+
+def test_other_seed_other_result(tmp_path, bench, evaluator, reference):
+    other = CampaignSettings(population=8, offspring=4, seed=4)
+    _run(tmp_path / "other", bench, evaluator, 3, other)
+    assert _state(tmp_path / "other")[0] != _state(reference[0])[0]
+
+
+def test_resume_continues_where_it_stopped(tmp_path, bench, evaluator, reference):
+    _run(tmp_path / "r", bench, evaluator, 1)
+    assert json.loads((tmp_path / "r" / "checkpoint.json").read_text())["step"] == 1
+    _run(tmp_path / "r", bench, evaluator, 3)  # a new Campaign object, as after a restart
+    assert _state(tmp_path / "r") == _state(reference[0])
+
+
+def test_parallel_jobs_give_the_same_result(tmp_path, bench, evaluator, reference):
+    _run(tmp_path / "par", bench, evaluator, 3, jobs=2)
+    assert _state(tmp_path / "par") == _state(reference[0])
+
+
+def test_killed_cli_run_resumes_to_the_same_result(tmp_path, cache_dir, reference):
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "emq.cli", "evolve", "--run", str(run), "--steps", "3",
+           "--population", "8", "--offspring", "4", "--seed", "3"]  # fmt: skip
+    env = {**os.environ, "EMQ_CACHE": str(cache_dir)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = run / "checkpoint.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if ck.exists() and json.loads(ck.read_text())["step"] >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ck.exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert _state(run) == _state(reference[0])
+
+
+def test_run_folder_of_other_settings_is_refused(tmp_path, bench, evaluator, reference):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference[0], copy)
+    before = (copy / "checkpoint.json").read_bytes()
+    other = CampaignSettings(population=8, offspring=4, seed=99)
+    with pytest.raises(ValueError, match="different settings.*seed"):
+        _run(copy, bench, evaluator, 3, other)
+    assert (copy / "checkpoint.json").read_bytes() == before
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, bench, evaluator, reference):
+    import shutil
+
+    copy = tmp_path / "corrupt"
+    shutil.copytree(reference[0], copy)
+    (copy / "checkpoint.json").write_text('{"step": 2, "population": [')
+    with pytest.raises(ValueError, match="checkpoint .* is corrupt"):
+        _run(copy, bench, evaluator, 4)
+
+
+def test_foreign_folder_is_never_overwritten(tmp_path, bench, evaluator):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a campaign folder"):
+        _run(folder, bench, evaluator, 1)
+    assert (folder / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    from emq.cli import main
+
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"not a database at all")
+    proc = subprocess.run(
+        [sys.executable, "-m", "emq.cli", "evolve", "--bench", str(bad), "--run",
+         str(tmp_path / "r"), "--steps", "1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("emq: error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    assert main(["evolve", "--bench", str(tmp_path / "missing.sqlite"), "--steps", "1"]) == 2
