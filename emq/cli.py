@@ -154,6 +154,22 @@ def _cmd_score(args: argparse.Namespace) -> None:
         )
 
 
+def _cmd_ablate(args: argparse.Namespace) -> None:
+    from benchmark.bench import Bench, default_bench
+    from emq.ablation import format_table, run_ablation
+    from emq.context import bench_evaluator
+    from emq.evolve import CampaignSettings
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = CampaignSettings(population=args.population, offspring=args.offspring)
+    bench = Bench.open(args.bench or default_bench())
+    evaluator = bench_evaluator(bench, base.calib_images, base.calib_seed, base.split_seed)
+    out = Path(args.out or f"runs/ablation-{bench.model}")
+    rows = run_ablation(bench, evaluator, base, args.steps, seeds, out, args.jobs)
+    print(format_table(rows))
+    print(f"\nper-seed rows: {out / 'ablation.csv'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``emq`` command."""
     from benchmark.models import MODELS
@@ -208,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain tournament selection (ablation)")  # fmt: skip
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_evolve)
+
+    a = sub.add_parser("ablate", help="OSP/DPS ablation over several seeds")
+    a.add_argument("--bench", help="bench file (default: shipped ResNet-20 bench)")
+    a.add_argument("--out", help="output folder (default: runs/ablation-<model>)")
+    a.add_argument("--steps", type=int, default=20)
+    a.add_argument("--population", type=int, default=32)
+    a.add_argument("--offspring", type=int, default=8)
+    a.add_argument("--seeds", default="0,1,2", help="comma-separated campaign seeds")
+    a.add_argument("--jobs", type=int, default=1)
+    a.set_defaults(func=_cmd_ablate)
 
     x = sub.add_parser("export", help="export a campaign's best proxy (.py, .json, formula)")
     x.add_argument("run", help="campaign folder")

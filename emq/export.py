@@ -79,11 +79,7 @@ def load_proxy_document(doc: dict, source: str = "proxy") -> ProxyScorer:
     names = doc.get("genome")
     if not isinstance(names, list) or not names:
         raise ValueError(f"{source}: 'genome' must be a non-empty list of names")
-    try:
-        tree = from_names(names)
-    except IndexError as exc:
-        raise ValueError(f"{source}: 'genome' is not a valid prefix expression") from exc
-    return ProxyScorer(str(doc.get("name", source)), canonical(tree))
+    return ProxyScorer(str(doc.get("name", source)), canonical(from_names(names)))
 
 
 def load_proxy(spec: str | Path):
@@ -249,7 +245,7 @@ def export_run(run: Path | str, out: Path | str | None = None) -> dict[str, Path
     try:
         info = json.loads(best.read_text())
         tree = from_names(info["genome_names"])
-    except (json.JSONDecodeError, KeyError, IndexError) as exc:
+    except (json.JSONDecodeError, KeyError) as exc:
         raise ValueError(f"{best} is corrupt: {exc}") from exc
     extra = {
         "fitness_search": info.get("fitness_search"),

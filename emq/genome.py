@@ -108,12 +108,16 @@ def from_names(names: Sequence[str]) -> Genome:
         if not isinstance(name, str) or name not in PSET.mapping:
             raise _unknown(name, "genome")
         nodes.append(PSET.mapping[name])
-    total = sum(n.arity for n in nodes) + 1
-    if total != len(nodes):
-        raise ValueError(f"genome {list(names)} has the wrong number of operands")
-    tree = Genome(nodes)
-    str(tree)  # raises IndexError on a misordered prefix list
-    return tree
+    open_slots = 1  # a prefix expression fills exactly one slot, and only at its end
+    for i, node in enumerate(nodes):
+        if open_slots == 0:
+            raise ValueError(f"genome {list(names)} is not a valid prefix expression")
+        open_slots += node.arity - 1
+        if open_slots == 0 and i != len(nodes) - 1:
+            raise ValueError(f"genome {list(names)} is not a valid prefix expression")
+    if open_slots != 0:
+        raise ValueError(f"genome {list(names)} is not a valid prefix expression (incomplete)")
+    return Genome(nodes)
 
 
 def to_names(tree: gp.PrimitiveTree) -> list[str]:

@@ -1,0 +1,83 @@
+"""Fitness through the score table, on the shipped ResNet-20 bench and its real inputs."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from benchmark.bench import Bench, default_bench
+from emq.context import bench_evaluator
+from emq.fitness import INVALID, Evaluator, naive_scores, rank_fingerprint
+from emq.genome import from_string
+from emq.graph import canonical
+from emq.metrics import spearman_at_topk
+from emq.scoring import config_scores
+
+PROXIES = [
+    "mul(softmax(abslog(mul(V, b))), sqrt(relu(mul(W, b))))",
+    "revert(mul(to_mean_scalar(H), sq_norm(E)))",
+    "revert(abs(sum(mul(Ga, D))))",
+    "revert(frobenius_norm(D))",
+]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return Bench.open(default_bench("resnet20"))
+
+
+@pytest.fixture(scope="module")
+def evaluator(bench, tmp_path_factory):
+    return bench_evaluator(bench, cache=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.mark.parametrize("text", PROXIES)
+def test_score_table_equals_naive_per_config_evaluation(evaluator, text):
+    expr = canonical(from_string(text))
+    configs = evaluator.bit_index[:12]
+    fast = config_scores(evaluator.table(expr), configs)
+    slow = naive_scores(expr, evaluator.inputs, configs)
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=0)
+
+
+def test_fitness_is_spearman_at_topk_on_the_search_split(evaluator, bench):
+    expr = canonical(from_string(PROXIES[1]))
+    result = evaluator.evaluate(expr)
+    scores = config_scores(evaluator.table(expr), bench.bit_index())
+    search, heldout = bench.split(0)
+    assert result["status"] == "ok"
+    assert result["fitness"] == pytest.approx(
+        spearman_at_topk(scores[search], bench.accuracy[search])
+    )
+    assert not set(search) & set(heldout)
+    assert result["fingerprint"] == rank_fingerprint(scores[search])
+
+
+def test_measured_sensitivity_proxy_ranks_well(evaluator):
+    # -||D||_F grows with quantization noise at the layer outputs: it must correlate
+    # positively with measured accuracy on the held-out split.
+    report = evaluator.report(canonical(from_string("revert(frobenius_norm(D))")), "heldout")
+    assert report["spearman@100%"] > 0.3
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("log(revert(abs(add(E, b))))", "nonfinite"),  # log of negative numbers
+        ("sub(b, b)", "constant"),
+    ],
+)
+def test_invalid_genomes_never_get_nan_fitness(evaluator, text, reason):
+    result = evaluator.evaluate(canonical(from_string(text)))
+    assert result["fitness"] == INVALID
+    assert result["reason"] == reason
+
+
+def test_evaluator_pickles_without_tensors(evaluator):
+    blob = pickle.dumps(evaluator)
+    assert len(blob) < 2_000_000  # bench arrays only; inputs reload from the cache file
+    clone: Evaluator = pickle.loads(blob)
+    expr = canonical(from_string(PROXIES[0]))
+    np.testing.assert_array_equal(clone.table(expr), evaluator.table(expr))
