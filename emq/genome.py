@@ -8,6 +8,7 @@ parsed from text by our own parser, which only accepts registered names (never `
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -253,7 +254,25 @@ def make_toolbox(
     tb.register("individual", GENERATORS[generator], sampler, rng)
     tb.register("mate", crossover, rng=rng)
     tb.register("mutate", mutate, sampler=sampler, rng=rng)
-    limit = gp.staticLimit(key=lambda ind: ind.height, max_value=max_height)
-    tb.decorate("mate", limit)
-    tb.decorate("mutate", limit)
+    tb.decorate("mate", height_limit(max_height))
+    tb.decorate("mutate", height_limit(max_height))
     return tb
+
+
+def height_limit(max_height: int):
+    """Like ``gp.staticLimit``, but deterministic: an offspring taller than ``max_height``
+    is replaced by a copy of the parent in its position (DEAP draws the replacement with
+    the global ``random`` module, which would break seeded reproducibility)."""
+
+    def decorator(func):
+        def wrapper(*args, **kwargs):
+            keep = [copy.deepcopy(ind) for ind in args]
+            new = list(func(*args, **kwargs))
+            for i, ind in enumerate(new):
+                if ind.height > max_height:
+                    new[i] = keep[i]
+            return tuple(new)
+
+        return wrapper
+
+    return decorator

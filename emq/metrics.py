@@ -35,7 +35,9 @@ def kendall(pred: np.ndarray, true: np.ndarray) -> float:
 def spearman_topk(
     pred: np.ndarray, true: np.ndarray, ratio: float, convention: str = "predicted"
 ) -> float:
-    """Spearman rho inside the top ``ceil(ratio * N)`` configurations.
+    """Spearman rho inside the top ``k = max(2, ceil(ratio * N))`` configurations.
+
+    (At least two points: a correlation of one point is undefined.)
 
     ``convention="predicted"`` (EMQ's) takes the top-k by predicted score; ``"true"`` takes
     the top-k by measured accuracy.

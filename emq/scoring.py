@@ -41,12 +41,18 @@ def config_scores(table: np.ndarray, bit_index: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"configurations have {bit_index.shape[-1]} layers, score table has {table.shape[0]}"
         )
+    if bit_index.size and (bit_index.min() < 0 or bit_index.max() >= table.shape[1]):
+        raise ValueError(f"candidate indices must be in 0..{table.shape[1] - 1}")
     return table[np.arange(table.shape[0]), bit_index].sum(1)
 
 
 def bits_to_index(configs: np.ndarray, candidates: Sequence[int]) -> np.ndarray:
     """Map bit-widths ``[N, L]`` to candidate indices, with a clear error for unknown bits."""
-    configs = np.asarray(configs, dtype=np.int64)
+    raw = np.asarray(configs)
+    if raw.dtype.kind == "f" and not np.all(raw == np.round(raw)):
+        bad = sorted(set(raw[raw != np.round(raw)].tolist()))
+        raise ValueError(f"bit-width(s) {bad} are not integers")
+    configs = raw.astype(np.int64)
     lut = {int(b): i for i, b in enumerate(candidates)}
     bad = sorted(set(np.unique(configs).tolist()) - set(lut))
     if bad:

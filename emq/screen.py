@@ -93,8 +93,8 @@ class Screener:
     def state(self) -> dict:
         return {
             "counts": dict(self.counts),
-            "cache": self.cache,
-            "fingerprints": self.fingerprints,
+            "cache": dict(self.cache),
+            "fingerprints": dict(self.fingerprints),
         }
 
     def load_state(self, state: dict) -> None:

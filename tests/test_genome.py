@@ -9,6 +9,7 @@ from operator import attrgetter
 
 import joblib
 import pytest
+from joblib.externals.loky import get_reusable_executor
 
 from emq.genome import (
     MUTATIONS,
@@ -68,9 +69,8 @@ def test_names_round_trip():
 
 
 def test_to_names_is_prefix_order():
-    assert to_names(from_string("mul(sqrt(W), sub(E, b))")) == [
-        "mul", "sqrt", "W", "sub", "E", "b",
-    ]  # fmt: skip
+    names = ["mul", "sqrt", "W", "sub", "E", "b"]
+    assert to_names(from_string("mul(sqrt(W), sub(E, b))")) == names
 
 
 @pytest.mark.parametrize(
@@ -102,8 +102,21 @@ def test_unknown_name_in_list_is_named(names, token):
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "mul(W)", "abs()", "abs(W", "mul(W, b))", "mul W b", "W b", "abs(W)b",
-     "abs(W),", "abs(W) + b", "mul(W; b)", "abs(W)(b)"],  # fmt: skip
+    [
+        "",
+        "   ",
+        "mul(W)",
+        "abs()",
+        "abs(W",
+        "mul(W, b))",
+        "mul W b",
+        "W b",
+        "abs(W)b",
+        "abs(W),",
+        "abs(W) + b",
+        "mul(W; b)",
+        "abs(W)(b)",
+    ],
 )
 def test_malformed_text_raises_value_error(text):
     with pytest.raises(ValueError) as info:
@@ -155,15 +168,18 @@ def test_deepcopy_is_independent_and_preserves_fitness():
 
 def test_genome_crosses_to_a_joblib_worker_process():
     g = _annotated()
-    out = joblib.Parallel(n_jobs=2)(
-        [
-            joblib.delayed(str)(g),
-            joblib.delayed(attrgetter("fitness.values"))(g),
-            joblib.delayed(attrgetter("fingerprint", "canonical"))(g),
-            joblib.delayed(to_names)(g),
-            joblib.delayed(type)(g),
-        ]
-    )
+    try:
+        out = joblib.Parallel(n_jobs=2)(
+            [
+                joblib.delayed(str)(g),
+                joblib.delayed(attrgetter("fitness.values"))(g),
+                joblib.delayed(attrgetter("fingerprint", "canonical"))(g),
+                joblib.delayed(to_names)(g),
+                joblib.delayed(type)(g),
+            ]
+        )
+    finally:
+        get_reusable_executor().shutdown(wait=True)  # do not leave our workers running
     assert out[0] == str(g)
     assert tuple(out[1]) == (0.375,)
     assert tuple(out[2]) == (g.fingerprint, g.canonical)

@@ -132,7 +132,8 @@ def test_canonical_sorts_commutative_operands(a, b):
 
 
 @pytest.mark.parametrize(
-    "a, b", [("sub(W, E)", "sub(E, W)"), ("div(E, b)", "div(b, E)"), ("matmul(E, W)", "matmul(W, E)")]
+    "a, b",
+    [("sub(W, E)", "sub(E, W)"), ("div(E, b)", "div(b, E)"), ("matmul(E, W)", "matmul(W, E)")],
 )
 def test_canonical_keeps_non_commutative_order(a, b):
     assert _canon(a) != _canon(b)
@@ -149,7 +150,7 @@ def test_canonical_is_a_fixed_point():
 def test_canonical_form_computes_the_same_values():
     """Folding is sound: the canonical graph equals DEAP's compiled original tree."""
     checked = 0
-    for g in _genomes(150, seed=1):
+    for g in _genomes(100, seed=1):
         fn = gp.compile(g, PSET)
         for layer in LAYERS:
             try:
@@ -162,7 +163,7 @@ def test_canonical_form_computes_the_same_values():
             assert out.shape == raw.shape, str(g)
             torch.testing.assert_close(out, raw, rtol=1e-4, atol=1e-5, equal_nan=True, msg=str(g))
             checked += 1
-    assert checked > 100
+    assert checked > 80
 
 
 # --------------------------------------------------------------------------- DAG and hash
@@ -359,9 +360,7 @@ def test_evaluate_hand_computed_examples():
         evaluate(_canon("revert(mul(to_mean_scalar(H), sq_norm(E)))"), CONV),
         -(h.mean() * _sq_norm(e)),
     )
-    torch.testing.assert_close(
-        evaluate(_canon("mul(W, b)"), CONV), w * b.reshape(4, 1, 1, 1, 1)
-    )
+    torch.testing.assert_close(evaluate(_canon("mul(W, b)"), CONV), w * b.reshape(4, 1, 1, 1, 1))
     ga, d = CONV["Ga"], CONV["D"]
     torch.testing.assert_close(
         evaluate(_canon("sum(mul(Ga, D))"), CONV), (ga * d).reshape(4, -1).sum(1)
@@ -392,16 +391,22 @@ def _inputs() -> LayerInputs:
 
 @pytest.mark.parametrize(
     "text",
-    ["revert(mul(to_mean_scalar(H), sq_norm(E)))", "sum(mul(Ga, D))", "mul(W, b)", "abs(E)",
-     "sq_norm(W)", "matmul(E, Wq)"],  # fmt: skip
+    [
+        "revert(mul(to_mean_scalar(H), sq_norm(E)))",
+        "sum(mul(Ga, D))",
+        "mul(W, b)",
+        "abs(E)",
+        "sq_norm(W)",
+        "matmul(E, Wq)",
+    ],
 )
 def test_score_table_is_per_layer_reduce_of_evaluate(text):
     expr, inputs = _canon(text), _inputs()
     table = score_table(expr, inputs)
     assert table.shape == (2, len(BITS)) and table.dtype == np.float64
-    for l, layer in enumerate(LAYERS):
+    for i, layer in enumerate(LAYERS):
         row = reduce_to_bits(evaluate(expr, layer), len(BITS)).double().numpy()
-        np.testing.assert_array_equal(table[l], row)
+        np.testing.assert_array_equal(table[i], row)
     np.testing.assert_array_equal(score_table(expr, inputs, [1]), table[1:])
 
 

@@ -1,0 +1,108 @@
+"""Score tables to configuration scores: per-bit reduction, the gather, bit-width lookup."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from emq.scoring import bits_to_index, config_scores, reduce_to_bits
+
+B = 4
+
+
+def test_reduce_per_bit_scalars_unchanged():
+    out = torch.tensor([1.0, -2.0, 3.5, 0.25])
+    assert torch.equal(reduce_to_bits(out, B), out)
+    assert torch.equal(reduce_to_bits(out.reshape(B, 1, 1), B), out)
+
+
+def test_reduce_single_value_broadcasts_to_every_bit():
+    for out in (torch.tensor([2.5]), torch.tensor(2.5), torch.tensor([[2.5]])):
+        red = reduce_to_bits(out, B)
+        assert red.shape == (B,) and torch.equal(red, torch.full((B,), 2.5))
+
+
+def test_reduce_takes_the_mean_over_non_bit_axes():
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(B, 6, 8, 5, 5, generator=gen)
+    expected = torch.stack([out[i].mean() for i in range(B)])
+    torch.testing.assert_close(reduce_to_bits(out, B), expected)
+
+
+def test_reduce_bit_independent_tensor_broadcasts_its_mean():
+    gen = torch.Generator().manual_seed(1)
+    out = torch.randn(1, 8, 4, 3, 3, generator=gen)
+    red = reduce_to_bits(out, B)
+    assert red.shape == (B,)
+    torch.testing.assert_close(red, out.mean().expand(B))
+
+
+@pytest.mark.parametrize("shape", [(3,), (2,), (5, 7), (3, 8, 4, 3, 3), (B + 1,)])
+def test_reduce_wrong_bit_count_raises(shape):
+    with pytest.raises(ValueError, match=f"expected {B}"):
+        reduce_to_bits(torch.ones(shape), B)
+
+
+def test_reduce_does_not_modify_its_input():
+    out = torch.arange(24.0).reshape(B, 6)
+    before = out.clone()
+    reduce_to_bits(out, B)
+    assert torch.equal(out, before)
+
+
+def test_config_scores_equals_a_double_loop():
+    rng = np.random.default_rng(0)
+    layers, n = 7, 50
+    table = rng.normal(size=(layers, B))
+    idx = rng.integers(0, B, size=(n, layers))
+    expected = np.array([sum(table[j, idx[c, j]] for j in range(layers)) for c in range(n)])
+    scores = config_scores(table, idx)
+    assert scores.shape == (n,) and scores.dtype == np.float64
+    np.testing.assert_allclose(scores, expected, rtol=1e-12)
+    t32 = table.astype(np.float32)  # summed in float64 whatever the table's dtype
+    exact32 = [sum(float(t32[j, idx[c, j]]) for j in range(layers)) for c in range(n)]
+    np.testing.assert_allclose(config_scores(t32, idx), exact32, rtol=1e-12)
+
+
+def test_config_scores_rejects_wrong_layer_count():
+    table = np.zeros((3, B))
+    with pytest.raises(ValueError, match="4 layers, score table has 3"):
+        config_scores(table, np.zeros((2, 4), dtype=int))
+    with pytest.raises(ValueError, match="score table has 3"):
+        config_scores(table, np.zeros(3, dtype=int))
+
+
+def test_config_scores_rejects_out_of_range_index():
+    with pytest.raises((IndexError, ValueError)):
+        config_scores(np.zeros((2, B)), np.array([[0, B]]))
+
+
+def test_bits_to_index_maps_bit_widths():
+    cands = (2, 3, 4, 8)
+    configs = np.array([[2, 8, 4], [3, 3, 2], [8, 8, 8]])
+    idx = bits_to_index(configs, cands)
+    assert idx.dtype == np.int64
+    np.testing.assert_array_equal(idx, [[0, 3, 2], [1, 1, 0], [3, 3, 3]])
+    assert [[cands[i] for i in row] for row in idx] == configs.tolist()
+    np.testing.assert_array_equal(bits_to_index([[8, 2]], (8, 2)), [[0, 1]])
+
+
+@pytest.mark.parametrize("configs, bad", [([[2, 5, 4]], "[5]"), ([[16, 1], [2, 3]], "[1, 16]")])
+def test_bits_to_index_rejects_unknown_bits(configs, bad):
+    with pytest.raises(ValueError, match=re.escape(bad)):
+        bits_to_index(configs, (2, 3, 4, 8))
+
+
+def test_bits_to_index_rejects_fractional_bits():
+    # 4.5 is not a candidate bit-width; it must not be silently read as 4.
+    with pytest.raises(ValueError, match="4.5"):
+        bits_to_index(np.array([[4.5, 2.0]]), (2, 3, 4, 8))
+
+
+def test_bits_to_index_and_config_scores_compose():
+    table = np.array([[0.0, 1.0, 2.0, 3.0], [10.0, 20.0, 30.0, 40.0]])
+    idx = bits_to_index([[2, 8], [4, 3]], (2, 3, 4, 8))
+    np.testing.assert_array_equal(config_scores(table, idx), [40.0, 22.0])
