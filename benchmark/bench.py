@@ -311,6 +311,14 @@ class Bench:
         """The identity of this bench (recorded by campaigns and exported proxies)."""
         return {k: self.meta[k] for k in IDENTITY_KEYS}
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise ``BenchError`` unless ``model`` has the weights this bench measured."""
+        if state_fingerprint(model) != self.meta["model_fingerprint"]:
+            raise BenchError(
+                f"the model's weights differ from those {self.path} was measured with; "
+                "pass the checkpoint the bench was built from (--checkpoint)"
+            )
+
     def bit_index(self) -> np.ndarray:
         """``w_bits`` as indices into ``candidates`` (for score-table gathers)."""
         lut = np.full(max(self.candidates) + 1, -1, dtype=np.int64)

@@ -53,7 +53,6 @@ from benchmark.ptq import (
     fold_bn,
     layer_table,
     quantizable_layers,
-    state_fingerprint,
 )
 from emq.metrics import correlation_report
 from emq.scoring import ScoreContext, config_scores, reduce_to_bits
@@ -471,12 +470,7 @@ def check_context(bench: Bench, ctx: ScoreContext) -> None:
             f"context bit candidates {list(ctx.candidates)} differ from the bench's "
             f"{list(bench.candidates)}"
         )
-    expected = bench.meta.get("model_fingerprint")
-    if expected is not None and state_fingerprint(ctx.model) != expected:
-        raise ValueError(
-            f"the model's weights differ from those {bench.path} was measured with; pass the "
-            "checkpoint the bench was built from (--checkpoint)"
-        )
+    bench.check_model(ctx.model)
 
 
 def run_baselines(

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.bench import Bench, BenchError
+from benchmark.bench import Bench
 from benchmark.data import calibration_batch
 from benchmark.models import load_model
-from benchmark.ptq import state_fingerprint
 from emq.fitness import Evaluator
 from primitives.inputs import InputSettings, LayerInputs, get_inputs
 
@@ -21,11 +20,7 @@ def bench_inputs(
 ) -> LayerInputs:
     """Proxy inputs of the bench's model on the seeded calibration batch (cached)."""
     model = load_model(bench.model, checkpoint)
-    if state_fingerprint(model) != bench.meta["model_fingerprint"]:
-        raise BenchError(
-            f"bench {bench.path} was built from other weights of {bench.model} than the "
-            "checkpoint given; pass the checkpoint the bench was built with"
-        )
+    bench.check_model(model)
     x, y = calibration_batch(calib_images, calib_seed)
     settings = InputSettings(candidates=bench.candidates)
     return get_inputs(model, x, y, settings, cache)
