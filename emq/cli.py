@@ -210,14 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evolve", help="run (or resume) an evolution campaign")
     e.add_argument("--bench", help="bench file (default: shipped ResNet-20 bench)")
     e.add_argument("--run", help="run folder (default: runs/<model>-seed<seed>)")
-    e.add_argument("--steps", type=int, default=40, help="evolution steps")
-    e.add_argument("--population", type=int, help="population size (default 32)")
+    e.add_argument("--steps", type=int, default=150, help="evolution steps")
+    e.add_argument("--population", type=int, help="population size (default 48)")
     e.add_argument("--seed", type=int, help="campaign seed (default 0)")
     e.add_argument("--jobs", type=int, default=1, help="parallel evaluation processes")
     e.add_argument("--checkpoint", help="weights the bench was built from (default: shipped)")
     e.add_argument("--mode", choices=["steady", "generational"], help="default: steady")
     e.add_argument("--offspring", type=int, help="offspring per steady-state step (default 8)")
-    e.add_argument("--generator", choices=["branched", "tree"], help="default: branched")
+    e.add_argument("--generator", choices=["branched", "tree"], help="default: tree")
     e.add_argument("--no-osp", dest="osp", action="store_false", default=None,
                    help="uniform operation sampling (ablation)")  # fmt: skip
     e.add_argument("--no-dps", dest="dps", action="store_false", default=None,
@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     from emq.baselines import add_parser as add_baselines
 
     add_baselines(sub)
+    from emq.allocate.cli import add_parser as add_allocate
+
+    add_allocate(sub)
     return p
 
 

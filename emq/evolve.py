@@ -40,11 +40,11 @@ LOG_FIELDS = (
 class CampaignSettings:
     """Everything that defines a campaign (all recorded in ``campaign.json``)."""
 
-    population: int = 32
+    population: int = 48
     seed: int = 0
     mode: str = "steady"  # "steady" (EMQ-style) or "generational"
     offspring: int = 8  # offspring evaluated per step (steady state)
-    generator: str = "branched"
+    generator: str = "tree"
     max_height: int = 8
     cxpb: float = 0.5
     mutpb: float = 0.9
@@ -108,11 +108,8 @@ class Campaign:
     # ------------------------------------------------------------------ run folder
 
     def identity(self) -> dict:
-        return {
-            "settings": asdict(self.settings),
-            "bench": str(self.bench.path),
-            "bench_fingerprint": self.bench.fingerprint,
-        }
+        """What must match for a run folder to be resumed (not the bench's path)."""
+        return {"settings": asdict(self.settings), "bench_fingerprint": self.bench.fingerprint}
 
     def open_folder(self) -> bool:
         """Create the run folder or check it belongs to this campaign. True if resuming."""
@@ -137,7 +134,8 @@ class Campaign:
         if self.run.exists() and any(self.run.iterdir()):
             raise ValueError(f"{self.run} exists and is not a campaign folder; use another --run")
         self.run.mkdir(parents=True, exist_ok=True)
-        _atomic_write(meta, json.dumps({**self.identity(), "version": __version__}, indent=2))
+        info = {**self.identity(), "bench": _display(self.bench.path), "version": __version__}
+        _atomic_write(meta, json.dumps(info, indent=2))
         return False
 
     def _genome_record(self, g: Genome) -> dict:
@@ -370,7 +368,7 @@ class Campaign:
             "heldout": heldout,
             "step": self.step,
             "evaluations": self.evaluations,
-            "bench": str(self.bench.path),
+            "bench": _display(self.bench.path),
             "bench_fingerprint": self.bench.fingerprint,
             "settings": asdict(self.settings),
             "version": __version__,
@@ -388,6 +386,14 @@ class Campaign:
         from emq.graph import canonical
 
         return canonical(from_string(g.canonical))
+
+
+def _display(path: Path) -> str:
+    """A path relative to the working directory when it lies below it (portable records)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 class _NoParallel:

@@ -1,0 +1,35 @@
+"""Bit-width allocators driven by any Scorer: SQNR (greedy Pareto) and SMPQ (Shapley).
+
+* ``groups``: quantizer groups (frozen dataclass) and their (w, a) candidates;
+* ``sensitivity``: phase 1, measured output SQNR or a Scorer's table, cached;
+* ``sqnr``: phase 2, the greedy Pareto front, BOPs budget and accuracy-target searches;
+* ``smpq``: Monte-Carlo Shapley values with truncation and momentum, budget repair;
+* ``problem``: a model with its groups, simulator and data, running either allocator;
+* ``result``: the ``Allocation`` record and the data allocations are judged on;
+* ``compare``: every method x scorer at fixed budgets, table and plot;
+* ``cli``: ``emq allocate``.
+"""
+
+from emq.allocate.groups import QuantizerGroup, default_groups, load_groups
+from emq.allocate.problem import AllocationProblem
+from emq.allocate.result import Allocation
+from emq.allocate.sensitivity import SensitivityTable, measured_sensitivity, scorer_sensitivity
+from emq.allocate.smpq import allocate_smpq, exact_shapley, monte_carlo_shapley
+from emq.allocate.sqnr import allocate_sqnr, greedy_front, search_accuracy
+
+__all__ = [
+    "Allocation",
+    "AllocationProblem",
+    "QuantizerGroup",
+    "SensitivityTable",
+    "allocate_smpq",
+    "allocate_sqnr",
+    "default_groups",
+    "exact_shapley",
+    "greedy_front",
+    "load_groups",
+    "measured_sensitivity",
+    "monte_carlo_shapley",
+    "scorer_sensitivity",
+    "search_accuracy",
+]

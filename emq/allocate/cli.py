@@ -1,0 +1,125 @@
+"""``emq allocate``: bits per layer under a BOPs budget or an accuracy target.
+
+::
+
+    emq allocate --model resnet20 --method sqnr --scorer hawq_v3 --budget-bops 0.35
+    emq allocate --model resnet20 --method sqnr --scorer sqnr-measured --accuracy-target 90
+    emq allocate --compare --model resnet20 [--proxy runs/reference/best_proxy.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from emq.allocate.groups import candidate_name
+from emq.allocate.problem import METHODS, AllocationProblem
+from emq.allocate.result import Allocation
+from emq.allocate.sensitivity import MEASURED
+from emq.allocate.smpq import BETA, PERMUTATIONS, THRESHOLD, XI
+from emq.allocate.sqnr import SEARCHES
+
+
+def default_out(model: str) -> Path:
+    """``runs/allocate-<model>/`` (model names with ``:`` or ``/`` made file-safe)."""
+    return Path("runs") / f"allocate-{model.replace(':', '_').replace('/', '_')}"
+
+
+def build_problem(args: argparse.Namespace, cache: object = None) -> AllocationProblem:
+    """The allocation problem of the command's ``--model``/``--checkpoint``/``--groups``."""
+    from emq.score import build_model
+
+    bits = tuple(int(b) for b in args.bits.split(","))
+    model = build_model(args.model, args.checkpoint)
+    return AllocationProblem.for_model(args.model, model, args.groups, bits, cache=cache)
+
+
+def format_allocation(alloc: Allocation, top1: float) -> str:
+    """Per-layer bits and the summary lines of one allocation."""
+    width = max(len(n) for n in alloc.layer_names)
+    lines = [f"{'layer':<{width}}  bits"]
+    for n, w, a in zip(alloc.layer_names, alloc.w_bits, alloc.a_bits, strict=True):
+        lines.append(f"{n:<{width}}  {candidate_name((w, a))}")
+    lines += [
+        f"method          {alloc.method} (scorer {alloc.scorer})",
+        f"relative BOPs   {alloc.relative_bops:.4f}  (vs W8A8)",
+        f"test top-1      {top1:.2f} %  (PTQ, 10,000 test images)",
+        f"time            {alloc.seconds:.2f} s, {alloc.evaluations} quantized evaluations",
+    ]
+    if alloc.details.get("accuracy_target") is not None:
+        d = alloc.details
+        lines.append(
+            f"search          {d['search']}: {d['phase2_evaluations']} of {d['front_points']} "
+            f"Pareto points evaluated; {d['flips']} flips kept"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_allocate(args: argparse.Namespace) -> None:
+    if args.compare:
+        from emq.allocate.compare import run_compare
+
+        run_compare(args)
+        return
+    if not args.scorer or not args.method:
+        raise ValueError("--method and --scorer are required (or use --compare)")
+    if (args.budget_bops is None) == (args.accuracy_target is None):
+        raise ValueError("give exactly one of --budget-bops R or --accuracy-target A")
+    problem = build_problem(args)
+    alloc = problem.allocate(
+        args.method, args.scorer, args.budget_bops, args.accuracy_target, search=args.search,
+        smpq_value=args.smpq_value, lam=args.lam, permutations=args.permutations,
+        threshold=args.threshold, beta=args.beta, xi=args.xi, seed=args.seed,
+    )  # fmt: skip
+    top1 = problem.accuracy(alloc.w_bits, alloc.a_bits, "test")
+    doc = {**alloc.to_dict(), "test_top1": top1, "model": args.model}
+    out = Path(args.out) if args.out else default_out(args.model)
+    out.mkdir(parents=True, exist_ok=True)
+    by = args.budget_bops
+    budget = f"bops{by:g}" if by is not None else f"acc{args.accuracy_target:g}"
+    path = out / f"{args.method}-{alloc.scorer}-{budget}.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        print(json.dumps({**doc, "path": str(path)}, indent=2))
+        return
+    print(format_allocation(alloc, top1))
+    print(f"wrote           {path}")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``emq allocate`` on the ``emq`` sub-command parsers."""
+    p = subparsers.add_parser(
+        "allocate", help="bit-widths per layer under a BOPs budget or an accuracy target"
+    )
+    p.add_argument("--model", required=True, help="zoo model name or module.path:factory")
+    p.add_argument("--checkpoint", help="state_dict for the model (default: shipped)")
+    p.add_argument("--method", choices=METHODS, help="SQNR greedy Pareto or SMPQ Shapley")
+    p.add_argument("--scorer", metavar="PROXY|BASELINE|" + MEASURED,
+                   help="proxy JSON / run folder, baseline name, or measured SQNR")  # fmt: skip
+    p.add_argument("--budget-bops", type=float, metavar="R", help="relative BOPs (vs W8A8)")
+    p.add_argument("--accuracy-target", type=float, metavar="A",
+                   help="top-1 %% on the validation images (SQNR method)")  # fmt: skip
+    p.add_argument("--groups", metavar="FILE", help="quantizer groups JSON")
+    p.add_argument("--bits", default="2,3,4,8", help="weight candidates of the default groups")
+    p.add_argument("--search", choices=SEARCHES, default="interpolation",
+                   help="accuracy-target search over the Pareto front")  # fmt: skip
+    p.add_argument("--smpq-value", choices=("table", "accuracy"), default="table",
+                   help="SMPQ value: scorer table or measured validation accuracy")  # fmt: skip
+    p.add_argument("--lam", type=float, help="SMPQ BOPs penalty (default: tuned to the budget)")
+    p.add_argument("--permutations", type=int, default=PERMUTATIONS, help="SMPQ M")
+    p.add_argument("--threshold", type=float, default=THRESHOLD, help="SMPQ truncation")
+    p.add_argument("--beta", type=float, default=BETA, help="SMPQ momentum")
+    p.add_argument("--xi", type=float, default=XI, help="SMPQ step size")
+    p.add_argument("--seed", type=int, default=0, help="SMPQ permutation seed")
+    p.add_argument("--compare", action="store_true",
+                   help="every method x scorer at relative BOPs 0.25, 0.35, 0.5")  # fmt: skip
+    p.add_argument("--proxy", default="runs/reference/best_proxy.json",
+                   help="best exported proxy for --compare")  # fmt: skip
+    p.add_argument("--budgets", default="0.25,0.35,0.5", help="--compare budgets")
+    p.add_argument("--front-points", type=int, default=6,
+                   help="--compare: SQNR front points measured per scorer (plot)")  # fmt: skip
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/allocate-<model>)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_allocate)
+    return p

@@ -1,0 +1,220 @@
+"""``emq allocate --compare``: every method x scorer at fixed relative BOPs budgets.
+
+Scorers: the best exported proxy (``--proxy``), HAWQ-V3 (``hawq_v3``) and measured SQNR;
+methods: the SQNR greedy allocator and SMPQ; plus uniform precision. Each allocation is
+measured with the bench's settings (full test set). Phase-1 caches are off so the times
+are cold. Writes ``compare.csv``, ``compare.json`` and ``compare.png`` (accuracy vs BOPs:
+the bench's configurations as dots, each scorer's SQNR front - ``--front-points`` points
+measured on the test set - and each method x scorer's allocations at the budgets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from emq.allocate.problem import METHODS, AllocationProblem
+from emq.allocate.sensitivity import MEASURED
+from emq.allocate.sqnr import greedy_front
+
+COLUMNS = ("budget", "method", "scorer", "relative_bops", "test_top1", "seconds", "evaluations",
+           "w_bits", "a_bits")  # fmt: skip
+HAWQ = "hawq_v3"
+
+
+def check_proxy(spec: str) -> str:
+    """The proxy spec if it is a baseline name or an existing file/folder, else a clear error."""
+    from emq.baselines import BASELINES
+
+    if spec in BASELINES or Path(spec).exists():
+        return spec
+    raise ValueError(
+        f"best exported proxy {spec} not found: export a campaign's proxy there "
+        "(emq export RUN) or pass --proxy FILE|RUN_DIR|BASELINE"
+    )
+
+
+def parse_budgets(text: str) -> list[float]:
+    """``"0.25,0.35,0.5"`` as floats (clear error otherwise)."""
+    try:
+        budgets = [float(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--budgets must be comma-separated numbers, got {text!r}") from None
+    if not budgets:
+        raise ValueError("--budgets is empty")
+    return budgets
+
+
+class _Measured:
+    """Test-set accuracy memoized per configuration."""
+
+    def __init__(self, problem: AllocationProblem):
+        self.problem, self.memo = problem, {}
+
+    def __call__(self, w: Sequence[int], a: Sequence[int]) -> float:
+        key = (tuple(w), tuple(a))
+        if key not in self.memo:
+            self.memo[key] = self.problem.accuracy(list(w), list(a), "test")
+        return self.memo[key]
+
+
+def compare_rows(
+    problem: AllocationProblem, scorers: dict[str, str], budgets: Sequence[float], measured
+) -> list[dict]:
+    """One row per budget x (uniform, method x scorer)."""
+    rows = []
+    for budget in budgets:
+        allocs = [problem.uniform(budget)]
+        for method in METHODS:
+            for label, spec in scorers.items():
+                alloc = problem.allocate(method, spec, budget_bops=budget)
+                alloc.scorer = label
+                allocs.append(alloc)
+        for alloc in allocs:
+            rows.append({
+                "budget": budget, "method": alloc.method, "scorer": alloc.scorer,
+                "relative_bops": alloc.relative_bops,
+                "test_top1": measured(alloc.w_bits, alloc.a_bits),
+                "seconds": alloc.seconds, "evaluations": alloc.evaluations,
+                "w_bits": ",".join(map(str, alloc.w_bits)),
+                "a_bits": ",".join(map(str, alloc.a_bits)),
+            })  # fmt: skip
+    return rows
+
+
+def sqnr_fronts(
+    problem: AllocationProblem, scorers: dict[str, str], points: int, measured
+) -> dict[str, list[tuple[float, float]]]:
+    """``points`` evenly spaced points of each scorer's greedy front, measured on test."""
+    from emq.allocate.groups import layer_bits
+
+    out = {}
+    for label, spec in scorers.items():
+        front = greedy_front(problem.sensitivity(spec), problem.macs)
+        idx = np.unique(np.linspace(0, len(front) - 1, max(points, 2)).round().astype(int))
+        curve = []
+        for k in idx:
+            w, a = layer_bits(problem.groups, front[k].choice, len(problem.macs))
+            curve.append((front[k].relative_bops, measured(w, a)))
+        out[label] = curve
+    return out
+
+
+def bench_dots(model: str, macs: Sequence[int]) -> np.ndarray:
+    """(relative BOPs, top-1) of the shipped bench's configurations (empty when none)."""
+    from benchmark.bench import Bench, BenchError, default_bench
+
+    try:
+        bench = Bench.open(default_bench(model))
+    except (BenchError, ValueError):
+        return np.empty((0, 2))
+    if bench.num_layers != len(macs):
+        return np.empty((0, 2))
+    return np.column_stack([bench.bops / (64.0 * float(np.sum(macs))), bench.accuracy])
+
+
+def verdicts(rows: Sequence[dict], proxy: str) -> list[str]:
+    """The issue's targets per budget and method: proxy vs uniform, vs measured SQNR, time."""
+    lines = []
+    for budget in sorted({r["budget"] for r in rows}):
+        at = {(r["method"], r["scorer"]): r for r in rows if r["budget"] == budget}
+        uni = at[("uniform", "-")]
+        for method in METHODS:
+            p, m = at[(method, proxy)], at[(method, MEASURED)]
+            ok_u = p["test_top1"] >= uni["test_top1"] and p["relative_bops"] <= budget + 1e-9
+            gap = p["test_top1"] - m["test_top1"]
+            ratio = m["seconds"] / max(p["seconds"], 1e-9)
+            lines.append(
+                f"budget {budget:g} {method}: proxy {p['test_top1']:.2f} vs uniform "
+                f"{uni['test_top1']:.2f} [{'ok' if ok_u else 'MISS'}], vs measured SQNR "
+                f"{m['test_top1']:.2f} (gap {gap:+.2f}) [{'ok' if gap >= -0.5 else 'MISS'}], "
+                f"time x{ratio:.1f} less [{'ok' if ratio >= 10 else 'MISS'}]"
+            )
+    return lines
+
+
+def format_rows(rows: Sequence[dict]) -> str:
+    """Aligned text table of the comparison."""
+    header = ("budget", "method", "scorer", "rel BOPs", "top-1 %", "time s", "evals")
+    body = [
+        (f"{r['budget']:g}", r["method"], r["scorer"], f"{r['relative_bops']:.4f}",
+         f"{r['test_top1']:.2f}", f"{r['seconds']:.2f}", str(r["evaluations"]))
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in
+             [header, *body]]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_compare(
+    rows: Sequence[dict], fronts: dict, dots: np.ndarray, fp_top1: float, path: Path, title: str
+) -> None:
+    """Accuracy vs relative BOPs (Agg, no pyplot)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.subplots()
+    if len(dots):
+        ax.scatter(dots[:, 0], dots[:, 1], s=6, c="0.75", label="bench configurations")
+    for label, curve in fronts.items():
+        xs, ys = zip(*curve, strict=True)
+        ax.plot(xs, ys, "--", lw=1, label=f"SQNR front ({label})")
+    for method in (*METHODS, "uniform"):
+        for scorer in sorted({r["scorer"] for r in rows if r["method"] == method}):
+            pts = sorted((r["relative_bops"], r["test_top1"]) for r in rows
+                         if r["method"] == method and r["scorer"] == scorer)  # fmt: skip
+            xs, ys = zip(*pts, strict=True)
+            marker = {"sqnr": "o", "smpq": "s", "uniform": "x"}[method]
+            ax.plot(xs, ys, marker=marker, ms=6, lw=1.5, label=f"{method} / {scorer}")
+    ax.axhline(fp_top1, color="k", lw=0.8, ls=":", label="full precision")
+    ax.set_xlabel("relative BOPs (vs W8A8)")
+    ax.set_ylabel("PTQ top-1 (%), test set")
+    ax.set_title(title)
+    ax.set_ylim(bottom=max(0.0, min(r["test_top1"] for r in rows) - 5))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=110)
+
+
+def run_compare(args: argparse.Namespace) -> dict:
+    """The ``--compare`` command: table, CSV, JSON and PNG under ``--out``."""
+    from emq.allocate.cli import build_problem, default_out
+
+    proxy = check_proxy(args.proxy)
+    budgets = parse_budgets(args.budgets)
+    problem = build_problem(args, cache=False)
+    label = "proxy:" + problem.scorer_name(proxy)
+    scorers = {label: proxy, HAWQ: HAWQ, MEASURED: MEASURED}
+    for budget in budgets:  # validate every budget before any expensive work
+        problem.uniform(budget)
+    measured = _Measured(problem)
+    rows = compare_rows(problem, scorers, budgets, measured)
+    fronts = sqnr_fronts(problem, scorers, args.front_points, measured)
+    fp = problem.fp_accuracy("test")
+    out = Path(args.out) if args.out else default_out(args.model)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "compare.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = verdicts(rows, label)
+    doc = {"model": args.model, "proxy": proxy, "fp_top1": fp, "budgets": budgets,
+           "rows": rows, "fronts": fronts, "targets": lines}  # fmt: skip
+    (out / "compare.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot_compare(rows, fronts, bench_dots(args.model, problem.macs), fp, out / "compare.png",
+                 f"{args.model}: allocators at fixed BOPs budgets")  # fmt: skip
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"{args.model}: FP top-1 {fp:.2f} %, proxy {proxy}; PTQ top-1 on the test set")
+        print(format_rows(rows))
+        print()
+        print("\n".join(lines))
+        print(f"\nwrote {out / 'compare.csv'}, {out / 'compare.json'}, {out / 'compare.png'}")
+    return doc

@@ -1,0 +1,262 @@
+"""One model to allocate bits for: its layers, groups, simulator, data and scorers.
+
+``AllocationProblem`` ties the pieces together for the CLI and the comparison: phase 1
+from any scorer spec (``sqnr-measured``, a baseline name, a proxy JSON or a run folder),
+the SQNR and SMPQ allocators under a BOPs budget or an accuracy target, uniform precision,
+and measured accuracy with the bench's settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmark.data import load_split
+from benchmark.ptq import DEFAULT_BITS, QuantSim, layer_table
+from emq.allocate.groups import (
+    QuantizerGroup,
+    default_candidates,
+    default_groups,
+    group_costs,
+    layer_bits,
+    load_groups,
+)
+from emq.allocate.result import (
+    CALIB_IMAGES,
+    CALIB_SEED,
+    VALIDATION_IMAGES,
+    Allocation,
+    make_allocation,
+    measure,
+    training_subset,
+    validation_split,
+)
+from emq.allocate.sensitivity import (
+    MEASURED,
+    SensitivityTable,
+    measured_sensitivity,
+    scorer_sensitivity,
+)
+from emq.allocate.smpq import (
+    BETA,
+    PERMUTATIONS,
+    THRESHOLD,
+    XI,
+    accuracy_value,
+    allocate_smpq,
+    table_value,
+)
+from emq.allocate.sqnr import SEARCHES, allocate_sqnr, check_bops_budget
+from emq.graph import leaves
+from emq.scoring import ScoreContext
+from primitives.inputs import INPUT_NAMES, InputSettings
+
+METHODS = ("sqnr", "smpq")
+SQNR_IMAGES = 256  # calibration images whose output SQNR phase 1 measures (as in the paper)
+SCORER_IMAGES = 128  # calibration batch of training-free scorers (emq score's default)
+
+
+def needed_inputs(scorer: object) -> tuple[str, ...]:
+    """Proxy inputs a scorer reads, so phase 1 computes only those (all when unknown)."""
+    expr = getattr(scorer, "expr", None)
+    names = leaves(expr) if expr is not None else getattr(scorer, "inputs", None)
+    if names is None:
+        return INPUT_NAMES
+    return tuple(n for n in INPUT_NAMES if n in set(names)) or ("W",)
+
+
+@dataclass
+class AllocationProblem:
+    """A model, its quantizer groups and everything needed to allocate and judge bits.
+
+    ``cache``: phase-1 (and proxy-input) cache folder; ``None`` = default, ``False`` = off.
+    """
+
+    name: str
+    model: nn.Module
+    groups: list[QuantizerGroup]
+    cache: Path | str | bool | None = None
+    sqnr_images: int = SQNR_IMAGES
+    validation_images: int = VALIDATION_IMAGES
+    layer_names: list[str] = field(init=False)
+    macs: list[int] = field(init=False)
+    sim: QuantSim = field(init=False)
+    _tables: dict[str, SensitivityTable] = field(init=False, default_factory=dict)
+    _data: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(init=False, default_factory=dict)
+    _fp: dict[str, float] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        calib, _ = training_subset(0, CALIB_IMAGES, CALIB_SEED)
+        self.sim = QuantSim(self.model, calib)
+        self.layer_names = [n for n, _ in self.sim.layers]
+        self.macs = [info.macs for info in layer_table(self.model, tuple(calib.shape[1:]))]
+        covered = sorted(i for g in self.groups for i in g.layers)
+        if covered != list(range(len(self.layer_names))):
+            raise ValueError("quantizer groups must cover every quantizable layer exactly once")
+
+    @classmethod
+    def for_model(
+        cls,
+        name: str,
+        model: nn.Module,
+        groups_file: Path | str | None = None,
+        bits: Sequence[int] = DEFAULT_BITS,
+        **kwargs,
+    ) -> AllocationProblem:
+        """Default groups (one per layer, ``W{bits}A8``) or the groups of a JSON file."""
+        from benchmark.ptq import quantizable_layers
+
+        names = [n for n, _ in quantizable_layers(model)]
+        fallback = default_candidates(bits)
+        groups = (
+            load_groups(groups_file, names, fallback)
+            if groups_file
+            else default_groups(names, fallback)
+        )
+        return cls(name, model, groups, **kwargs)
+
+    # ------------------------------------------------------------------ data
+    def data(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``"test"``: the full test set; ``"validation"``: held-back training images."""
+        if split not in self._data:
+            if split == "test":
+                self._data[split] = load_split("test")
+            elif split == "validation":
+                self._data[split] = validation_split(self.validation_images)
+            else:
+                raise ValueError(f"unknown split {split!r}: expected 'test' or 'validation'")
+        return self._data[split]
+
+    def accuracy(self, w_bits: Sequence[int], a_bits: Sequence[int], split: str = "test") -> float:
+        """Measured PTQ top-1 (%) of a configuration on ``split``."""
+        x, y = self.data(split)
+        return measure(self.sim, x, y, w_bits, a_bits)
+
+    def fp_accuracy(self, split: str = "test") -> float:
+        """Full-precision top-1 (%) on ``split`` (BN folded)."""
+        if split not in self._fp:
+            fp = [None] * len(self.layer_names)
+            self._fp[split] = self.accuracy(fp, fp, split)
+        return self._fp[split]
+
+    # ------------------------------------------------------------------ phase 1
+    def scorer_name(self, spec: str) -> str:
+        """A short label of a scorer spec for tables."""
+        return spec if spec == MEASURED else Path(str(spec)).stem
+
+    def sensitivity(self, spec: str) -> SensitivityTable:
+        """Phase-1 table of a scorer spec, computed once per problem."""
+        if spec not in self._tables:
+            if spec == MEASURED:
+                x = self.sim.calib[: self.sqnr_images]
+                table = measured_sensitivity(self.sim, x, self.groups, self.cache)
+            else:
+                from emq.export import load_proxy
+
+                scorer = load_proxy(spec)
+                w_bits = sorted({w for g in self.groups for w, _ in g.candidates})
+                x, y = training_subset(0, SCORER_IMAGES, CALIB_SEED)
+                settings = InputSettings(candidates=tuple(w_bits), names=needed_inputs(scorer))
+                cache = False if self.cache is False else None
+                ctx = ScoreContext(self.model, x, y, settings, cache)
+                table = scorer_sensitivity(scorer, ctx, self.groups, self.cache)
+            self._tables[spec] = table
+        return self._tables[spec]
+
+    # ------------------------------------------------------------------ allocators
+    def allocate(
+        self,
+        method: str,
+        scorer: str,
+        budget_bops: float | None = None,
+        accuracy_target: float | None = None,
+        search: str = "interpolation",
+        smpq_value: str = "table",
+        lam: float | None = None,
+        permutations: int = PERMUTATIONS,
+        threshold: float | None = THRESHOLD,
+        beta: float = BETA,
+        xi: float = XI,
+        seed: int = 0,
+    ) -> Allocation:
+        """Run one allocator; ``seconds`` covers phase 1 (when not cached) and phase 2."""
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+        if search not in SEARCHES:
+            raise ValueError(f"unknown search {search!r}: expected one of {', '.join(SEARCHES)}")
+        if budget_bops is not None:
+            check_bops_budget(budget_bops, self.groups, self.macs)
+        if accuracy_target is not None and accuracy_target > self.fp_accuracy("validation"):
+            raise ValueError(
+                f"accuracy target {accuracy_target:g} is above the full-precision accuracy "
+                f"{self.fp_accuracy('validation'):.2f} on the {self.validation_images} "
+                "validation images"
+            )
+        if method == "smpq" and budget_bops is None:
+            raise ValueError("the SMPQ allocator needs a BOPs budget (--budget-bops)")
+        if smpq_value not in ("table", "accuracy"):
+            raise ValueError(f"unknown SMPQ value {smpq_value!r}: expected 'table' or 'accuracy'")
+        label = self.scorer_name(scorer)
+        table, phase1 = None, 0.0
+        if method == "sqnr" or smpq_value == "table":  # SMPQ on measured accuracy needs no table
+            cached = scorer in self._tables
+            table = self.sensitivity(scorer)
+            phase1 = 0.0 if cached else table.seconds
+        start = time.perf_counter()
+        if method == "sqnr":
+            res = allocate_sqnr(
+                table, self.macs, budget_bops, accuracy_target,
+                evaluate=lambda w, a: self.accuracy(w, a, "validation"), search=search,
+                fp_accuracy=None,
+            )  # fmt: skip
+            return make_allocation(
+                "sqnr", label, self.layer_names, self.macs, res.w_bits, res.a_bits,
+                phase1 + time.perf_counter() - start, table.evaluations + res.evaluations,
+                flips=res.point.flips, front_points=len(res.front), search=search,
+                phase1_seconds=phase1, phase2_evaluations=res.evaluations,
+                sensitivity_source=table.source,
+                accuracy_target=accuracy_target, budget_bops=budget_bops,
+            )  # fmt: skip
+        if table is not None:
+
+            def value_of(lam_: float):
+                return table_value(table, self.macs, lam_)
+
+        else:
+            lam, label = (0.5 if lam is None else lam), "accuracy"
+
+            def value_of(lam_: float):
+                return accuracy_value(
+                    lambda w, a: self.accuracy(w, a, "validation"), self.groups, self.macs, lam_
+                )
+
+        res = allocate_smpq(self.groups, self.macs, budget_bops, value_of, lam, permutations,
+                            threshold, beta, xi, seed)  # fmt: skip
+        measured = res.estimate.evaluations if smpq_value == "accuracy" else 0
+        return make_allocation(
+            "smpq", label, self.layer_names, self.macs, res.w_bits, res.a_bits,
+            phase1 + time.perf_counter() - start, (table.evaluations if table else 0) + measured,
+            lam=res.lam, permutations=permutations, threshold=threshold, beta=beta, xi=xi,
+            seed=seed, value=smpq_value, truncated=res.estimate.truncated,
+            phase1_seconds=phase1, sensitivity_source=table.source if table else None,
+            budget_bops=budget_bops,
+        )  # fmt: skip
+
+    def uniform(self, budget_bops: float) -> Allocation:
+        """Uniform precision: every group at the same candidate rank, the costliest that fits."""
+        check_bops_budget(budget_bops, self.groups, self.macs)
+        start = time.perf_counter()
+        costs = group_costs(self.groups, self.macs)
+        depth = max(len(g.candidates) for g in self.groups)
+        for rank in range(depth):
+            choice = [min(rank, len(g.candidates) - 1) for g in self.groups]
+            if sum(float(k[c]) for k, c in zip(costs, choice, strict=True)) <= budget_bops + 1e-12:
+                break
+        w, a = layer_bits(self.groups, choice, len(self.macs))
+        return make_allocation("uniform", "-", self.layer_names, self.macs, w, a,
+                               time.perf_counter() - start, 0)  # fmt: skip

@@ -1,0 +1,134 @@
+"""Tests for ``emq allocate`` (emq.allocate.cli / problem / compare) on a tiny user model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from emq.cli import main
+
+MODEL = "allocate_tiny:tiny_net"
+BASE = ["allocate", "--model", MODEL]
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """No traceback mode, a private cache, one thread."""
+    monkeypatch.delenv("EMQ_DEBUG", raising=False)
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(code: int, err: str, needle: str) -> None:
+    assert code == 2
+    assert err.startswith("emq: error:") and needle in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_sqnr_budget_writes_and_prints_the_allocation(capsys, tmp_path):
+    argv = [*BASE, "--method", "sqnr", "--scorer", "sqnr-measured", "--budget-bops", "0.5",
+            "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["relative_bops"] <= 0.5 and len(doc["w_bits"]) == 3
+    assert doc["a_bits"] == [8, 8, 8] and 0.0 <= doc["test_top1"] <= 100.0
+    assert doc["evaluations"] == 12  # phase 1: 3 layers x 4 candidates, no phase-2 evaluation
+    assert json.loads(open(doc["path"]).read())["w_bits"] == doc["w_bits"]
+    code, out, _ = run(argv, capsys)  # phase 1 comes from the cache now
+    assert code == 0 and json.loads(out)["evaluations"] == 0
+    assert json.loads(out)["w_bits"] == doc["w_bits"]
+
+
+def test_text_output_and_smpq(capsys, tmp_path):
+    argv = [*BASE, "--method", "smpq", "--scorer", "bops", "--budget-bops", "0.4",
+            "--out", str(tmp_path)]  # fmt: skip
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    assert "relative BOPs" in out and "test top-1" in out and "W" in out.splitlines()[1]
+
+
+def test_accuracy_target_reports_evaluations(capsys, tmp_path):
+    argv = [*BASE, "--method", "sqnr", "--scorer", "sqnr-measured", "--accuracy-target", "0",
+            "--search", "binary", "--out", str(tmp_path), "--json"]  # fmt: skip
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["w_bits"] == [2, 2, 2]  # every point meets 0 %: the last point of the front
+    assert doc["details"]["phase2_evaluations"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--method", "sqnr", "--scorer", "sqnr-measured", "--budget-bops", "0.1"],
+         "below the lowest candidates"),
+        (["--method", "sqnr", "--scorer", "sqnr-measured", "--accuracy-target", "101"],
+         "above the full-precision accuracy"),
+        (["--method", "smpq", "--scorer", "bops", "--accuracy-target", "5"], "needs a BOPs"),
+        (["--method", "sqnr", "--scorer", "no_such_proxy", "--budget-bops", "0.5"],
+         "neither a file nor a baseline"),
+        (["--method", "sqnr", "--scorer", "bops"], "exactly one of"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_one_line_error(extra, needle, capsys):
+    code, _, err = run([*BASE, *extra], capsys)
+    assert_user_error(code, err, needle)
+
+
+@pytest.mark.parametrize(
+    ("groups", "needle"),
+    [
+        ({"groups": [{"layers": ["conv_x"], "candidates": ["W4A8"]}]}, "unknown layer"),
+        ({"groups": [{"layers": ["7"], "candidates": ["W4A8", "W0A8"]}]}, "unsupported"),
+    ],
+)
+def test_bad_group_file_is_a_one_line_error(groups, needle, capsys, tmp_path):
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps(groups))
+    argv = [*BASE, "--method", "sqnr", "--scorer", "sqnr-measured", "--budget-bops", "0.5",
+            "--groups", str(path)]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert_user_error(code, err, needle)
+
+
+def test_group_file_with_wider_activations(capsys, tmp_path):
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps({"groups": [{"layers": ["0", "3"],
+                                            "candidates": ["W8A16", "W4A8"]}]}))  # fmt: skip
+    argv = [*BASE, "--method", "sqnr", "--scorer", "sqnr-measured", "--budget-bops", "1.2",
+            "--groups", str(path), "--out", str(tmp_path), "--json"]  # fmt: skip
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["relative_bops"] <= 1.2
+    assert doc["w_bits"][0] == doc["w_bits"][1] and doc["a_bits"][0] == doc["a_bits"][1]
+
+
+def test_compare_without_a_proxy_says_so(capsys, tmp_path):
+    argv = [*BASE, "--compare", "--proxy", str(tmp_path / "best_proxy.json")]
+    code, _, err = run(argv, capsys)
+    assert_user_error(code, err, "not found")
+
+
+def test_smpq_on_measured_validation_accuracy(capsys, tmp_path):
+    argv = [*BASE, "--method", "smpq", "--scorer", "sqnr-measured", "--smpq-value", "accuracy",
+            "--permutations", "2", "--budget-bops", "0.5", "--out", str(tmp_path),
+            "--json"]  # fmt: skip
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["relative_bops"] <= 0.5 and doc["scorer"] == "accuracy"
+    # no phase 1; at least the all-top and all-lowest configurations were measured
+    assert doc["details"]["phase1_seconds"] == 0.0 and doc["evaluations"] >= 2
