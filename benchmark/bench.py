@@ -113,6 +113,12 @@ def sample_configs(
     The sequence is prefix-stable: asking for more configurations extends it.
     """
     cands = np.asarray(sorted(candidates))
+    available = len(cands) ** num_layers - len(cands)
+    if n > available:
+        raise ValueError(
+            f"asked for {n} random configurations but only {available} non-uniform ones exist "
+            f"for {num_layers} layers and bits {cands.tolist()}"
+        )
     out = [tuple([int(b)] * num_layers) for b in cands]
     seen = set(out)
     rng = np.random.default_rng(seed)

@@ -271,6 +271,10 @@ class QuantSim:
                 f"config has {len(w_bits)} weight / {len(a_bits)} activation bit-widths "
                 f"but the model has {self.num_layers} quantizable layers"
             )
+        # Validate every bit-width first, so a rejected config leaves the state unchanged.
+        for b in [*w_bits, *a_bits]:
+            if b is not None and int(b) not in SUPPORTED_BITS:
+                raise ValueError(f"bit-width {b} unsupported: expected 2..16 (or None for FP)")
         with torch.no_grad():
             for i, (_, m) in enumerate(self.layers):
                 wb, ab = w_bits[i], a_bits[i]

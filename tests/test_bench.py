@@ -398,12 +398,6 @@ def test_sample_configs_exhausts_small_space():
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG benchmark/bench.py sample_configs: asking for more random configurations "
-    "than exist (e.g. candidates=(8,), or 2 layers x 2 bits) loops forever instead of "
-    "raising; `emq bench build --bits 8 --configs 1` hangs",
-)
 def test_sample_configs_impossible_request_raises():
     # Run in a forked child so a hang is detected (and ended) instead of blocking the suite.
     ctx = multiprocessing.get_context("fork")

@@ -155,11 +155,6 @@ def test_read_idx_header_longer_than_file(tmp_path):
         read_idx(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG benchmark/data.py read_idx: a corrupt .gz raises gzip.BadGzipFile (OSError) "
-    "or EOFError instead of ValueError, so the CLI shows a traceback",
-)
 @pytest.mark.parametrize("kind", ["not-gzip", "cut-gzip"])
 def test_read_idx_corrupt_gzip(tmp_path, kind):
     path = tmp_path / "x.idx.gz"

@@ -396,12 +396,6 @@ def test_quantsim_set_config_wrong_length(sim):
         sim.set_config([4] * 20, [8] * 21)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG benchmark/ptq.py QuantSim.set_config: bit-widths are validated layer by layer "
-    "while weights are already being copied, so a rejected config leaves earlier layers "
-    "quantized",
-)
 def test_quantsim_rejected_config_leaves_state_unchanged(sim, test_subset):
     x = test_subset[0][:100]
     ref = sim.forward(x)
