@@ -132,8 +132,9 @@ def fake_quant_per_tensor(x: torch.Tensor, scale: float, zero_point: int, bits: 
     Matches ``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 2^bits-1)``.
     """
     inv = 1.0 / torch.tensor(scale, dtype=torch.float32)
-    q = torch.clamp(torch.round(x * inv) + zero_point, 0, 2**bits - 1)
-    return (q - zero_point) * torch.tensor(scale, dtype=torch.float32)
+    q = x * inv  # a new tensor: the in-place steps below never touch x (fewer allocations)
+    q.round_().add_(zero_point).clamp_(0, 2**bits - 1).sub_(zero_point)
+    return q.mul_(torch.tensor(scale, dtype=torch.float32))
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ def test_load_state_refuses_arbitrary_pickles(tmp_path):
 @pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
 def test_shipped_checkpoint_is_trained(name, test_subset):
     model = load_model(name)
-    x, y = test_subset
+    x, y = test_subset[0][:1000], test_subset[1][:1000]
     acc, loss = evaluate(model, x, y)
     # A trained Fashion-MNIST classifier, far from chance (10 %).
     assert acc > 85.0
