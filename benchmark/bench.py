@@ -145,6 +145,22 @@ def _connect(path: Path) -> sqlite3.Connection:
     return con
 
 
+def _check_is_bench(path: Path) -> None:
+    """Refuse to add bench tables to some other program's SQLite file."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise BenchError(f"{path} is not a valid bench file ({exc}); choose another --out") from exc
+    if tables and tables != {"meta", "results"}:
+        raise BenchError(f"{path} is an SQLite file of something else; choose another --out")
+
+
 def _read_meta(con: sqlite3.Connection) -> dict:
     return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
 
@@ -175,6 +191,8 @@ def build_bench(
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     check_bits(candidates, range(2, 17), "candidate bit-width")
+    if len(set(candidates)) != len(list(candidates)):
+        raise ValueError(f"candidate bit-widths {list(candidates)} contain duplicates")
     check_bits([act_bits], range(2, 17), "activation bit-width")
     ckpt = Path(checkpoint or checkpoint_path(model)).resolve()
     spec = BenchSpec(model, str(ckpt), tuple(sorted(int(c) for c in candidates)), int(act_bits))
@@ -194,6 +212,8 @@ def build_bench(
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_file() and out.stat().st_size > 0:
+        _check_is_bench(out)
     con = _connect(out)
     try:
         old = _read_meta(con)
