@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from benchmark.bench import Bench
 from emq import __version__
-from emq.fitness import INVALID, Evaluator, evaluate_text
-from emq.genome import Genome, from_string, make_toolbox, to_names
-from emq.graph import expr_str, ops_used
+from emq.fitness import Evaluator, evaluate_text
+from emq.genome import Genome, from_string, make_toolbox
+from emq.graph import expr_str, ops_used, prefix_names
 from emq.osp import OperationSampler
 from emq.screen import STAGES, Screener, validity_rate
 
@@ -363,7 +363,7 @@ class Campaign:
         out = {
             "formula": best.canonical,
             "genome": str(best),
-            "genome_names": to_names(from_string(best.canonical)),
+            "genome_names": prefix_names(expr),
             "fitness_search": best.fitness.values[0],
             "heldout": heldout,
             "step": self.step,
@@ -416,4 +416,4 @@ def settings_from_args(**kw) -> CampaignSettings:
     return CampaignSettings(**{k: v for k, v in kw.items() if k in names and v is not None})
 
 
-__all__ = ["Campaign", "CampaignSettings", "INVALID", "settings_from_args"]
+__all__ = ["Campaign", "CampaignSettings", "settings_from_args"]

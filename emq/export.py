@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from emq import __version__
-from emq.genome import from_names, to_names
-from emq.graph import Expr, canonical, expr_str, ops_used, score_table
+from emq.genome import from_names
+from emq.graph import Expr, canonical, expr_str, ops_used, prefix_names, score_table
 from emq.scoring import ScoreContext, reduce_to_bits
 from primitives import operations
 from primitives.inputs import INPUT_DOCS
@@ -46,7 +46,7 @@ class ProxyScorer:
 
 def proxy_document(expr: Expr, **extra) -> dict:
     """The JSON form of a proxy."""
-    names = to_names(from_names_expr(expr))
+    names = prefix_names(expr)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -56,15 +56,6 @@ def proxy_document(expr: Expr, **extra) -> dict:
         "inputs": sorted({n for n in names if n in INPUT_DOCS}),
         **extra,
     }
-
-
-def from_names_expr(expr: Expr):
-    """Genome (DEAP tree) of a canonical expression."""
-
-    def prefix(e: Expr) -> list[str]:
-        return [e] if isinstance(e, str) else [e[0], *(n for c in e[1:] for n in prefix(c))]
-
-    return from_names(prefix(expr))
 
 
 def load_proxy_document(doc: dict, source: str = "proxy") -> ProxyScorer:

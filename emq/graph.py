@@ -18,7 +18,7 @@ import torch
 from deap import gp
 
 from emq.scoring import reduce_to_bits
-from primitives.inputs import BIT_DEPENDENT, INPUT_NAMES, LayerInputs
+from primitives.inputs import BIT_DEPENDENT, LayerInputs
 from primitives.operations import OPS
 
 Expr = str | tuple  # an input name, or (op_name, *children)
@@ -106,6 +106,13 @@ def dag_hash(expr: Expr) -> str:
         )
 
 
+def prefix_names(expr: Expr) -> list[str]:
+    """The expression as a prefix list of names (the JSON form of a genome)."""
+    if isinstance(expr, str):
+        return [expr]
+    return [expr[0], *(n for c in expr[1:] for n in prefix_names(c))]
+
+
 def leaves(expr: Expr) -> set[str]:
     """Input names the expression reads."""
     if isinstance(expr, str):
@@ -164,7 +171,3 @@ def score_table(expr: Expr, inputs: LayerInputs, layers: Sequence[int] | None = 
     nbits = len(inputs.candidates)
     rows = [reduce_to_bits(evaluate(expr, inputs.tensors[i]), nbits) for i in idx]
     return torch.stack(rows).double().numpy()
-
-
-def input_names() -> tuple[str, ...]:
-    return INPUT_NAMES
