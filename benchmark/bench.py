@@ -20,6 +20,7 @@ import torch
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
+from benchmark.adaround import AdaRoundSettings, check_rounding
 from benchmark.data import calibration_batch, data_fingerprint, load_split
 from benchmark.models import check_model_name, checkpoint_path, load_model
 from benchmark.ptq import (
@@ -73,8 +74,12 @@ class BenchSpec:
     calib_seed: int = 0
     clip_grid: int = CLIP_GRID
     rounding: str = "nearest"
+    adaround: AdaRoundSettings | None = None
 
     def quantizer(self) -> dict:
+        extra = {}
+        if self.rounding == "adaround":
+            extra["adaround"] = (self.adaround or AdaRoundSettings()).to_dict()
         return {
             "weights": "per-channel symmetric narrow-range, MSE clipping",
             "activations": "per-tensor asymmetric, min/max calibration",
@@ -82,6 +87,7 @@ class BenchSpec:
             "calib_images": self.calib_images,
             "calib_seed": self.calib_seed,
             "rounding": self.rounding,
+            **extra,
         }
 
 
@@ -91,7 +97,8 @@ def _simulator(spec: BenchSpec) -> tuple[QuantSim, torch.Tensor, torch.Tensor]:
     model = load_model(spec.model, spec.checkpoint)
     calib, _ = calibration_batch(spec.calib_images, spec.calib_seed)
     x, y = load_split("test")
-    return QuantSim(model, calib, spec.clip_grid), x, y
+    sim = QuantSim(model, calib, spec.clip_grid, spec.rounding, spec.adaround)
+    return sim, x, y
 
 
 def measure(spec: BenchSpec, w_bits: Sequence[int], a_bits: Sequence[int], threads: int = 0):
@@ -179,6 +186,8 @@ def build_bench(
     candidates: Sequence[int] = DEFAULT_BITS,
     act_bits: int = 8,
     progress: bool = True,
+    rounding: str = "nearest",
+    adaround: AdaRoundSettings | None = None,
 ) -> dict:
     """Measure ``n_configs`` random configurations (plus the uniform ones) into ``out``.
 
@@ -194,8 +203,12 @@ def build_bench(
     if len(set(candidates)) != len(list(candidates)):
         raise ValueError(f"candidate bit-widths {list(candidates)} contain duplicates")
     check_bits([act_bits], range(2, 17), "activation bit-width")
+    check_rounding(rounding)
     ckpt = Path(checkpoint or checkpoint_path(model)).resolve()
-    spec = BenchSpec(model, str(ckpt), tuple(sorted(int(c) for c in candidates)), int(act_bits))
+    spec = BenchSpec(
+        model, str(ckpt), tuple(sorted(int(c) for c in candidates)), int(act_bits),
+        rounding=rounding, adaround=adaround if rounding == "adaround" else None,
+    )  # fmt: skip
     net = load_model(model, ckpt)
     layers = layer_table(net)
     meta = {
@@ -218,11 +231,22 @@ def build_bench(
     try:
         old = _read_meta(con)
         bad = _mismatch(old, meta)
+        old_rounding = old.get("quantizer", {}).get("rounding", rounding)
+        if old_rounding != rounding:
+            raise BenchError(
+                f"{out} was built with --rounding {old_rounding}, not {rounding}; pass "
+                f"--rounding {old_rounding} to extend it, or use another --out"
+            )
         if bad:
             raise BenchError(
                 f"{out} was built with different {', '.join(bad)}; refusing to mix results "
                 "(use another --out, or the settings the file was built with)"
             )
+        if rounding == "adaround":
+            # Learn every (layer, bit) rounding here, once, before workers stitch them.
+            sim, _, _ = _simulator(spec)
+            meta["adaround_cache"] = sim.rounder.key
+            sim.rounder.prepare(spec.candidates, progress=progress)
         if "fp_top1" not in old:
             sim, x, y = _simulator(spec)
             sim.set_fp()
@@ -325,6 +349,25 @@ class Bench:
         return len(self.layers)
 
     @property
+    def rounding(self) -> str:
+        """Weight rounding the bench was measured with (``nearest`` or ``adaround``)."""
+        return self.meta["quantizer"].get("rounding", "nearest")
+
+    @property
+    def adaround(self) -> AdaRoundSettings | None:
+        """The AdaRound settings of an AdaRound bench, else None."""
+        ada = self.meta["quantizer"].get("adaround")
+        return AdaRoundSettings(**ada) if ada else None
+
+    def check_rounding(self, rounding: str) -> None:
+        """Raise ``BenchError`` unless the bench was measured with ``rounding``."""
+        if check_rounding(rounding) != self.rounding:
+            raise BenchError(
+                f"{self.path} was built with --rounding {self.rounding}, not {rounding}; pass "
+                f"--rounding {self.rounding} or a bench built with --rounding {rounding}"
+            )
+
+    @property
     def macs(self) -> np.ndarray:
         return np.asarray([layer["macs"] for layer in self.layers], dtype=np.int64)
 
@@ -392,6 +435,7 @@ class Bench:
             "top1_max": float(acc.max()),
             "candidates": list(self.candidates),
             "act_bits": self.meta["act_bits"],
+            "rounding": self.rounding,
             "layers": len(self.layers),
             "params": int(self.params.sum()),
             "macs": int(self.macs.sum()),

@@ -4,6 +4,8 @@
 * Weights: per output channel, symmetric (narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]``), the
   clipping range of each channel chosen by MSE over a grid of clip ratios, vectorized over
   channels and ratios. ``Q_b(W)`` is computed once per (layer, bit) and reused.
+* Weight rounding: nearest, or AdaRound (``benchmark.adaround``) learned once per
+  (layer, bit) and stitched into any configuration.
 * Activations (the input of each quantizable layer): per tensor, asymmetric, the range
   calibrated once (min/max over a calibration set of training images).
 """
@@ -19,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
 
 DEFAULT_BITS = (2, 3, 4, 8)
 CLIP_GRID = 100  # number of clip ratios in (0, 1] searched per channel
@@ -207,16 +211,22 @@ class QuantSim:
     model: nn.Module
     calib: torch.Tensor
     clip_grid: int = CLIP_GRID
+    rounding: str = "nearest"
+    adaround: AdaRoundSettings | None = None
     folded: nn.Module = field(init=False)
     layers: list[tuple[str, nn.Module]] = field(init=False)
     fp_weights: list[torch.Tensor] = field(init=False)
     act_ranges: list[tuple[float, float]] = field(init=False)
     _wq: dict[tuple[int, int], torch.Tensor] = field(init=False, default_factory=dict)
     _act: list[tuple[float, int, int] | None] = field(init=False)
+    rounder: AdaRounder | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        check_rounding(self.rounding)
         self.folded = fold_bn(self.model, self.calib[:8])
         self.layers = quantizable_layers(self.folded)
+        if self.rounding == "adaround":
+            self.rounder = AdaRounder(self.folded, self.clip_grid, self.adaround)
         self.fp_weights = [m.weight.detach().clone() for _, m in self.layers]
         self._act = [None] * len(self.layers)
         self.act_ranges = self._calibrate()
@@ -259,10 +269,13 @@ class QuantSim:
         return fn
 
     def quantized_weight(self, layer: int, bits: int) -> torch.Tensor:
-        """``Q_b(W)`` of a layer, computed on first use and cached."""
+        """``Q_b(W)`` of a layer (nearest or AdaRound), computed on first use and cached."""
         key = (layer, int(bits))
         if key not in self._wq:
-            self._wq[key] = quantize_weight(self.fp_weights[layer], int(bits), self.clip_grid)
+            if self.rounder is not None:
+                self._wq[key] = self.rounder.weight(layer, int(bits))
+            else:
+                self._wq[key] = quantize_weight(self.fp_weights[layer], int(bits), self.clip_grid)
         return self._wq[key]
 
     def set_config(self, w_bits: Sequence[int | None], a_bits: Sequence[int | None]) -> None:

@@ -40,12 +40,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench_build(args: argparse.Namespace) -> None:
+    from benchmark.adaround import settings_from_args
     from benchmark.bench import build_bench
 
     cands = tuple(int(b) for b in args.bits.split(","))
     result = build_bench(
         args.model, args.configs, args.seed, args.out, jobs=args.jobs,
         checkpoint=args.checkpoint, candidates=cands, act_bits=args.act_bits,
+        rounding=args.rounding, adaround=settings_from_args(args),
     )  # fmt: skip
     _print_json_or_table(result, args.json)
 
@@ -107,6 +109,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 def _cmd_score(args: argparse.Namespace) -> None:
     import time
 
+    from benchmark.adaround import settings_from_args
     from benchmark.bench import Bench
     from benchmark.ptq import quantizable_layers
     from emq.export import load_proxy
@@ -116,9 +119,16 @@ def _cmd_score(args: argparse.Namespace) -> None:
     scorer = load_proxy(args.proxy)
     bench = Bench.open(args.bench) if args.bench else None
     cands = bench.candidates if bench else tuple(int(b) for b in args.bits.split(","))
+    if args.rounding is None:
+        args.rounding = bench.rounding if bench else "nearest"
+    if bench is not None:
+        bench.check_rounding(args.rounding)
+    ada = settings_from_args(args)
+    if ada is None and bench is not None and bench.adaround is not None:
+        ada = bench.adaround
     model = build_model(args.model, args.checkpoint)
     n_layers = len(quantizable_layers(model))
-    ctx = model_context(model, cands, args.batch, args.seed)
+    ctx = model_context(model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada)
     configs = (
         parse_configs(args.configs, n_layers, cands) if args.configs else np.empty((0, n_layers))
     )
@@ -172,6 +182,7 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``emq`` command."""
+    from benchmark.adaround import add_arguments as add_rounding
     from benchmark.models import MODELS
 
     p = argparse.ArgumentParser(
@@ -200,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--checkpoint", help="state_dict to load (default: shipped checkpoint)")
     bb.add_argument("--bits", default="2,3,4,8", help="weight bit candidates")
     bb.add_argument("--act-bits", type=int, default=8, help="activation bit-width")
+    add_rounding(bb)
     bb.add_argument("--json", action="store_true")
     bb.set_defaults(func=_cmd_bench_build)
     bi = bsub.add_parser("info", help="summarize a bench file")
@@ -249,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bits", default="2,3,4,8", help="bit candidates (without --bench)")
     s.add_argument("--batch", type=int, default=128, help="calibration images")
     s.add_argument("--seed", type=int, default=0, help="calibration batch seed")
+    add_rounding(s, default=None, what="the bench's, else nearest")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_score)
     from emq.baselines import add_parser as add_baselines

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from benchmark.adaround import AdaRoundSettings
 from benchmark.data import calibration_batch
 from benchmark.models import MODELS, load_model, load_state
 from emq.scoring import ScoreContext, bits_to_index, config_scores
@@ -81,10 +82,16 @@ def model_context(
     batch: int = 128,
     seed: int = 0,
     cache: Path | str | None = None,
+    rounding: str = "nearest",
+    adaround: AdaRoundSettings | None = None,
 ) -> ScoreContext:
-    """Score context of a model on the seeded Fashion-MNIST calibration batch."""
+    """Score context of a model on the seeded Fashion-MNIST calibration batch.
+
+    ``rounding`` sets how ``Wq``/``E``/``D`` quantize the weights (nearest or AdaRound).
+    """
     x, y = calibration_batch(batch, seed)
-    return ScoreContext(model, x, y, InputSettings(candidates=candidates), cache)
+    settings = InputSettings(candidates=candidates, rounding=rounding, adaround=adaround)
+    return ScoreContext(model, x, y, settings, cache)
 
 
 def score(scorer, ctx: ScoreContext, configs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
 from benchmark.ptq import (
     CLIP_GRID,
     DEFAULT_BITS,
@@ -60,8 +61,15 @@ class InputSettings:
     hutchinson_seed: int = 0
     clip_grid: int = CLIP_GRID
     names: tuple[str, ...] = INPUT_NAMES
+    rounding: str = "nearest"
+    adaround: AdaRoundSettings | None = None
 
     def __post_init__(self) -> None:
+        check_rounding(self.rounding)
+        if self.rounding == "adaround" and self.adaround is None:
+            object.__setattr__(self, "adaround", AdaRoundSettings())
+        if self.rounding == "nearest" and self.adaround is not None:
+            raise ValueError("AdaRound settings given with rounding='nearest'")
         unknown = [n for n in self.names if n not in INPUT_DOCS]
         if unknown:
             raise ValueError(f"unknown proxy input(s) {unknown}: expected some of {INPUT_NAMES}")
@@ -204,6 +212,9 @@ def compute_inputs(
             hess = [a / settings.hutchinson_samples for a in acc]
     virtual = _virtual_gradient(folded, tuple(x.shape[1:])) if "V" in names else None
 
+    rounder = None
+    if settings.rounding == "adaround" and names & {"Wq", "E", "D"}:
+        rounder = AdaRounder(folded, settings.clip_grid, settings.adaround)
     tensors = []
     with torch.no_grad():
         for i, (_, mod) in enumerate(layers):
@@ -222,7 +233,10 @@ def compute_inputs(
             if "V" in names:
                 t["V"] = virtual[i].unsqueeze(0)
             if names & {"Wq", "E", "D"}:
-                wq = torch.stack([quantize_weight(w, b, settings.clip_grid) for b in bits])
+                if rounder is not None:
+                    wq = torch.stack([rounder.weight(i, b) for b in bits])
+                else:
+                    wq = torch.stack([quantize_weight(w, b, settings.clip_grid) for b in bits])
                 if "Wq" in names:
                     t["Wq"] = wq
                 if "E" in names:
@@ -258,7 +272,10 @@ def cache_key(
     h.update(x.detach().contiguous().numpy().tobytes())
     if y is not None:
         h.update(y.detach().contiguous().numpy().tobytes())
-    h.update(json.dumps(asdict(settings), sort_keys=True).encode())
+    fields = asdict(settings)
+    if settings.rounding == "nearest":  # keys of nearest-rounding inputs predate rounding
+        del fields["rounding"], fields["adaround"]
+    h.update(json.dumps(fields, sort_keys=True).encode())
     return h.hexdigest()[:24]
 
 

@@ -132,3 +132,48 @@ def test_smpq_on_measured_validation_accuracy(capsys, tmp_path):
     assert doc["relative_bops"] <= 0.5 and doc["scorer"] == "accuracy"
     # no phase 1; at least the all-top and all-lowest configurations were measured
     assert doc["details"]["phase1_seconds"] == 0.0 and doc["evaluations"] >= 2
+
+
+ADA = ["--rounding", "adaround", "--adaround-iterations", "100", "--adaround-images", "64"]
+
+
+def test_adaround_allocation_uses_learned_rounding_in_both_phases(capsys, tmp_path):
+    argv = [*BASE, "--method", "sqnr", "--scorer", "sqnr-measured", "--budget-bops", "0.5",
+            "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+    code, out, _ = run(argv, capsys)
+    near = json.loads(out)
+    code, out, _ = run([*argv, *ADA], capsys)
+    assert code == 0
+    ada = json.loads(out)
+    # Phase 1 is measured again (its cache is keyed by the rounding), then reused.
+    assert ada["evaluations"] == 12 and ada["relative_bops"] <= 0.5
+    assert ada["test_top1"] != near["test_top1"] or ada["w_bits"] != near["w_bits"]
+    code, out, _ = run([*argv, *ADA], capsys)
+    assert code == 0 and json.loads(out)["evaluations"] == 0
+
+
+def test_compare_rounding_table(capsys, tmp_path):
+    argv = [*BASE, "--compare-rounding", "--bits", "2,8", "--budgets", "0.3,0.5",
+            "--out", str(tmp_path), *ADA[2:]]  # fmt: skip
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    assert "fixed W2A8" in out and "mixed SQNR @0.3" in out and "top-1 ada" in out
+    doc = json.loads((tmp_path / "rounding.json").read_text())
+    rows = {(r["setting"], r["rounding"]): r for r in doc["rows"]}
+    assert len(rows) == 2 * (2 + 2)
+    assert rows[("fixed W8A8", "nearest")]["relative_bops"] == pytest.approx(1.0)
+    for budget in (0.3, 0.5):
+        for rounding in ("nearest", "adaround"):
+            assert rows[(f"mixed SQNR @{budget:g}", rounding)]["relative_bops"] <= budget + 1e-9
+    assert doc["adaround"]["iterations"] == 100
+    assert (tmp_path / "rounding.csv").read_text().count("\n") == 9
+
+
+def test_bad_rounding_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main([*BASE, "--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5",
+              "--rounding", "up"])  # fmt: skip
+    assert "invalid choice: 'up'" in capsys.readouterr().err
+    code, _, err = run([*BASE, "--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5",
+                        *ADA[:4], "--adaround-images", "8"], capsys)  # fmt: skip
+    assert_user_error(code, err, "--adaround-images")

@@ -5,6 +5,7 @@
     emq allocate --model resnet20 --method sqnr --scorer hawq_v3 --budget-bops 0.35
     emq allocate --model resnet20 --method sqnr --scorer sqnr-measured --accuracy-target 90
     emq allocate --compare --model resnet20 [--proxy runs/reference/best_proxy.json]
+    emq allocate --compare-rounding --model resnet20
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmark.adaround import add_arguments as add_rounding
+from benchmark.adaround import settings_from_args
 from emq.allocate.groups import candidate_name
 from emq.allocate.problem import METHODS, AllocationProblem
 from emq.allocate.result import Allocation
@@ -32,7 +35,10 @@ def build_problem(args: argparse.Namespace, cache: object = None) -> AllocationP
 
     bits = tuple(int(b) for b in args.bits.split(","))
     model = build_model(args.model, args.checkpoint)
-    return AllocationProblem.for_model(args.model, model, args.groups, bits, cache=cache)
+    return AllocationProblem.for_model(
+        args.model, model, args.groups, bits, cache=cache,
+        rounding=args.rounding, adaround=settings_from_args(args),
+    )  # fmt: skip
 
 
 def format_allocation(alloc: Allocation, top1: float) -> str:
@@ -61,6 +67,11 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         from emq.allocate.compare import run_compare
 
         run_compare(args)
+        return
+    if args.compare_rounding:
+        from emq.allocate.rounding import run_rounding_compare
+
+        run_rounding_compare(args)
         return
     if not args.scorer or not args.method:
         raise ValueError("--method and --scorer are required (or use --compare)")
@@ -112,8 +123,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--beta", type=float, default=BETA, help="SMPQ momentum")
     p.add_argument("--xi", type=float, default=XI, help="SMPQ step size")
     p.add_argument("--seed", type=int, default=0, help="SMPQ permutation seed")
+    add_rounding(p)
     p.add_argument("--compare", action="store_true",
                    help="every method x scorer at relative BOPs 0.25, 0.35, 0.5")  # fmt: skip
+    p.add_argument("--compare-rounding", action="store_true",
+                   help="nearest vs AdaRound: fixed and SQNR-mixed precision")  # fmt: skip
     p.add_argument("--proxy", default="runs/reference/best_proxy.json",
                    help="best exported proxy for --compare")  # fmt: skip
     p.add_argument("--budgets", default="0.25,0.35,0.5", help="--compare budgets")

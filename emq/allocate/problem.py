@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmark.adaround import AdaRoundSettings
 from benchmark.data import load_split
 from benchmark.ptq import DEFAULT_BITS, QuantSim, layer_table
 from emq.allocate.groups import (
@@ -83,6 +84,8 @@ class AllocationProblem:
     cache: Path | str | bool | None = None
     sqnr_images: int = SQNR_IMAGES
     validation_images: int = VALIDATION_IMAGES
+    rounding: str = "nearest"
+    adaround: AdaRoundSettings | None = None
     layer_names: list[str] = field(init=False)
     macs: list[int] = field(init=False)
     sim: QuantSim = field(init=False)
@@ -92,7 +95,7 @@ class AllocationProblem:
 
     def __post_init__(self) -> None:
         calib, _ = training_subset(0, CALIB_IMAGES, CALIB_SEED)
-        self.sim = QuantSim(self.model, calib)
+        self.sim = QuantSim(self.model, calib, rounding=self.rounding, adaround=self.adaround)
         self.layer_names = [n for n, _ in self.sim.layers]
         self.macs = [info.macs for info in layer_table(self.model, tuple(calib.shape[1:]))]
         covered = sorted(i for g in self.groups for i in g.layers)
@@ -161,7 +164,10 @@ class AllocationProblem:
                 scorer = load_proxy(spec)
                 w_bits = sorted({w for g in self.groups for w, _ in g.candidates})
                 x, y = training_subset(0, SCORER_IMAGES, CALIB_SEED)
-                settings = InputSettings(candidates=tuple(w_bits), names=needed_inputs(scorer))
+                settings = InputSettings(
+                    candidates=tuple(w_bits), names=needed_inputs(scorer),
+                    rounding=self.rounding, adaround=self.sim.rounder and self.sim.rounder.settings,
+                )  # fmt: skip
                 cache = False if self.cache is False else None
                 ctx = ScoreContext(self.model, x, y, settings, cache)
                 table = scorer_sensitivity(scorer, ctx, self.groups, self.cache)

@@ -156,7 +156,10 @@ def measured_sensitivity(
     ``x``: the N calibration images; ``cache``: folder, ``None`` = default, ``False`` = off.
     ``on_measure(group, candidate)`` is called after each new measurement (progress, tests).
     """
-    key = cache_key(sim.model, [sim.calib, x], MEASURED, _groups_key(groups), sim.clip_grid)
+    parts = [MEASURED, _groups_key(groups), sim.clip_grid]
+    if sim.rounder is not None:  # AdaRound in phase 1: keyed by its learned-rounding cache
+        parts.append(f"adaround-{sim.rounder.key}")
+    key = cache_key(sim.model, [sim.calib, x], *parts)
     store = _JsonCache(_cache_path(cache, key))
     start = time.perf_counter()
     fp: list[int | None] = [None] * sim.num_layers
