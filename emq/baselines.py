@@ -379,9 +379,10 @@ def _single_layer_sweep(
     """``metric(fp_logits, logits)`` with only layer ``l``'s weights quantized at ``b``.
 
     Activations stay in full precision; one forward pass of the calibration batch per
-    (layer, bit), on the bench's quantizer (``QuantSim``, BN folded).
+    (layer, bit), on the bench's quantizer (``QuantSim``, BN folded, same weight rounding).
     """
-    sim = QuantSim(ctx.model, ctx.x, ctx.settings.clip_grid)
+    s = ctx.settings
+    sim = QuantSim(ctx.model, ctx.x, s.clip_grid, s.rounding, s.adaround)
     fp = [None] * sim.num_layers
     sim.set_fp()
     ref = sim.forward(ctx.x)
@@ -459,8 +460,9 @@ def bench_context(
 ) -> ScoreContext:
     """The default context of a bench: its model and a seeded calibration batch."""
     return ScoreContext.for_model(
-        bench.model, checkpoint, candidates=bench.candidates, batch=batch, seed=seed, cache=cache
-    )
+        bench.model, checkpoint, candidates=bench.candidates, batch=batch, seed=seed, cache=cache,
+        rounding=bench.rounding, adaround=bench.adaround,
+    )  # fmt: skip
 
 
 def check_context(bench: Bench, ctx: ScoreContext) -> None:
@@ -471,6 +473,7 @@ def check_context(bench: Bench, ctx: ScoreContext) -> None:
             f"{list(bench.candidates)}"
         )
     bench.check_model(ctx.model)
+    bench.check_rounding(ctx.settings.rounding)
 
 
 def run_baselines(

@@ -22,7 +22,9 @@ def bench_inputs(
     model = load_model(bench.model, checkpoint)
     bench.check_model(model)
     x, y = calibration_batch(calib_images, calib_seed)
-    settings = InputSettings(candidates=bench.candidates)
+    settings = InputSettings(
+        candidates=bench.candidates, rounding=bench.rounding, adaround=bench.adaround
+    )
     return get_inputs(model, x, y, settings, cache)
 
 

@@ -98,9 +98,13 @@ class ScoreContext:
         batch: int = 128,
         seed: int = 0,
         cache: Path | str | None | bool = None,
+        rounding: str = "nearest",
+        adaround: object = None,
     ) -> ScoreContext:
         """Context of a zoo model with the default seeded calibration batch."""
         model = load_model(name, checkpoint)
         x, y = calibration_batch(batch, seed)
-        settings = InputSettings(candidates=tuple(int(b) for b in candidates))
+        settings = InputSettings(
+            candidates=tuple(int(b) for b in candidates), rounding=rounding, adaround=adaround
+        )
         return cls(model, x, y, settings, cache)
