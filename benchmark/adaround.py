@@ -387,10 +387,16 @@ def add_arguments(parser, default: str | None = "nearest", what: str = "") -> No
                         help="AdaRound Adam steps per (layer, bit)")  # fmt: skip
     parser.add_argument("--adaround-images", type=int, default=d.images,
                         help="AdaRound calibration images (training split)")  # fmt: skip
+    parser.add_argument("--adaround-lr", type=float, default=d.lr, help="AdaRound Adam rate")
+    parser.add_argument("--adaround-lambda", type=float, default=d.reg_weight,
+                        help="AdaRound rounding-regularizer weight")  # fmt: skip
 
 
 def settings_from_args(args) -> AdaRoundSettings | None:
     """AdaRound settings of a parsed command line (None for nearest rounding)."""
     if getattr(args, "rounding", None) != "adaround":
         return None
-    return AdaRoundSettings(iterations=args.adaround_iterations, images=args.adaround_images)
+    return AdaRoundSettings(
+        iterations=args.adaround_iterations, images=args.adaround_images,
+        lr=args.adaround_lr, reg_weight=args.adaround_lambda,
+    )  # fmt: skip

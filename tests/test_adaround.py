@@ -165,8 +165,12 @@ def test_inputs_wq_follow_the_rounding(cache_env):
     names = ("W", "Wq", "E")
     near = compute_inputs(net, x, y, InputSettings(candidates=(2, 8), names=names))
     ada = compute_inputs(
-        net, x, y, InputSettings(candidates=(2, 8), names=names, rounding="adaround",
-                                 adaround=FAST)  # fmt: skip
+        net,
+        x,
+        y,
+        InputSettings(
+            candidates=(2, 8), names=names, rounding="adaround", adaround=FAST
+        ),  # fmt: skip
     )
     differs = [not torch.equal(a["Wq"], n["Wq"]) for a, n in zip(ada.tensors, near.tensors,
                                                                   strict=True)]  # fmt: skip

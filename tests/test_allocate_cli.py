@@ -165,7 +165,7 @@ def test_compare_rounding_table(capsys, tmp_path):
     for budget in (0.3, 0.5):
         for rounding in ("nearest", "adaround"):
             assert rows[(f"mixed SQNR @{budget:g}", rounding)]["relative_bops"] <= budget + 1e-9
-    assert doc["adaround"]["iterations"] == 100
+    assert doc["adaround"]["iterations"] == 100 and doc["adaround"]["images"] == 64
     assert (tmp_path / "rounding.csv").read_text().count("\n") == 9
 
 
@@ -177,3 +177,6 @@ def test_bad_rounding_is_rejected(capsys):
     code, _, err = run([*BASE, "--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5",
                         *ADA[:4], "--adaround-images", "8"], capsys)  # fmt: skip
     assert_user_error(code, err, "--adaround-images")
+    code, _, err = run([*BASE, "--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5",
+                        *ADA, "--adaround-lr", "0"], capsys)  # fmt: skip
+    assert_user_error(code, err, "lr > 0")
