@@ -76,11 +76,15 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    settings = settings_from_args(**vars(args))
+    kw = vars(args)
+    if args.inputs is not None:
+        kw = {**kw, "inputs": tuple(n.strip() for n in args.inputs.split(",") if n.strip())}
+    settings = settings_from_args(**kw)
     bench = Bench.open(args.bench or default_bench())
     evaluator = bench_evaluator(
-        bench, settings.calib_images, settings.calib_seed, settings.split_seed, args.checkpoint
-    )
+        bench, settings.calib_images, settings.calib_seed, settings.split_seed, args.checkpoint,
+        names=settings.inputs,
+    )  # fmt: skip
     run = Path(args.run or f"runs/{bench.model}-seed{settings.seed}")
     summary = Campaign(run, bench, evaluator, settings, jobs=args.jobs).run_steps(args.steps)
     if args.json:
@@ -230,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mode", choices=["steady", "generational"], help="default: steady")
     e.add_argument("--offspring", type=int, help="offspring per steady-state step (default 8)")
     e.add_argument("--generator", choices=["branched", "tree"], help="default: tree")
+    e.add_argument("--inputs", metavar="A,W,...",
+                   help="proxy inputs the search may use (default: all; e.g. leave out H, the "
+                   "costly Hessian)")  # fmt: skip
     e.add_argument("--no-osp", dest="osp", action="store_false", default=None,
                    help="uniform operation sampling (ablation)")  # fmt: skip
     e.add_argument("--no-dps", dest="dps", action="store_false", default=None,

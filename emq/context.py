@@ -8,7 +8,7 @@ from benchmark.bench import Bench
 from benchmark.data import calibration_batch
 from benchmark.models import load_model
 from emq.fitness import Evaluator
-from primitives.inputs import InputSettings, LayerInputs, get_inputs
+from primitives.inputs import INPUT_NAMES, InputSettings, LayerInputs, get_inputs
 
 
 def bench_inputs(
@@ -17,14 +17,16 @@ def bench_inputs(
     calib_seed: int = 0,
     checkpoint: Path | str | None = None,
     cache: Path | str | None = None,
+    names: tuple[str, ...] = INPUT_NAMES,
 ) -> LayerInputs:
-    """Proxy inputs of the bench's model on the seeded calibration batch (cached)."""
+    """Proxy inputs (``names``) of the bench's model on the seeded calibration batch (cached)."""
     model = load_model(bench.model, checkpoint)
     bench.check_model(model)
     x, y = calibration_batch(calib_images, calib_seed)
     settings = InputSettings(
-        candidates=bench.candidates, rounding=bench.rounding, adaround=bench.adaround
-    )
+        candidates=bench.candidates, names=tuple(names), rounding=bench.rounding,
+        adaround=bench.adaround,
+    )  # fmt: skip
     return get_inputs(model, x, y, settings, cache)
 
 
@@ -35,7 +37,8 @@ def bench_evaluator(
     split_seed: int = 0,
     checkpoint: Path | str | None = None,
     cache: Path | str | None = None,
+    names: tuple[str, ...] = INPUT_NAMES,
 ) -> Evaluator:
-    """An ``Evaluator`` for genomes against ``bench``."""
-    inputs = bench_inputs(bench, calib_images, calib_seed, checkpoint, cache)
+    """An ``Evaluator`` for genomes against ``bench`` (proxies over the inputs ``names``)."""
+    inputs = bench_inputs(bench, calib_images, calib_seed, checkpoint, cache, names)
     return Evaluator.from_bench(bench, inputs, inputs.path, split_seed)

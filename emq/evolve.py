@@ -29,6 +29,7 @@ from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import expr_str, ops_used, prefix_names
 from emq.osp import OperationSampler
 from emq.screen import STAGES, Screener, validity_rate
+from primitives.inputs import BIT_DEPENDENT, INPUT_NAMES
 
 LOG_FIELDS = (
     "step", "evaluations", "best", "median", "validity", "unique_ratio", "evals_per_s",
@@ -54,8 +55,21 @@ class CampaignSettings:
     calib_images: int = 128
     calib_seed: int = 0
     hof_size: int = 10
+    inputs: tuple[str, ...] = INPUT_NAMES  # proxy inputs the search may use
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+        unknown = [n for n in self.inputs if n not in INPUT_NAMES]
+        if unknown or not self.inputs:
+            raise ValueError(
+                f"--inputs {','.join(self.inputs)}: unknown or empty; choose from "
+                f"{','.join(INPUT_NAMES)}"
+            )
+        if not set(self.inputs) & BIT_DEPENDENT:
+            raise ValueError(
+                f"--inputs must include one of {','.join(sorted(BIT_DEPENDENT))}: without a "
+                "bit-dependent input no proxy can tell bit-widths apart"
+            )
         if self.mode not in ("steady", "generational"):
             raise ValueError(f"unknown mode {self.mode!r}: expected 'steady' or 'generational'")
         if self.population < 4:
@@ -94,7 +108,7 @@ class Campaign:
         self.bench, self.evaluator, self.settings = bench, evaluator, settings
         self.jobs, self.progress = jobs, progress
         self.rng = random.Random(settings.seed)
-        self.sampler = OperationSampler(enabled=settings.osp)
+        self.sampler = OperationSampler(enabled=settings.osp, terminals=settings.inputs)
         self.toolbox = make_toolbox(self.sampler, self.rng, settings.generator, settings.max_height)
         self.screener = Screener(evaluator.shapes())
         self.population: list[Genome] = []
@@ -109,7 +123,10 @@ class Campaign:
 
     def identity(self) -> dict:
         """What must match for a run folder to be resumed (not the bench's path)."""
-        return {"settings": asdict(self.settings), "bench_fingerprint": self.bench.fingerprint}
+        settings = asdict(self.settings)
+        if tuple(settings["inputs"]) == INPUT_NAMES:  # the default; runs predating --inputs
+            del settings["inputs"]
+        return {"settings": settings, "bench_fingerprint": self.bench.fingerprint}
 
     def open_folder(self) -> bool:
         """Create the run folder or check it belongs to this campaign. True if resuming."""

@@ -34,8 +34,11 @@ INPUT_PRIORS = {"Wq": 1.5, "E": 2.0, "D": 1.5, "b": 1.5}
 class OperationSampler:
     """Weighted sampling of unary/binary operations and inputs; adapts to rejections."""
 
-    def __init__(self, enabled: bool = True, adapt: bool = True):
+    def __init__(
+        self, enabled: bool = True, adapt: bool = True, terminals: tuple[str, ...] = INPUT_NAMES
+    ):
         self.enabled, self.adapt = enabled, adapt
+        self.terminals = [n for n in INPUT_NAMES if n in set(terminals)]
         self.unary_names, self.binary_names = unary_ops(), binary_ops()
         self.tried = {name: 0 for name in self.unary_names + self.binary_names}
         self.accepted = dict(self.tried)
@@ -58,7 +61,7 @@ class OperationSampler:
         return self._draw(self.binary_names, rng)
 
     def terminal(self, rng: random.Random) -> str:
-        return self._draw(list(INPUT_NAMES), rng)
+        return self._draw(self.terminals, rng)
 
     def record(self, ops: set[str], accepted: bool) -> None:
         """Count one screened genome for each operation it uses."""

@@ -159,3 +159,48 @@ def test_cli_errors_are_one_line(tmp_path):
     assert proc.stderr.startswith("emq: error:") and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
     assert main(["evolve", "--bench", str(tmp_path / "missing.sqlite"), "--steps", "1"]) == 2
+
+
+def test_search_restricted_to_some_inputs(tmp_path, bench, evaluator):
+    from emq.graph import leaves
+
+    allowed = ("W", "Ga", "E", "D")
+    settings = CampaignSettings(population=8, offspring=4, seed=5, inputs=allowed)
+    _run(tmp_path / "run", bench, evaluator, 2, settings)
+    ck = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    used = set()
+    for rec in ck["population"]:
+        from emq.genome import from_string
+        from emq.graph import canonical
+
+        used |= leaves(canonical(from_string(rec["genome"])))
+    assert used and used <= set(allowed)
+    campaign = json.loads((tmp_path / "run" / "campaign.json").read_text())
+    assert campaign["settings"]["inputs"] == list(allowed)
+    # The default (every input) is left out of the identity: older run folders still resume.
+    assert (
+        "inputs" not in Campaign(tmp_path / "x", bench, evaluator, SETTINGS).identity()["settings"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "needle"),
+    [
+        (("A", "W"), "must include one of D,E,Wq,b"),
+        (("E", "Q"), "unknown or empty"),
+        ((), "unknown"),
+    ],
+)
+def test_bad_input_restriction_is_a_clear_error(inputs, needle):
+    with pytest.raises(ValueError, match=needle):
+        CampaignSettings(inputs=inputs)
+
+
+def test_sampler_draws_only_allowed_terminals():
+    import random
+
+    from emq.osp import OperationSampler
+
+    sampler = OperationSampler(terminals=("E", "H"))
+    rng = random.Random(0)
+    assert {sampler.terminal(rng) for _ in range(200)} == {"E", "H"}
