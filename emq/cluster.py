@@ -91,13 +91,26 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
 
 @contextmanager
 def connected(address: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator[Any]:
-    """``connect(address)`` for the duration of the block, or ``None`` when no address."""
+    """``connect(address)`` for the duration of the block, or ``None`` when no address.
+
+    Losing the scheduler (or a task's workers, repeatedly) inside the block becomes a
+    ``ClusterError`` that says how to resume.
+    """
     if address is None:
         yield None
         return
+    from distributed import CancelledError, KilledWorker
+    from distributed.comm import CommClosedError
+
     client = connect(address, timeout)
     try:
         yield client
+    except (CancelledError, KilledWorker, CommClosedError) as exc:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ClusterError(
+            f"lost the Dask cluster at {address} ({cause}); finished results are saved: "
+            "rerun the command to resume"
+        ) from exc
     finally:
         client.close()
 

@@ -23,7 +23,7 @@ from joblib import Parallel, delayed
 
 from benchmark.bench import Bench, build_bench, sample_configs
 from emq.cli import main
-from emq.cluster import ClusterError, connect, pool, scheduler_address
+from emq.cluster import ClusterError, connect, connected, pool, scheduler_address
 from emq.context import bench_evaluator
 from emq.evolve import Campaign, CampaignSettings
 
@@ -112,6 +112,14 @@ def test_scheduler_without_workers_is_a_clear_error():
     with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
         with pytest.raises(ClusterError, match=f"{empty.scheduler_address} has no worker"):
             connect(empty.scheduler_address, timeout=1)
+
+
+def test_losing_the_cluster_is_a_clear_error(cluster):
+    from distributed.client import FutureCancelledError
+
+    with pytest.raises(ClusterError, match="lost the Dask cluster at .*rerun the command"):
+        with connected(cluster.scheduler_address):
+            raise FutureCancelledError("batch-1", "scheduler-connection-lost")
 
 
 def test_unreachable_scheduler_fails_fast_and_writes_nothing(tmp_path):
