@@ -144,7 +144,9 @@ def _simulator(source: BenchSpec | SimulatorInputs) -> tuple[QuantSim, torch.Ten
     return cache[source]
 
 
-def _build_simulator(source: BenchSpec | SimulatorInputs):
+def _build_simulator(
+    source: BenchSpec | SimulatorInputs,
+) -> tuple[QuantSim, torch.Tensor, torch.Tensor]:
     inputs = source if isinstance(source, SimulatorInputs) else SimulatorInputs.load(source)
     spec, model, calib, x, y = inputs.spec, inputs.model, inputs.calib, inputs.x, inputs.y
     return QuantSim(model, calib, spec.clip_grid), x, y
