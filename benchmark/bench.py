@@ -6,21 +6,24 @@ reading (``Bench``) gives immutable arrays, NAS-Bench-201 style.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from benchmark.adaround import AdaRoundSettings, check_rounding
+from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
 from benchmark.data import calibration_batch, data_fingerprint, load_split
 from benchmark.models import check_model_name, checkpoint_path, load_model
 from benchmark.ptq import (
@@ -29,9 +32,11 @@ from benchmark.ptq import (
     QuantSim,
     bops,
     check_bits,
+    fold_bn,
     layer_table,
     state_fingerprint,
 )
+from emq.cluster import pool
 
 SCHEMA_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent / "benches"
@@ -91,21 +96,88 @@ class BenchSpec:
         }
 
 
-@lru_cache(maxsize=2)
-def _simulator(spec: BenchSpec) -> tuple[QuantSim, torch.Tensor, torch.Tensor]:
-    """Per-process quantization simulator and test set (built once per worker)."""
-    model = load_model(spec.model, spec.checkpoint)
-    calib, _ = calibration_batch(spec.calib_images, spec.calib_seed)
-    x, y = load_split("test")
-    sim = QuantSim(model, calib, spec.clip_grid, spec.rounding, spec.adaround)
+@dataclass(frozen=True, eq=False)
+class SimulatorInputs:
+    """What building the simulator reads from disk, loaded once by the coordinator.
+
+    Sent to the workers of a Dask cluster (once per worker), which may have neither the
+    checkpoint nor the dataset. Equal and hashed by a content token, so a worker's simulator
+    cache keys on it.
+    """
+
+    spec: BenchSpec
+    model: torch.nn.Module
+    calib: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    adaround_images: torch.Tensor | None = None
+    rounding_masks: dict | None = None
+
+    @classmethod
+    def load(cls, spec: BenchSpec) -> SimulatorInputs:
+        model = load_model(spec.model, spec.checkpoint)
+        calib, _ = calibration_batch(spec.calib_images, spec.calib_seed)
+        x, y = load_split("test")
+        images = masks = None
+        if spec.rounding == "adaround":  # the learned rounding (from the cache) travels too
+            rounder = AdaRounder(fold_bn(model, calib[:8]), spec.clip_grid, spec.adaround)
+            images, masks = rounder.images, dict(rounder.cache.masks)
+        return cls(spec, model, calib, x, y, images, masks)
+
+    @cached_property
+    def token(self) -> str:
+        h = hashlib.sha256(repr(self.spec).encode())
+        h.update(state_fingerprint(self.model).encode())
+        for t in (self.calib, self.x, self.y):
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SimulatorInputs) and other.token == self.token
+
+    def __hash__(self) -> int:
+        return hash(self.token)
+
+
+_SIMULATORS = threading.local()
+
+
+def _simulator(source: BenchSpec | SimulatorInputs) -> tuple[QuantSim, torch.Tensor, torch.Tensor]:
+    """This thread's quantization simulator and test set, built once per worker thread.
+
+    Built from the project's files (a ``BenchSpec``) or from inputs the coordinator sent.
+    One per thread, not per process: ``set_config`` mutates the simulator, and a Dask
+    worker runs several tasks at once in threads.
+    """
+    cache = _SIMULATORS.__dict__.setdefault("by_source", {})
+    if source not in cache:
+        if len(cache) >= 2:
+            cache.pop(next(iter(cache)))
+        cache[source] = _build_simulator(source)
+    return cache[source]
+
+
+def _build_simulator(
+    source: BenchSpec | SimulatorInputs,
+) -> tuple[QuantSim, torch.Tensor, torch.Tensor]:
+    inputs = source if isinstance(source, SimulatorInputs) else SimulatorInputs.load(source)
+    spec, model, calib, x, y = inputs.spec, inputs.model, inputs.calib, inputs.x, inputs.y
+    sim = QuantSim(
+        model, calib, spec.clip_grid, spec.rounding, spec.adaround, inputs.adaround_images
+    )
+    if sim.rounder is not None and inputs.rounding_masks:
+        sim.rounder.cache.masks.update(inputs.rounding_masks)
     return sim, x, y
 
 
-def measure(spec: BenchSpec, w_bits: Sequence[int], a_bits: Sequence[int], threads: int = 0):
+def measure(
+    source: BenchSpec | SimulatorInputs, w_bits: Sequence[int], a_bits: Sequence[int],
+    threads: int = 0,
+):  # fmt: skip
     """Measure one configuration on the full test set: (key, top1, loss, seconds)."""
     if threads:
         torch.set_num_threads(threads)
-    sim, x, y = _simulator(spec)
+    sim, x, y = _simulator(source)
     start = time.perf_counter()
     sim.set_config(list(w_bits), list(a_bits))
     top1, loss = sim.evaluate(x, y)
@@ -188,11 +260,14 @@ def build_bench(
     progress: bool = True,
     rounding: str = "nearest",
     adaround: AdaRoundSettings | None = None,
+    client: Any = None,
 ) -> dict:
     """Measure ``n_configs`` random configurations (plus the uniform ones) into ``out``.
 
     Each result is committed as it finishes; rerunning the same command resumes. Results
-    are never mixed with a file whose model, data or quantizer fingerprints differ.
+    are never mixed with a file whose model, data or quantizer fingerprints differ. With a
+    ``distributed.Client``, configurations are measured on its workers (``jobs`` is then
+    unused); only this process writes the file.
     """
     check_model_name(model)
     if n_configs < 0:
@@ -247,8 +322,11 @@ def build_bench(
             sim, _, _ = _simulator(spec)
             meta["adaround_cache"] = sim.rounder.key
             sim.rounder.prepare(spec.candidates, progress=progress)
+        # On a cluster, the checkpoint, the data and the learned rounding go to the workers
+        # (once), not their paths.
+        source = SimulatorInputs.load(spec) if client is not None else spec
         if "fp_top1" not in old:
-            sim, x, y = _simulator(spec)
+            sim, x, y = _simulator(source)
             sim.set_fp()
             meta["fp_top1"], meta["fp_loss"] = sim.evaluate(x, y)
         with con:
@@ -262,21 +340,23 @@ def build_bench(
         todo = [c for c in configs if config_key(c, abits) not in done]
         macs = [layer.macs for layer in layers]
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+        threads = 1 if client is not None else threads  # one task per worker thread
         bar = tqdm(
             total=len(configs), initial=len(configs) - len(todo), disable=not progress,
             desc=f"bench {model}", unit="cfg",
         )  # fmt: skip
-        results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-            delayed(measure)(spec, c, abits, threads) for c in todo
-        )
-        for key, top1, loss, secs in results:
-            w = [int(b) for b in key.split("|")[0].split(",")]
-            with con:
-                con.execute(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                    (key, index[key], top1, loss, bops(macs, w, abits), secs),
-                )
-            bar.update(1)
+        with pool(client, jobs, scatter=[source]) as n_jobs:
+            results = Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+                delayed(measure)(source, c, abits, threads) for c in todo
+            )
+            for key, top1, loss, secs in results:
+                w = [int(b) for b in key.split("|")[0].split(",")]
+                with con:
+                    con.execute(
+                        "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                        (key, index[key], top1, loss, bops(macs, w, abits), secs),
+                    )
+                bar.update(1)
         bar.close()
         total = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
     finally:

@@ -213,6 +213,7 @@ class QuantSim:
     clip_grid: int = CLIP_GRID
     rounding: str = "nearest"
     adaround: AdaRoundSettings | None = None
+    adaround_images: torch.Tensor | None = None  # default: AdaRound's seeded training images
     folded: nn.Module = field(init=False)
     layers: list[tuple[str, nn.Module]] = field(init=False)
     fp_weights: list[torch.Tensor] = field(init=False)
@@ -226,7 +227,9 @@ class QuantSim:
         self.folded = fold_bn(self.model, self.calib[:8])
         self.layers = quantizable_layers(self.folded)
         if self.rounding == "adaround":
-            self.rounder = AdaRounder(self.folded, self.clip_grid, self.adaround)
+            self.rounder = AdaRounder(
+                self.folded, self.clip_grid, self.adaround, self.adaround_images
+            )
         self.fp_weights = [m.weight.detach().clone() for _, m in self.layers]
         self._act = [None] * len(self.layers)
         self.act_ranges = self._calibrate()

@@ -42,13 +42,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_bench_build(args: argparse.Namespace) -> None:
     from benchmark.adaround import settings_from_args
     from benchmark.bench import build_bench
+    from emq.cluster import connected, scheduler_address
 
     cands = tuple(int(b) for b in args.bits.split(","))
-    result = build_bench(
-        args.model, args.configs, args.seed, args.out, jobs=args.jobs,
-        checkpoint=args.checkpoint, candidates=cands, act_bits=args.act_bits,
-        rounding=args.rounding, adaround=settings_from_args(args),
-    )  # fmt: skip
+    with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
+        result = build_bench(
+            args.model, args.configs, args.seed, args.out, jobs=args.jobs,
+            checkpoint=args.checkpoint, candidates=cands, act_bits=args.act_bits,
+            rounding=args.rounding, adaround=settings_from_args(args), client=client,
+        )  # fmt: skip
     _print_json_or_table(result, args.json)
 
 
@@ -69,6 +71,7 @@ def _cmd_bench_info(args: argparse.Namespace) -> None:
 
 def _cmd_evolve(args: argparse.Namespace) -> None:
     from benchmark.bench import Bench, default_bench
+    from emq.cluster import connected, scheduler_address
     from emq.context import bench_evaluator
     from emq.evolve import Campaign, settings_from_args
 
@@ -80,13 +83,15 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
     if args.inputs is not None:
         kw = {**kw, "inputs": tuple(n.strip() for n in args.inputs.split(",") if n.strip())}
     settings = settings_from_args(**kw)
-    bench = Bench.open(args.bench or default_bench())
-    evaluator = bench_evaluator(
-        bench, settings.calib_images, settings.calib_seed, settings.split_seed, args.checkpoint,
-        names=settings.inputs,
-    )  # fmt: skip
-    run = Path(args.run or f"runs/{bench.model}-seed{settings.seed}")
-    summary = Campaign(run, bench, evaluator, settings, jobs=args.jobs).run_steps(args.steps)
+    with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
+        bench = Bench.open(args.bench or default_bench())
+        evaluator = bench_evaluator(
+            bench, settings.calib_images, settings.calib_seed, settings.split_seed,
+            args.checkpoint, names=settings.inputs,
+        )  # fmt: skip
+        run = Path(args.run or f"runs/{bench.model}-seed{settings.seed}")
+        campaign = Campaign(run, bench, evaluator, settings, jobs=args.jobs, client=client)
+        summary = campaign.run_steps(args.steps)
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -184,6 +189,14 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
     print(f"\nper-seed rows: {out / 'ablation.csv'}")
 
 
+def _add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run the parallel work on this Dask scheduler, e.g. tcp://HOST:8786 (default: "
+        "$EMQ_SCHEDULER; without either, local processes, see --jobs)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``emq`` command."""
     from benchmark.adaround import add_arguments as add_rounding
@@ -212,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--seed", type=int, default=0, help="sampling seed")
     bb.add_argument("--out", required=True, help="SQLite bench file (resumed if it exists)")
     bb.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    _add_scheduler_argument(bb)
     bb.add_argument("--checkpoint", help="state_dict to load (default: shipped checkpoint)")
     bb.add_argument("--bits", default="2,3,4,8", help="weight bit candidates")
     bb.add_argument("--act-bits", type=int, default=8, help="activation bit-width")
@@ -230,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--population", type=int, help="population size (default 48)")
     e.add_argument("--seed", type=int, help="campaign seed (default 0)")
     e.add_argument("--jobs", type=int, default=1, help="parallel evaluation processes")
+    _add_scheduler_argument(e)
     e.add_argument("--checkpoint", help="weights the bench was built from (default: shipped)")
     e.add_argument("--mode", choices=["steady", "generational"], help="default: steady")
     e.add_argument("--offspring", type=int, help="offspring per steady-state step (default 8)")

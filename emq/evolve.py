@@ -17,6 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from benchmark.bench import Bench
 from emq import __version__
+from emq.cluster import pool
 from emq.fitness import Evaluator, evaluate_text
 from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import expr_str, ops_used, prefix_names
@@ -103,10 +105,12 @@ class Campaign:
         settings: CampaignSettings,
         jobs: int = 1,
         progress: bool = True,
+        client: Any = None,
     ):
         self.run = Path(run)
         self.bench, self.evaluator, self.settings = bench, evaluator, settings
         self.jobs, self.progress = jobs, progress
+        self.client = client  # a distributed.Client: evaluate on its workers (jobs unused)
         self.rng = random.Random(settings.seed)
         self.sampler = OperationSampler(enabled=settings.osp, terminals=settings.inputs)
         self.toolbox = make_toolbox(self.sampler, self.rng, settings.generator, settings.max_height)
@@ -118,6 +122,7 @@ class Campaign:
         self.evaluations = 0
         self.eval_seconds = 0.0
         self._parallel: Parallel | None = None
+        self._task_evaluator = evaluator
 
     # ------------------------------------------------------------------ run folder
 
@@ -211,10 +216,11 @@ class Campaign:
     def _evaluate(self, exprs: list) -> list[dict]:
         start = time.perf_counter()
         texts = [expr_str(e) for e in exprs]
-        if self.jobs == 1 or len(texts) == 1:
+        if self._parallel is None or len(texts) == 1:
             results = [self.evaluator.evaluate(e) for e in exprs]
         else:
-            results = self._parallel(delayed(_worker_eval)(self.evaluator, t) for t in texts)
+            tasks = (delayed(_worker_eval)(self._task_evaluator, t) for t in texts)
+            results = self._parallel(tasks)
         self.eval_seconds += time.perf_counter() - start
         self.evaluations += len(exprs)
         return results
@@ -323,9 +329,14 @@ class Campaign:
         if resumed:
             self.load()
         wall0 = time.perf_counter() - (self.history[-1]["seconds"] if self.history else 0.0)
-        n_jobs = self.jobs
-        with Parallel(n_jobs=n_jobs) if n_jobs > 1 else _NoParallel() as parallel:
-            self._parallel = parallel
+        # Local workers reload the inputs from the cache file; cluster workers may not see
+        # it, so there the evaluator carries them, sent once to each worker.
+        shipped = self.evaluator.portable() if self.client is not None else self.evaluator
+        with (
+            pool(self.client, self.jobs, scatter=[shipped]) as n_jobs,
+            Parallel(n_jobs=n_jobs) if n_jobs != 1 else _NoParallel() as parallel,
+        ):
+            self._parallel, self._task_evaluator = parallel, shipped
             if not self.population:
                 self.population = self._screen_batch(self.settings.population, self._fresh)
                 if len(self.population) < 2:
@@ -348,7 +359,7 @@ class Campaign:
                     evals_s=f"{last['evals_per_s']:.1f}",
                 )  # fmt: skip
             bar.close()
-        self._parallel = None
+        self._parallel, self._task_evaluator = None, self.evaluator
         return self.summary()
 
     def _fresh(self) -> Genome:

@@ -2,14 +2,15 @@
 
 ``Evaluator`` holds the proxy inputs and the bench arrays. It pickles without the tensors:
 a worker process reloads them once from the inputs cache file (``lru_cache``), so large
-inputs cross to each worker once, not per task.
+inputs cross to each worker once, not per task. On a cluster, whose workers may not see
+that file, ``portable()`` gives a copy that carries them (sent once per worker).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class Evaluator:
     ratios: tuple[float, ...] = RATIOS
     convention: str = "predicted"
     probe_layers: tuple[int, ...] = ()
+    ship_inputs: bool = False  # pickle with the tensors (see ``portable``)
     _inputs: LayerInputs | None = field(default=None, repr=False)
 
     @classmethod
@@ -66,8 +68,13 @@ class Evaluator:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_inputs"] = None
+        if not self.ship_inputs:
+            state["_inputs"] = None
         return state
+
+    def portable(self) -> Evaluator:
+        """A copy that pickles with its inputs, for workers without the inputs cache file."""
+        return replace(self, ship_inputs=True, _inputs=self.inputs)
 
     @property
     def inputs(self) -> LayerInputs:
