@@ -74,6 +74,7 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
     from emq.cluster import connected, scheduler_address
     from emq.context import bench_evaluator
     from emq.evolve import Campaign, settings_from_args
+    from emq.fitness import MultiEvaluator
 
     if args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
@@ -84,13 +85,22 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
         kw = {**kw, "inputs": tuple(n.strip() for n in args.inputs.split(",") if n.strip())}
     settings = settings_from_args(**kw)
     with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
-        bench = Bench.open(args.bench or default_bench())
-        evaluator = bench_evaluator(
-            bench, settings.calib_images, settings.calib_seed, settings.split_seed,
-            args.checkpoint, names=settings.inputs,
-        )  # fmt: skip
+        paths = [Path(p).resolve() for p in (args.bench or [default_bench()])]
+        if len(set(paths)) != len(paths):
+            raise ValueError("the same --bench is given twice; pass each bench once")
+        benches = [Bench.open(p) for p in args.bench or [default_bench()]]
+        parts = [
+            bench_evaluator(
+                b, settings.calib_images, settings.calib_seed, settings.split_seed,
+                args.checkpoint, names=settings.inputs,
+            )
+            for b in benches
+        ]  # fmt: skip
+        evaluator = parts[0] if len(parts) == 1 else MultiEvaluator(parts)
+        bench = benches[0]
         run = Path(args.run or f"runs/{bench.model}-seed{settings.seed}")
-        campaign = Campaign(run, bench, evaluator, settings, jobs=args.jobs, client=client)
+        campaign = Campaign(run, bench, evaluator, settings, jobs=args.jobs, client=client,
+                            extra_benches=tuple(benches[1:]))  # fmt: skip
         summary = campaign.run_steps(args.steps)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -104,6 +114,9 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
         f"held-out S@20/50/100 %  {held['spearman@20%']:.4f} / {held['spearman@50%']:.4f} / "
         f"{held['spearman@100%']:.4f}   Kendall {held['kendall']:.4f}"
     )
+    for row in summary.get("per_bench", []):
+        print(f"  {row['bench']}: search {row['search']:.4f}, held-out S@topk "
+              f"{row['heldout']['spearman@topk']:.4f}")  # fmt: skip
     print(f"evaluations        {summary['evaluations']} in {summary['step']} steps")
 
 
@@ -238,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     bi.set_defaults(func=_cmd_bench_info)
 
     e = sub.add_parser("evolve", help="run (or resume) an evolution campaign")
-    e.add_argument("--bench", help="bench file (default: shipped ResNet-20 bench)")
+    e.add_argument("--bench", action="append", metavar="PATH",
+                   help="bench file (default: shipped ResNet-20 bench); repeat to search on "
+                   "several at once (mean Spearman@topk; the first is the primary)")  # fmt: skip
     e.add_argument("--run", help="run folder (default: runs/<model>-seed<seed>)")
     e.add_argument("--steps", type=int, default=150, help="evolution steps")
     e.add_argument("--population", type=int, help="population size (default 48)")

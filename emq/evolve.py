@@ -106,9 +106,11 @@ class Campaign:
         jobs: int = 1,
         progress: bool = True,
         client: Any = None,
+        extra_benches: tuple[Bench, ...] = (),
     ):
         self.run = Path(run)
         self.bench, self.evaluator, self.settings = bench, evaluator, settings
+        self.extra_benches = tuple(extra_benches)  # also searched on (``MultiEvaluator``)
         self.jobs, self.progress = jobs, progress
         self.client = client  # a distributed.Client: evaluate on its workers (jobs unused)
         self.rng = random.Random(settings.seed)
@@ -131,7 +133,10 @@ class Campaign:
         settings = asdict(self.settings)
         if tuple(settings["inputs"]) == INPUT_NAMES:  # the default; runs predating --inputs
             del settings["inputs"]
-        return {"settings": settings, "bench_fingerprint": self.bench.fingerprint}
+        ident = {"settings": settings, "bench_fingerprint": self.bench.fingerprint}
+        if self.extra_benches:  # single-bench run folders keep their identity
+            ident["extra_bench_fingerprints"] = [b.fingerprint for b in self.extra_benches]
+        return ident
 
     def open_folder(self) -> bool:
         """Create the run folder or check it belongs to this campaign. True if resuming."""
@@ -142,7 +147,8 @@ class Campaign:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{meta} is corrupt ({exc}); use another --run") from exc
             mine = self.identity()
-            diff = [k for k in mine if old.get(k) != mine[k]]
+            keys = list(mine) + [k for k in ("extra_bench_fingerprints",) if k in old]
+            diff = [k for k in keys if old.get(k) != mine.get(k)]
             if diff:
                 detail = ""
                 if "settings" in diff:
@@ -399,6 +405,7 @@ class Campaign:
             "bench": _display(self.bench.path),
             "bench_fingerprint": self.bench.fingerprint,
             "settings": asdict(self.settings),
+            **self._extra_summary(expr),
             "version": __version__,
         }
         _atomic_write(self.run / "best.json", json.dumps(out, indent=2))
@@ -408,6 +415,24 @@ class Campaign:
         plot_campaign(self.run, self.history, self.evaluator, expr, best.canonical)
         export_run(self.run)
         return out
+
+    def _extra_summary(self, expr) -> dict:
+        """Per-bench search fitness and held-out reports of a multi-bench campaign."""
+        if not self.extra_benches:
+            return {}
+        benches = [self.bench, *self.extra_benches]
+        return {
+            "extra_benches": [_display(b.path) for b in self.extra_benches],
+            "per_bench": [
+                {"bench": _display(b.path), "search": s["spearman@topk"], "heldout": h}
+                for b, s, h in zip(
+                    benches,
+                    self.evaluator.reports(expr, "search"),
+                    self.evaluator.reports(expr, "heldout"),
+                    strict=True,
+                )
+            ],  # fmt: skip
+        }
 
     @staticmethod
     def screener_expr(g: Genome):

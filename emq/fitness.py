@@ -164,3 +164,72 @@ def naive_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.n
             total += float(reduce_to_bits(evaluate(expr, sliced), 1)[0].double())
         out[n] = total
     return out
+
+
+@dataclass
+class MultiEvaluator:
+    """Scores genomes against several benches at once: fitness = mean Spearman@topk.
+
+    ``parts[0]`` is the primary bench (held-out report, plots, export). A genome is valid
+    only when it is valid on every bench; its static shapes are checked on every model.
+    Searching on two views of one model (e.g. nearest and AdaRound rounding, whose accuracy
+    rankings differ) rewards proxies that track what quantization does to the network
+    rather than one bench's quirks.
+    """
+
+    parts: list[Evaluator]
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise ValueError("MultiEvaluator needs at least one Evaluator")
+
+    # The primary bench's arrays (plots, held-out scatter).
+    @property
+    def bit_index(self) -> np.ndarray:
+        return self.parts[0].bit_index
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.parts[0].accuracy
+
+    @property
+    def search(self) -> np.ndarray:
+        return self.parts[0].search
+
+    @property
+    def heldout(self) -> np.ndarray:
+        return self.parts[0].heldout
+
+    def portable(self) -> MultiEvaluator:
+        return MultiEvaluator([p.portable() for p in self.parts])
+
+    def shapes(self) -> list[dict[str, tuple[int, ...]]]:
+        return [s for p in self.parts for s in p.shapes()]
+
+    def table(self, expr: Expr) -> np.ndarray:
+        return self.parts[0].table(expr)
+
+    def report(self, expr: Expr, split: str = "heldout") -> dict[str, float]:
+        return self.parts[0].report(expr, split)
+
+    def reports(self, expr: Expr, split: str = "heldout") -> list[dict[str, float]]:
+        """One correlation report per bench, in order."""
+        return [p.report(expr, split) for p in self.parts]
+
+    def evaluate(self, expr: Expr) -> dict:
+        start = time.perf_counter()
+        results = []
+        for part in self.parts:
+            res = part.evaluate(expr)
+            if res["status"] != "ok":
+                res["seconds"] = time.perf_counter() - start
+                return res
+            results.append(res)
+        fitness = float(np.mean([r["fitness"] for r in results]))
+        key = "/".join(r["fingerprint"] for r in results)
+        return {
+            "status": "ok", "reason": None, "fitness": fitness,
+            "fitness_per_bench": [r["fitness"] for r in results],
+            "fingerprint": hashlib.sha1(key.encode()).hexdigest()[:16],
+            "seconds": time.perf_counter() - start,
+        }  # fmt: skip

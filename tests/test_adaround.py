@@ -221,3 +221,20 @@ def test_score_refuses_a_bench_of_the_other_rounding(small_bench, capsys, monkey
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("emq: error:") and len(err.strip().splitlines()) == 1
     assert "built with --rounding nearest, not adaround" in err
+
+
+def test_simulator_inputs_carry_the_learned_rounding_to_workers(cache_env):
+    # What a Dask worker receives for an AdaRound bench: the masks and AdaRound's images,
+    # so it needs neither the rounding cache nor the dataset on its disk.
+    from benchmark.bench import BenchSpec, SimulatorInputs, _build_simulator
+    from benchmark.models import checkpoint_path
+
+    spec = BenchSpec("resnet20", str(checkpoint_path("resnet20").resolve()),
+                     rounding="adaround", adaround=AdaRoundSettings())  # fmt: skip
+    inputs = SimulatorInputs.load(spec)
+    assert len(inputs.rounding_masks) == 20 * len(DEFAULT_BITS)
+    assert inputs.adaround_images.shape[0] == AdaRoundSettings().images
+    sim, _, _ = _build_simulator(inputs)
+    assert sim.rounder.missing(DEFAULT_BITS) == []
+    sim.set_config([2] * 20, [8] * 20)
+    assert torch.equal(sim.layers[5][1].weight, sim.rounder.weight(5, 2))

@@ -204,3 +204,30 @@ def test_sampler_draws_only_allowed_terminals():
     sampler = OperationSampler(terminals=("E", "H"))
     rng = random.Random(0)
     assert {sampler.terminal(rng) for _ in range(200)} == {"E", "H"}
+
+
+def test_cli_refuses_the_same_bench_twice(tmp_path, capsys, monkeypatch):
+    from emq.cli import main
+
+    monkeypatch.delenv("EMQ_DEBUG", raising=False)
+    path = str(default_bench("resnet20"))
+    code = main(["evolve", "--bench", path, "--bench", path, "--run", str(tmp_path / "r"),
+                 "--steps", "0"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "the same --bench is given twice" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_multi_bench_campaign_records_every_bench(tmp_path, bench, evaluator):
+    from emq.fitness import MultiEvaluator
+
+    multi = MultiEvaluator([evaluator, evaluator])
+    summary = Campaign(tmp_path / "m", bench, multi, SETTINGS, progress=False,
+                       extra_benches=(bench,)).run_steps(1)  # fmt: skip
+    ident = json.loads((tmp_path / "m" / "campaign.json").read_text())
+    assert ident["extra_bench_fingerprints"] == [bench.fingerprint]
+    assert len(summary["per_bench"]) == 2
+    assert summary["per_bench"][0]["heldout"] == summary["heldout"]
+    # A single-bench campaign may not resume this folder.
+    with pytest.raises(ValueError, match="extra_bench_fingerprints"):
+        _run(tmp_path / "m", bench, evaluator, 2)

@@ -81,3 +81,33 @@ def test_evaluator_pickles_without_tensors(evaluator):
     clone: Evaluator = pickle.loads(blob)
     expr = canonical(from_string(PROXIES[0]))
     np.testing.assert_array_equal(clone.table(expr), evaluator.table(expr))
+
+
+@pytest.fixture(scope="module")
+def multi(bench, evaluator):
+    from emq.fitness import MultiEvaluator
+
+    # Two views sharing the inputs: the shipped bench under two different splits.
+    other = Evaluator.from_bench(bench, evaluator.inputs, evaluator.inputs_path, split_seed=7)
+    return MultiEvaluator([evaluator, other])
+
+
+@pytest.mark.parametrize("text", PROXIES[1:])
+def test_multi_bench_fitness_is_the_mean_of_the_parts(multi, text):
+    expr = canonical(from_string(text))
+    res = multi.evaluate(expr)
+    parts = [p.evaluate(expr)["fitness"] for p in multi.parts]
+    assert res["status"] == "ok" and res["fitness_per_bench"] == parts
+    assert res["fitness"] == pytest.approx(np.mean(parts))
+    assert parts[0] != parts[1]  # the splits differ, so the parts really are two
+    assert multi.report(expr) == multi.parts[0].report(expr)
+    assert [r["spearman@topk"] for r in multi.reports(expr, "search")] == pytest.approx(parts)
+
+
+def test_multi_bench_invalid_anywhere_is_invalid(multi):
+    res = multi.evaluate(canonical(from_string("log(revert(abs(add(E, b))))")))  # nonfinite
+    assert res["status"] != "ok" and res["fitness"] == INVALID
+    assert len(multi.shapes()) == 2 * len(multi.parts[0].shapes())
+    clone = pickle.loads(pickle.dumps(multi.portable()))
+    expr = canonical(from_string(PROXIES[3]))
+    assert clone.evaluate(expr)["fitness"] == multi.evaluate(expr)["fitness"]
