@@ -105,12 +105,15 @@ def sqnr_fronts(
     return out
 
 
-def bench_dots(model: str, macs: Sequence[int]) -> np.ndarray:
+def bench_dots(model: str, macs: Sequence[int], rounding: str = "nearest") -> np.ndarray:
     """(relative BOPs, top-1) of the shipped bench's configurations (empty when none)."""
     from benchmark.bench import Bench, BenchError, default_bench
 
+    path = default_bench(model)
+    if rounding != "nearest":
+        path = path.with_name(f"{path.stem}-{rounding}{path.suffix}")
     try:
-        bench = Bench.open(default_bench(model))
+        bench = Bench.open(path)
     except (BenchError, ValueError):
         return np.empty((0, 2))
     if bench.num_layers != len(macs):
@@ -204,11 +207,13 @@ def run_compare(args: argparse.Namespace) -> dict:
         writer.writeheader()
         writer.writerows(rows)
     lines = verdicts(rows, label)
-    doc = {"model": args.model, "proxy": proxy, "fp_top1": fp, "budgets": budgets,
+    doc = {"model": args.model, "rounding": problem.rounding, "proxy": proxy, "fp_top1": fp,
+           "budgets": budgets,
            "rows": rows, "fronts": fronts, "targets": lines}  # fmt: skip
     (out / "compare.json").write_text(json.dumps(doc, indent=2) + "\n")
-    plot_compare(rows, fronts, bench_dots(args.model, problem.macs), fp, out / "compare.png",
-                 f"{args.model}: allocators at fixed BOPs budgets")  # fmt: skip
+    plot_compare(rows, fronts, bench_dots(args.model, problem.macs, problem.rounding), fp,
+                 out / "compare.png", f"{args.model} ({problem.rounding} rounding): allocators "
+                 "at fixed BOPs budgets")  # fmt: skip
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
