@@ -180,3 +180,22 @@ def test_bad_rounding_is_rejected(capsys):
     code, _, err = run([*BASE, "--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5",
                         *ADA, "--adaround-lr", "0"], capsys)  # fmt: skip
     assert_user_error(code, err, "lr > 0")
+
+
+def test_compare_runs_every_method_and_scorer(capsys, tmp_path):
+    argv = [*BASE, "--compare", "--proxy", "bparams", "--budgets", "0.3,0.5",
+            "--front-points", "2", "--out", str(tmp_path)]  # fmt: skip
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and "budget 0.5 smpq: proxy" in out
+    doc = json.loads((tmp_path / "compare.json").read_text())
+    rows = doc["rows"]
+    assert len(rows) == 2 * (1 + 2 * 3) and doc["rounding"] == "nearest"
+    for r in rows:
+        assert r["relative_bops"] <= r["budget"] + 1e-9
+        assert 0.0 <= r["test_top1"] <= 100.0
+    # Every measured-SQNR allocation pays its phase 1 (12 SQNR passes), at every budget.
+    measured = [r for r in rows if r["scorer"] == "sqnr-measured"]
+    assert len(measured) == 4 and all(r["evaluations"] == 12 for r in measured)
+    first = min(r["seconds"] for r in measured)
+    assert first > 0 and all(r["seconds"] >= 0.5 * first for r in measured)
+    assert len(doc["targets"]) == 2 * 2 and (tmp_path / "compare.png").stat().st_size > 0
