@@ -23,7 +23,7 @@ from benchmark.adaround import AdaRounder, AdaRoundSettings
 from benchmark.bench import BenchSpec, _simulator, measure, sample_configs
 from benchmark.data import calibration_batch
 from benchmark.models import check_model_name, checkpoint_path, load_model
-from benchmark.perf.bench_cost import fmt, timed
+from benchmark.perf.bench_cost import fmt, print_rows, timed
 from benchmark.ptq import CLIP_GRID, DEFAULT_BITS, fold_bn, quantizable_layers
 
 
@@ -86,10 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         ("cache / one config, wall",
          f"{learn[0] / statistics.median(r[0] for r in ada):.0f} configurations' worth"),
     ]  # fmt: skip
-    width = max(len(k) for k, _ in rows)
-    print()
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
+    print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> None:
         ("ratio, wall", verdict(wall_ratio)),
         ("ratio, cpu", verdict(cpu_ratio)),
     ]
+    print_rows(rows)
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    """``label  value`` lines, labels aligned, after a blank line."""
     width = max(len(k) for k, _ in rows)
     print()
     for k, v in rows:

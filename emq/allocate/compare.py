@@ -52,6 +52,15 @@ def parse_budgets(text: str) -> list[float]:
     return budgets
 
 
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
+    """Rows as a CSV file (its folder created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 class _Measured:
     """Test-set accuracy memoized per configuration."""
 
@@ -207,11 +216,7 @@ def run_compare(args: argparse.Namespace) -> dict:
     fronts = sqnr_fronts(problem, scorers, args.front_points, measured)
     fp = problem.fp_accuracy("test")
     out = Path(args.out) if args.out else default_out(args.model)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "compare.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "compare.csv", COLUMNS, rows)
     lines = verdicts(rows, label)
     doc = {"model": args.model, "rounding": problem.rounding, "proxy": proxy, "fp_top1": fp,
            "budgets": budgets,

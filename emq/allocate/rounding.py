@@ -10,13 +10,12 @@ AdaRounded weights of each layer's bit-width). Writes ``rounding.csv`` and ``rou
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
 
 from benchmark.adaround import AdaRoundSettings, settings_from_args
-from emq.allocate.compare import parse_budgets
+from emq.allocate.compare import parse_budgets, write_csv
 from emq.allocate.problem import AllocationProblem
 from emq.allocate.sensitivity import MEASURED
 
@@ -89,11 +88,7 @@ def run_rounding_compare(args: argparse.Namespace) -> dict:
         timing[rounding] = time.perf_counter() - start
     fp = problem.fp_accuracy("test")
     out = Path(args.out) if args.out else default_out(args.model)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "rounding.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "rounding.csv", COLUMNS, rows)
     doc = {"model": args.model, "fp_top1": fp, "budgets": budgets, "rows": rows,
            "adaround": (ada or AdaRoundSettings()).to_dict(), "seconds": timing}  # fmt: skip
     (out / "rounding.json").write_text(json.dumps(doc, indent=2) + "\n")
