@@ -83,6 +83,12 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
     kw = vars(args)
     if args.inputs is not None:
         kw = {**kw, "inputs": tuple(n.strip() for n in args.inputs.split(",") if n.strip())}
+    if args.init is not None:
+        path = Path(args.init)
+        if not path.is_file():
+            raise ValueError(f"--init {path}: no such file (one proxy formula per line)")
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+        kw = {**kw, "init": tuple(ln for ln in lines if ln and not ln.startswith("#"))}
     settings = settings_from_args(**kw)
     with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
         paths = [Path(p).resolve() for p in (args.bench or [default_bench()])]
@@ -264,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mode", choices=["steady", "generational"], help="default: steady")
     e.add_argument("--offspring", type=int, help="offspring per steady-state step (default 8)")
     e.add_argument("--generator", choices=["branched", "tree"], help="default: tree")
+    e.add_argument(
+        "--init",
+        metavar="FILE",
+        help="seed the initial population with these formulas (one per line)",
+    )
     e.add_argument("--inputs", metavar="A,W,...",
                    help="proxy inputs the search may use (default: all; e.g. leave out H, the "
                    "costly Hessian)")  # fmt: skip

@@ -58,9 +58,23 @@ class CampaignSettings:
     calib_seed: int = 0
     hof_size: int = 10
     inputs: tuple[str, ...] = INPUT_NAMES  # proxy inputs the search may use
+    init: tuple[str, ...] = ()  # formulas placed in the initial population first (seeding)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "init", tuple(self.init))
+        for text in self.init:  # a clear error for unknown names or excluded inputs
+            from emq.graph import canonical, leaves
+
+            outside = leaves(canonical(from_string(text))) - set(self.inputs)
+            if outside:
+                raise ValueError(
+                    f"seed formula {text!r} uses {','.join(sorted(outside))}, outside --inputs"
+                )
+        if len(self.init) > self.population:
+            raise ValueError(
+                f"{len(self.init)} seed formulas but the population holds {self.population}"
+            )
         unknown = [n for n in self.inputs if n not in INPUT_NAMES]
         if unknown or not self.inputs:
             raise ValueError(
@@ -133,6 +147,8 @@ class Campaign:
         settings = asdict(self.settings)
         if tuple(settings["inputs"]) == INPUT_NAMES:  # the default; runs predating --inputs
             del settings["inputs"]
+        if not settings["init"]:  # likewise for runs predating --init
+            del settings["init"]
         ident = {"settings": settings, "bench_fingerprint": self.bench.fingerprint}
         if self.extra_benches:  # single-bench run folders keep their identity
             ident["extra_bench_fingerprints"] = [b.fingerprint for b in self.extra_benches]
@@ -344,6 +360,7 @@ class Campaign:
         ):
             self._parallel, self._task_evaluator = parallel, shipped
             if not self.population:
+                self._seeds = [from_string(t) for t in self.settings.init]
                 self.population = self._screen_batch(self.settings.population, self._fresh)
                 if len(self.population) < 2:
                     raise RuntimeError("could not generate a valid initial population")
@@ -369,6 +386,8 @@ class Campaign:
         return self.summary()
 
     def _fresh(self) -> Genome:
+        if getattr(self, "_seeds", None):
+            return self._seeds.pop(0)
         return self.toolbox.individual()
 
     def _one_step(self) -> None:

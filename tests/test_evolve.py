@@ -231,3 +231,36 @@ def test_multi_bench_campaign_records_every_bench(tmp_path, bench, evaluator):
     # A single-bench campaign may not resume this folder.
     with pytest.raises(ValueError, match="extra_bench_fingerprints"):
         _run(tmp_path / "m", bench, evaluator, 2)
+
+
+def test_seed_formulas_enter_the_initial_population(tmp_path, bench, evaluator):
+    from emq.genome import from_string
+    from emq.graph import canonical, expr_str
+
+    seeds = ("revert(sum(abs(mul(Ga, D))))", "revert(mul(to_mean_scalar(H), sq_norm(E)))")
+    settings = CampaignSettings(population=8, offspring=4, seed=3, init=seeds)
+    _run(tmp_path / "s", bench, evaluator, 0, settings)
+    ck = json.loads((tmp_path / "s" / "checkpoint.json").read_text())
+    formulas = {rec["formula"] for rec in ck["population"]}
+    assert {expr_str(canonical(from_string(t))) for t in seeds} <= formulas
+    assert json.loads((tmp_path / "s" / "campaign.json").read_text())["settings"]["init"] == list(
+        seeds
+    )
+
+
+@pytest.mark.parametrize(
+    ("init", "needle"),
+    [(("mul(E, Q)",), "Q"), (("revert(sq_norm(D))",), "uses D, outside --inputs")],
+)
+def test_bad_seed_formulas_are_clear_errors(init, needle):
+    with pytest.raises(ValueError, match=needle):
+        CampaignSettings(init=init, inputs=("W", "E", "Wq"))
+
+
+def test_cli_init_file(tmp_path, capsys, monkeypatch):
+    from emq.cli import main
+
+    monkeypatch.delenv("EMQ_DEBUG", raising=False)
+    code = main(["evolve", "--init", str(tmp_path / "none.txt"), "--run", str(tmp_path / "r")])
+    assert code == 2 and "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
