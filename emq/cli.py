@@ -84,11 +84,9 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
     if args.inputs is not None:
         kw = {**kw, "inputs": tuple(n.strip() for n in args.inputs.split(",") if n.strip())}
     if args.init is not None:
-        path = Path(args.init)
-        if not path.is_file():
-            raise ValueError(f"--init {path}: no such file (one proxy formula per line)")
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-        kw = {**kw, "init": tuple(ln for ln in lines if ln and not ln.startswith("#"))}
+        from emq.seeds import load_seeds
+
+        kw = {**kw, "init": load_seeds(args.init)}
     settings = settings_from_args(**kw)
     with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
         paths = [Path(p).resolve() for p in (args.bench or [default_bench()])]

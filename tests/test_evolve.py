@@ -264,3 +264,21 @@ def test_cli_init_file(tmp_path, capsys, monkeypatch):
     code = main(["evolve", "--init", str(tmp_path / "none.txt"), "--run", str(tmp_path / "r")])
     assert code == 2 and "no such file" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_literature_seeds_parse_and_are_valid_on_the_bench(evaluator):
+    from emq.genome import from_string
+    from emq.graph import canonical
+    from emq.seeds import LITERATURE, load_seeds
+
+    assert load_seeds("literature") == LITERATURE
+    for text in LITERATURE:
+        assert evaluator.evaluate(canonical(from_string(text)))["status"] == "ok", text
+
+
+def test_seed_file_skips_comments(tmp_path):
+    from emq.seeds import load_seeds
+
+    path = tmp_path / "seeds.txt"
+    path.write_text("# a comment\n\nrevert(sq_norm(D))\n  E  \n")
+    assert load_seeds(str(path)) == ("revert(sq_norm(D))", "E")
