@@ -268,11 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mode", choices=["steady", "generational"], help="default: steady")
     e.add_argument("--offspring", type=int, help="offspring per steady-state step (default 8)")
     e.add_argument("--generator", choices=["branched", "tree"], help="default: tree")
-    e.add_argument(
-        "--init",
-        metavar="FILE",
-        help="seed the initial population with these formulas (one per line)",
-    )
+    e.add_argument("--init", metavar="FILE|literature",
+                   help="seed the initial population: a file of formulas (one per line) or "
+                   "'literature' (published proxies)")  # fmt: skip
     e.add_argument("--inputs", metavar="A,W,...",
                    help="proxy inputs the search may use (default: all; e.g. leave out H, the "
                    "costly Hessian)")  # fmt: skip

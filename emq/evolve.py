@@ -138,6 +138,7 @@ class Campaign:
         self.evaluations = 0
         self.eval_seconds = 0.0
         self._parallel: Parallel | None = None
+        self._seeds: list[Genome] = []  # ``settings.init``, consumed by the first population
         self._task_evaluator = evaluator
 
     # ------------------------------------------------------------------ run folder
@@ -386,7 +387,7 @@ class Campaign:
         return self.summary()
 
     def _fresh(self) -> Genome:
-        if getattr(self, "_seeds", None):
+        if self._seeds:
             return self._seeds.pop(0)
         return self.toolbox.individual()
 
