@@ -115,16 +115,26 @@ def rounded_weight(w: torch.Tensor, scale: torch.Tensor, qmax: int, up: torch.Te
     return torch.clamp(torch.floor(w / s) + up, -qmax, qmax) * s
 
 
-def recon_error(layer: nn.Module, x: torch.Tensor, w_q: torch.Tensor, batch: int = 256) -> float:
-    """Mean over samples of the squared output error summed over channels (AIMET's loss)."""
-    total, n = 0.0, 0
+def recon_error(
+    layer: nn.Module,
+    x: torch.Tensor,
+    w_q: torch.Tensor,
+    batch: int = 256,
+    target: torch.Tensor | None = None,
+) -> float:
+    """Mean over samples of the squared output error summed over channels (AIMET's loss).
+
+    ``target``: the layer's full-precision outputs on ``x``, when already at hand.
+    """
+    total = 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch):
             xb = x[i : i + batch]
-            diff = layer_forward(layer, xb, w_q) - layer_forward(layer, xb, layer.weight)
-            total += float((diff**2).sum())
-            n += len(xb)
-    return total / n
+            ref = (
+                layer_forward(layer, xb, layer.weight) if target is None else target[i : i + batch]
+            )
+            total += float(((layer_forward(layer, xb, w_q) - ref) ** 2).sum())
+    return total / len(x)
 
 
 def learn_rounding(
@@ -137,10 +147,13 @@ def learn_rounding(
     """Learn the rounding of ``layer.weight`` on its inputs ``x``: (up mask, stats).
 
     ``up`` is a bool tensor shaped like the weight: True rounds ``W / s`` up, False down.
+    Adam on ``V``: reconstruction loss, plus the annealed regularizer after the warm-up.
     """
+    start = time.perf_counter()
     w = layer.weight.detach()
     s = scale.reshape(-1, *([1] * (w.ndim - 1)))
     floor = torch.floor(w / s)
+    nearest_up = torch.round(w / s) - floor  # what round-to-nearest does, as an up mask
     v = nn.Parameter(init_v(w / s))
     opt = torch.optim.Adam([v], lr=settings.lr)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -148,49 +161,35 @@ def learn_rounding(
         target = torch.cat([layer_forward(layer, x[i : i + 256], w) for i in range(0, len(x), 256)])
     warm = int(settings.warm_up * settings.iterations)
     with torch.enable_grad():  # callers may sit in no_grad (e.g. QuantSim.set_config)
-        _optimize(layer, x, floor, s, qmax, v, opt, gen, target, warm, settings)
+        for it in range(settings.iterations):
+            idx = torch.randint(0, len(x), (settings.batch_size,), generator=gen)
+            h = rectified_sigmoid(v)
+            out = layer_forward(layer, x[idx], torch.clamp(floor + h, -qmax, qmax) * s)
+            err = (out - target[idx]) ** 2
+            loss = err.sum(1).mean() if out.ndim > 1 else err.mean()
+            if it >= warm:
+                rel = (it - warm) / max(1, settings.iterations - warm)
+                beta = settings.beta_end + 0.5 * (settings.beta_start - settings.beta_end) * (
+                    1 + math.cos(rel * math.pi)
+                )
+                loss = loss + settings.reg_weight * (1 - (2 * h - 1).abs().pow(beta)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     up = (v.detach() >= 0).float()
-    learned = rounded_weight(w, scale, qmax, up)
-    nearest = torch.clamp(torch.round(w / s), -qmax, qmax) * s
-    err_ada = recon_error(layer, x, learned)
-    err_near = recon_error(layer, x, nearest)
+    err_ada = recon_error(layer, x, rounded_weight(w, scale, qmax, up), target=target)
+    err_near = recon_error(layer, x, rounded_weight(w, scale, qmax, nearest_up), target=target)
     fallback = err_ada > err_near
     if fallback:
-        up = (torch.round(w / s) - floor).float()
-    flips = float(((up - (torch.round(w / s) - floor)).abs() > 0).float().mean())
+        up = nearest_up
     stats = {
         "calib_error": min(err_ada, err_near),
         "nearest_error": err_near,
         "fallback": bool(fallback),
-        "flipped": flips,
+        "flipped": float((up != nearest_up).float().mean()),
+        "seconds": time.perf_counter() - start,
     }
     return up.bool(), stats
-
-
-def _optimize(layer, x, floor, s, qmax, v, opt, gen, target, warm, settings) -> None:
-    """Adam on ``V``: reconstruction loss, plus the annealed regularizer after warm-up."""
-    for it in range(settings.iterations):
-        idx = torch.randint(0, len(x), (settings.batch_size,), generator=gen)
-        h = rectified_sigmoid(v)
-        w_soft = torch.clamp(floor + h, -qmax, qmax) * s
-        out = layer_forward(layer, x[idx], w_soft)
-        recon = (
-            ((out - target[idx]) ** 2).sum(1).mean()
-            if out.ndim > 1
-            else ((out - target[idx]) ** 2).mean()
-        )
-        if it < warm:
-            loss = recon
-        else:
-            rel = (it - warm) / max(1, settings.iterations - warm)
-            beta = settings.beta_end + 0.5 * (settings.beta_start - settings.beta_end) * (
-                1 + math.cos(rel * math.pi)
-            )
-            reg = (1 - (2 * h - 1).abs().pow(beta)).sum()
-            loss = recon + settings.reg_weight * reg
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
 
 def settings_key(fingerprint: str, calib: torch.Tensor, clip_grid: int, settings) -> str:
@@ -280,13 +279,6 @@ def layer_inputs(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor)
     return [torch.cat(chunks) for chunks in store]
 
 
-def timed_learn(layer, x, scale, qmax, settings) -> tuple[torch.Tensor, dict]:
-    start = time.perf_counter()
-    up, stats = learn_rounding(layer, x, scale, qmax, settings)
-    stats["seconds"] = time.perf_counter() - start
-    return up, stats
-
-
 def calibration_images(settings: AdaRoundSettings) -> torch.Tensor:
     """AdaRound's calibration images: ``settings.images`` seeded training images."""
     from benchmark.data import calibration_batch
@@ -345,7 +337,7 @@ class AdaRounder:
         key = (int(layer), int(bits))
         if key not in self.cache:
             x = self._layer_inputs()[layer]
-            up, stats = timed_learn(
+            up, stats = learn_rounding(
                 self.layers[layer], x, self.scale(*key), weight_qrange(key[1]), self.settings
             )
             self.cache.masks[key], self.cache.stats[key] = up, stats

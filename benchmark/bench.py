@@ -32,7 +32,6 @@ from benchmark.ptq import (
     QuantSim,
     bops,
     check_bits,
-    fold_bn,
     layer_table,
     state_fingerprint,
 )
@@ -114,15 +113,14 @@ class SimulatorInputs:
     rounding_masks: dict | None = None
 
     @classmethod
-    def load(cls, spec: BenchSpec) -> SimulatorInputs:
+    def load(cls, spec: BenchSpec, rounder: AdaRounder | None = None) -> SimulatorInputs:
+        """Read from disk; ``rounder``'s learned rounding (an AdaRound bench) travels too."""
         model = load_model(spec.model, spec.checkpoint)
         calib, _ = calibration_batch(spec.calib_images, spec.calib_seed)
         x, y = load_split("test")
-        images = masks = None
-        if spec.rounding == "adaround":  # the learned rounding (from the cache) travels too
-            rounder = AdaRounder(fold_bn(model, calib[:8]), spec.clip_grid, spec.adaround)
-            images, masks = rounder.images, dict(rounder.cache.masks)
-        return cls(spec, model, calib, x, y, images, masks)
+        if rounder is None:
+            return cls(spec, model, calib, x, y)
+        return cls(spec, model, calib, x, y, rounder.images, dict(rounder.cache.masks))
 
     @cached_property
     def token(self) -> str:
@@ -317,14 +315,15 @@ def build_bench(
                 f"{out} was built with different {', '.join(bad)}; refusing to mix results "
                 "(use another --out, or the settings the file was built with)"
             )
+        rounder = None
         if rounding == "adaround":
             # Learn every (layer, bit) rounding here, once, before workers stitch them.
-            sim, _, _ = _simulator(spec)
-            meta["adaround_cache"] = sim.rounder.key
-            sim.rounder.prepare(spec.candidates, progress=progress)
+            rounder = _simulator(spec)[0].rounder
+            meta["adaround_cache"] = rounder.key
+            rounder.prepare(spec.candidates, progress=progress)
         # On a cluster, the checkpoint, the data and the learned rounding go to the workers
         # (once), not their paths.
-        source = SimulatorInputs.load(spec) if client is not None else spec
+        source = SimulatorInputs.load(spec, rounder) if client is not None else spec
         if "fp_top1" not in old:
             sim, x, y = _simulator(source)
             sim.set_fp()

@@ -89,10 +89,10 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
         kw = {**kw, "init": load_seeds(args.init)}
     settings = settings_from_args(**kw)
     with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
-        paths = [Path(p).resolve() for p in (args.bench or [default_bench()])]
-        if len(set(paths)) != len(paths):
+        given = args.bench or [default_bench()]
+        if len({Path(p).resolve() for p in given}) != len(given):
             raise ValueError("the same --bench is given twice; pass each bench once")
-        benches = [Bench.open(p) for p in args.bench or [default_bench()]]
+        benches = [Bench.open(p) for p in given]
         parts = [
             bench_evaluator(
                 b, settings.calib_images, settings.calib_seed, settings.split_seed,
@@ -149,9 +149,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
         args.rounding = bench.rounding if bench else "nearest"
     if bench is not None:
         bench.check_rounding(args.rounding)
-    ada = settings_from_args(args)
-    if ada is None and bench is not None and bench.adaround is not None:
-        ada = bench.adaround
+    ada = bench.adaround if bench is not None else settings_from_args(args)
     model = build_model(args.model, args.checkpoint)
     n_layers = len(quantizable_layers(model))
     ctx = model_context(model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada)

@@ -28,7 +28,7 @@ from emq import __version__
 from emq.cluster import pool
 from emq.fitness import Evaluator, evaluate_text
 from emq.genome import Genome, from_string, make_toolbox
-from emq.graph import expr_str, ops_used, prefix_names
+from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names
 from emq.osp import OperationSampler
 from emq.screen import STAGES, Screener, validity_rate
 from primitives.inputs import BIT_DEPENDENT, INPUT_NAMES
@@ -64,8 +64,6 @@ class CampaignSettings:
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "init", tuple(self.init))
         for text in self.init:  # a clear error for unknown names or excluded inputs
-            from emq.graph import canonical, leaves
-
             outside = leaves(canonical(from_string(text))) - set(self.inputs)
             if outside:
                 raise ValueError(
@@ -164,7 +162,8 @@ class Campaign:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{meta} is corrupt ({exc}); use another --run") from exc
             mine = self.identity()
-            keys = list(mine) + [k for k in ("extra_bench_fingerprints",) if k in old]
+            # Every identity key either side has (not the display-only bench path, version).
+            keys = [k for k in {**old, **mine} if k not in ("bench", "version")]
             diff = [k for k in keys if old.get(k) != mine.get(k)]
             if diff:
                 detail = ""
@@ -456,8 +455,6 @@ class Campaign:
 
     @staticmethod
     def screener_expr(g: Genome):
-        from emq.graph import canonical
-
         return canonical(from_string(g.canonical))
 
 

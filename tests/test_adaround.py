@@ -226,12 +226,12 @@ def test_score_refuses_a_bench_of_the_other_rounding(small_bench, capsys, monkey
 def test_simulator_inputs_carry_the_learned_rounding_to_workers(cache_env):
     # What a Dask worker receives for an AdaRound bench: the masks and AdaRound's images,
     # so it needs neither the rounding cache nor the dataset on its disk.
-    from benchmark.bench import BenchSpec, SimulatorInputs, _build_simulator
+    from benchmark.bench import BenchSpec, SimulatorInputs, _build_simulator, _simulator
     from benchmark.models import checkpoint_path
 
     spec = BenchSpec("resnet20", str(checkpoint_path("resnet20").resolve()),
                      rounding="adaround", adaround=AdaRoundSettings())  # fmt: skip
-    inputs = SimulatorInputs.load(spec)
+    inputs = SimulatorInputs.load(spec, _simulator(spec)[0].rounder)
     assert len(inputs.rounding_masks) == 20 * len(DEFAULT_BITS)
     assert inputs.adaround_images.shape[0] == AdaRoundSettings().images
     sim, _, _ = _build_simulator(inputs)

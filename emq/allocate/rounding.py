@@ -14,7 +14,8 @@ import json
 import time
 from pathlib import Path
 
-from benchmark.adaround import AdaRoundSettings, settings_from_args
+from benchmark.adaround import settings_from_args
+from benchmark.ptq import relative_bops
 from emq.allocate.compare import parse_budgets, write_csv
 from emq.allocate.problem import AllocationProblem
 from emq.allocate.sensitivity import MEASURED
@@ -31,8 +32,6 @@ def rounding_rows(
     rows = []
 
     def row(setting: str, w: list[int], a: list[int], seconds: float) -> dict:
-        from benchmark.ptq import relative_bops
-
         return {
             "setting": setting, "rounding": problem.rounding,
             "relative_bops": relative_bops(problem.macs, w, a),
@@ -75,7 +74,7 @@ def run_rounding_compare(args: argparse.Namespace) -> dict:
     model = build_model(args.model, args.checkpoint)
     ada = settings_from_args(argparse.Namespace(**{**vars(args), "rounding": "adaround"}))
     rows, timing = [], {}
-    for rounding, settings in (("nearest", None), ("adaround", ada or AdaRoundSettings())):
+    for rounding, settings in (("nearest", None), ("adaround", ada)):
         start = time.perf_counter()
         problem = AllocationProblem.for_model(
             args.model, model, args.groups, bits, cache=False, rounding=rounding, adaround=settings
@@ -90,7 +89,7 @@ def run_rounding_compare(args: argparse.Namespace) -> dict:
     out = Path(args.out) if args.out else default_out(args.model)
     write_csv(out / "rounding.csv", COLUMNS, rows)
     doc = {"model": args.model, "fp_top1": fp, "budgets": budgets, "rows": rows,
-           "adaround": (ada or AdaRoundSettings()).to_dict(), "seconds": timing}  # fmt: skip
+           "adaround": ada.to_dict(), "seconds": timing}  # fmt: skip
     (out / "rounding.json").write_text(json.dumps(doc, indent=2) + "\n")
     if args.json:
         print(json.dumps(doc, indent=2))
