@@ -6,7 +6,7 @@ configurations costs L graph evaluations, not N x L.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +73,12 @@ class ScoreContext:
         y: torch.Tensor,
         settings: InputSettings | None = None,
         cache: Path | str | None | bool = None,
+        quantizer: Callable[[int, int], torch.Tensor] | None = None,
     ):
         self.model, self.x, self.y = model, x, y
         self.settings = settings or InputSettings()
         self.cache = cache
+        self.quantizer = quantizer  # shared Q_b(W), e.g. QuantSim.quantized_weight
         self._inputs: LayerInputs | None = None
 
     @property
@@ -86,7 +88,9 @@ class ScoreContext:
     @property
     def inputs(self) -> LayerInputs:
         if self._inputs is None:
-            self._inputs = get_inputs(self.model, self.x, self.y, self.settings, self.cache)
+            self._inputs = get_inputs(
+                self.model, self.x, self.y, self.settings, self.cache, self.quantizer
+            )
         return self._inputs
 
     @classmethod

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -147,13 +147,31 @@ def _virtual_gradient(folded: nn.Module, input_shape: tuple[int, ...]) -> list[t
     return [g.float() for g in grads]
 
 
+def _given_quantized(
+    quantizer: Callable[[int, int], torch.Tensor], layer: int, bits: int, w: torch.Tensor
+) -> torch.Tensor:
+    wq = quantizer(layer, bits)
+    if wq.shape != w.shape:
+        raise ValueError(
+            f"quantizer gave layer {layer} at {bits} bits a weight of shape {tuple(wq.shape)}, "
+            f"the folded weight has {tuple(w.shape)}: it belongs to another model"
+        )
+    return wq.to(w.dtype)
+
+
 def compute_inputs(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor | None,
     settings: InputSettings | None = None,
+    quantizer: Callable[[int, int], torch.Tensor] | None = None,
 ) -> LayerInputs:
-    """Compute the proxy inputs of every quantizable layer of ``model`` on batch ``(x, y)``."""
+    """Compute the proxy inputs of every quantizable layer of ``model`` on batch ``(x, y)``.
+
+    ``quantizer(layer, bits)``, when given, supplies ``Q_b(W)`` of the folded weights with
+    ``settings``' rounding and clip grid (e.g. ``QuantSim.quantized_weight``, so an allocator
+    computes each quantized weight once); otherwise it is computed here.
+    """
     settings = settings or InputSettings()
     names = set(settings.names)
     _check_batch(x, y, bool(names & NEEDS_LABELS))
@@ -213,7 +231,7 @@ def compute_inputs(
     virtual = _virtual_gradient(folded, tuple(x.shape[1:])) if "V" in names else None
 
     rounder = None
-    if settings.rounding == "adaround" and names & {"Wq", "E", "D"}:
+    if quantizer is None and settings.rounding == "adaround" and names & {"Wq", "E", "D"}:
         rounder = AdaRounder(folded, settings.clip_grid, settings.adaround)
     tensors = []
     with torch.no_grad():
@@ -233,7 +251,9 @@ def compute_inputs(
             if "V" in names:
                 t["V"] = virtual[i].unsqueeze(0)
             if names & {"Wq", "E", "D"}:
-                if rounder is not None:
+                if quantizer is not None:
+                    wq = torch.stack([_given_quantized(quantizer, i, b, w) for b in bits])
+                elif rounder is not None:
                     wq = torch.stack([rounder.weight(i, b) for b in bits])
                 else:
                     wq = torch.stack([quantize_weight(w, b, settings.clip_grid) for b in bits])
@@ -319,14 +339,16 @@ def get_inputs(
     y: torch.Tensor | None,
     settings: InputSettings | None = None,
     cache: Path | str | None | bool = None,
+    quantizer: Callable[[int, int], torch.Tensor] | None = None,
 ) -> LayerInputs:
     """Inputs from the on-disk cache, computing and storing them on a miss.
 
-    ``cache=False`` disables the cache; ``None`` uses ``cache_dir()``.
+    ``cache=False`` disables the cache; ``None`` uses ``cache_dir()``. ``quantizer``: see
+    :func:`compute_inputs` (the cached values do not depend on it).
     """
     settings = settings or InputSettings()
     if cache is False:
-        return compute_inputs(model, x, y, settings)
+        return compute_inputs(model, x, y, settings, quantizer)
     _check_batch(x, y, bool(set(settings.names) & NEEDS_LABELS))
     key = cache_key(model, x, y, settings)
     folder = cache_dir() if cache is None or cache is True else Path(cache)
@@ -335,7 +357,7 @@ def get_inputs(
         inputs = load_inputs(path)
         inputs.key, inputs.path, inputs.from_cache = key, path, True
         return inputs
-    inputs = compute_inputs(model, x, y, settings)
+    inputs = compute_inputs(model, x, y, settings, quantizer)
     save_inputs(inputs, path)
     inputs.key, inputs.path = key, path
     return inputs

@@ -199,3 +199,23 @@ def test_compare_runs_every_method_and_scorer(capsys, tmp_path):
     first = min(r["seconds"] for r in measured)
     assert first > 0 and all(r["seconds"] >= 0.5 * first for r in measured)
     assert len(doc["targets"]) == 2 * 2 and (tmp_path / "compare.png").stat().st_size > 0
+    assert doc["quantizer_setup_seconds"] > 0
+
+
+def test_scorer_phase_one_reuses_the_simulators_quantized_weights(monkeypatch):
+    """After ``prepare()`` a scorer's phase 1 quantizes no weight itself (Q_b(W) is shared)."""
+    from allocate_tiny import tiny_net
+
+    import primitives.inputs as inputs_module
+    from emq.allocate.problem import AllocationProblem
+
+    problem = AllocationProblem.for_model("tiny", tiny_net(), cache=False)
+    assert problem.prepare() > 0
+    assert len(problem.sim._wq) == 3 * 4  # every layer at every candidate width
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("phase 1 quantized a weight again")
+
+    monkeypatch.setattr(inputs_module, "quantize_weight", refuse)
+    table = problem.sensitivity("hawq_v3")
+    assert len(table.values) == 3 and all(v[0] == 0 for v in table.values)

@@ -211,6 +211,37 @@ def test_Wq_and_E_follow_quantize_weight_bit_by_bit(tiny):
         assert errors == sorted(errors, reverse=True) and errors[0] > errors[-1] > 0
 
 
+def test_a_shared_quantizer_gives_the_same_inputs_and_is_used(tiny, batch):
+    """``quantizer=QuantSim.quantized_weight``: identical inputs, Q_b(W) computed once."""
+    from benchmark.ptq import QuantSim
+
+    model, ref = tiny
+    x, y = batch
+    sim = QuantSim(model, x)
+    calls = []
+
+    def quantizer(layer: int, bits: int) -> torch.Tensor:
+        calls.append((layer, bits))
+        return sim.quantized_weight(layer, bits)
+
+    shared = compute_inputs(model, x, y, InputSettings(candidates=BITS), quantizer)
+    assert sorted(calls) == [(i, b) for i in range(2) for b in BITS]
+    for a, b in zip(ref.tensors, shared.tensors, strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+
+
+def test_a_quantizer_of_another_model_is_rejected(batch):
+    x, y = batch
+    other = tiny_model(channels=6)
+    with pytest.raises(ValueError, match="quantizer gave layer 0 at 2 bits.*another model"):
+        compute_inputs(
+            tiny_model(), x, y, InputSettings(candidates=BITS, names=("Wq",)),
+            lambda i, b: quantize_weight(quantizable_layers(other)[i][1].weight, b),
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize("candidates", [BITS, (3,), (8, 5)])
 def test_b_is_the_candidates(batch, candidates):
     x, _ = batch
