@@ -138,6 +138,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
     from benchmark.adaround import settings_from_args
     from benchmark.bench import Bench
     from benchmark.ptq import quantizable_layers
+    from emq.allocate.problem import needed_inputs
     from emq.export import load_proxy
     from emq.metrics import correlation_report
     from emq.score import build_model, model_context, parse_configs, score
@@ -152,7 +153,10 @@ def _cmd_score(args: argparse.Namespace) -> None:
     ada = bench.adaround if bench is not None else settings_from_args(args)
     model = build_model(args.model, args.checkpoint)
     n_layers = len(quantizable_layers(model))
-    ctx = model_context(model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada)
+    names = needed_inputs(scorer)  # only what the proxy reads (e.g. no Hessian)
+    ctx = model_context(
+        model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada, names=names
+    )
     configs = (
         parse_configs(args.configs, n_layers, cands) if args.configs else np.empty((0, n_layers))
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,13 +85,17 @@ def model_context(
     cache: Path | str | None = None,
     rounding: str = "nearest",
     adaround: AdaRoundSettings | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> ScoreContext:
     """Score context of a model on the seeded Fashion-MNIST calibration batch.
 
-    ``rounding`` sets how ``Wq``/``E``/``D`` quantize the weights (nearest or AdaRound).
+    ``rounding`` sets how ``Wq``/``E``/``D`` quantize the weights (nearest or AdaRound);
+    ``names``: the proxy inputs to compute (default: all).
     """
     x, y = calibration_batch(batch, seed)
     settings = InputSettings(candidates=candidates, rounding=rounding, adaround=adaround)
+    if names is not None:
+        settings = replace(settings, names=tuple(names))
     return ScoreContext(model, x, y, settings, cache)
 
 

@@ -112,6 +112,11 @@ def test_score_a_model_outside_the_zoo(tmp_path):
     assert proc.returncode == 0, proc.stderr
     scores = [r["score"] for r in json.loads(proc.stdout)["scores"]]
     assert scores[1] > scores[0] and scores[1] > scores[2]  # less error, higher score
+    # Only the proxy's own input was computed and cached (no Hessian, no gradients).
+    cached = list((tmp_path / "cache").rglob("*.npz"))
+    assert len(cached) == 1
+    with np.load(cached[0]) as z:
+        assert {k.split("/")[-1] for k in z.files} == {"E", "__meta__"}, z.files
 
 
 @pytest.mark.parametrize(
