@@ -84,9 +84,10 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
     if args.inputs is not None:
         kw = {**kw, "inputs": tuple(n.strip() for n in args.inputs.split(",") if n.strip())}
     if args.init is not None:
+        from emq.evolve import DEFAULT_INPUTS
         from emq.seeds import load_seeds
 
-        kw = {**kw, "init": load_seeds(args.init)}
+        kw = {**kw, "init": load_seeds(args.init, kw.get("inputs") or DEFAULT_INPUTS)}
     settings = settings_from_args(**kw)
     with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
         given = args.bench or [default_bench()]
@@ -270,12 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mode", choices=["steady", "generational"], help="default: steady")
     e.add_argument("--offspring", type=int, help="offspring per steady-state step (default 8)")
     e.add_argument("--generator", choices=["branched", "tree"], help="default: tree")
-    e.add_argument("--init", metavar="FILE|literature",
-                   help="seed the initial population: a file of formulas (one per line) or "
-                   "'literature' (published proxies)")  # fmt: skip
+    e.add_argument("--init", metavar="FILE|literature|none",
+                   help="seed the initial population: a file of formulas (one per line), "
+                   "'literature' (published proxies that fit --inputs; the default) or 'none' "
+                   "(random genomes only)")  # fmt: skip
     e.add_argument("--inputs", metavar="A,W,...",
-                   help="proxy inputs the search may use (default: all; e.g. leave out H, the "
-                   "costly Hessian)")  # fmt: skip
+                   help="proxy inputs the search may use (default: all but H, the costly "
+                   "Hessian; e.g. A,W,G,H,V,Ga,Wq,E,D,b for all)")  # fmt: skip
     e.add_argument("--no-osp", dest="osp", action="store_false", default=None,
                    help="uniform operation sampling (ablation)")  # fmt: skip
     e.add_argument("--no-dps", dest="dps", action="store_false", default=None,

@@ -31,7 +31,13 @@ from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names
 from emq.osp import OperationSampler
 from emq.screen import STAGES, Screener, validity_rate
+from emq.seeds import LITERATURE, fitting
 from primitives.inputs import BIT_DEPENDENT, INPUT_NAMES
+
+# Every input but the Hessian: its Hutchinson estimate costs most of a proxy's inputs
+# (16 Hessian-vector products; ~5 of ~6 s on ResNet-20) and the proxies evolved with it key
+# on weight error and did not transfer to MobileNetV2 (README, "Transfer"). --inputs adds it.
+DEFAULT_INPUTS = tuple(n for n in INPUT_NAMES if n != "H")
 
 LOG_FIELDS = (
     "step", "evaluations", "best", "median", "validity", "unique_ratio", "evals_per_s",
@@ -57,11 +63,15 @@ class CampaignSettings:
     calib_images: int = 128
     calib_seed: int = 0
     hof_size: int = 10
-    inputs: tuple[str, ...] = INPUT_NAMES  # proxy inputs the search may use
-    init: tuple[str, ...] = ()  # formulas placed in the initial population first (seeding)
+    inputs: tuple[str, ...] = DEFAULT_INPUTS  # proxy inputs the search may use
+    # formulas placed in the initial population first (seeding); None = the literature
+    # seeds that fit ``inputs`` (``emq.seeds``), () = random genomes only
+    init: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        if self.init is None:
+            object.__setattr__(self, "init", fitting(LITERATURE, self.inputs))
         object.__setattr__(self, "init", tuple(self.init))
         for text in self.init:  # a clear error for unknown names or excluded inputs
             outside = leaves(canonical(from_string(text))) - set(self.inputs)
@@ -161,7 +171,7 @@ class Campaign:
                 old = json.loads(meta.read_text())
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{meta} is corrupt ({exc}); use another --run") from exc
-            mine = self.identity()
+            mine = json.loads(json.dumps(self.identity()))  # tuples as the file has them
             # Every identity key either side has (not the display-only bench path, version).
             keys = [k for k in {**old, **mine} if k not in ("bench", "version")]
             diff = [k for k in keys if old.get(k) != mine.get(k)]

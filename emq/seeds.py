@@ -1,26 +1,42 @@
 """Seed formulas for ``emq evolve --init``: published proxies written as genomes.
 
 Each is a sensitivity turned into a score (``revert``: higher = better) where needed; they
-are the expressibility examples of ``tests/test_expressibility.py``.
+are the expressibility examples of ``tests/test_expressibility.py``. A campaign starts from
+the ``literature`` set by default (those whose inputs the campaign may use); ``--init none``
+starts from random genomes only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+from emq.genome import from_string
+from emq.graph import canonical, leaves
+
 LITERATURE = (
-    "revert(abs(sum(mul(Ga, D))))",  # first-order Taylor: |sum dL/dA * (A_q - A)|
+    "revert(sum(abs(mul(Ga, D))))",  # first-order Taylor, per element: sum |dL/dA * (A_q - A)|
+    "revert(abs(sum(mul(Ga, D))))",  # first-order Taylor, signed: |sum dL/dA * (A_q - A)|
+    "revert(sq_norm(D))",  # layer output MSE (the error layer-wise PTQ reconstruction minimizes)
+    "revert(sq_norm(E))",  # weight quantization MSE
     "revert(mul(to_mean_scalar(H), sq_norm(E)))",  # HAWQ-V3 style: Hessian trace x error
     "mul(softmax(abslog(mul(V, b))), sqrt(relu(mul(W, b))))",  # EMQ's published proxy
 )
-BUILTIN = {"literature": LITERATURE}
+BUILTIN = {"literature": LITERATURE, "none": ()}
 
 
-def load_seeds(spec: str) -> tuple[str, ...]:
-    """Formulas of a built-in seed set (``literature``) or of a file (one per line, ``#``
-    comments)."""
+def fitting(seeds: Iterable[str], inputs: Iterable[str]) -> tuple[str, ...]:
+    """The seeds that use only ``inputs`` (a built-in set adapts to ``--inputs``)."""
+    allowed = set(inputs)
+    return tuple(s for s in seeds if leaves(canonical(from_string(s))) <= allowed)
+
+
+def load_seeds(spec: str, inputs: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Formulas of a built-in seed set (``literature``, ``none``) or of a file (one per line,
+    ``#`` comments). A built-in set keeps only the seeds that fit ``inputs`` (when given);
+    a file's formulas are all kept (one outside ``--inputs`` is an error later)."""
     if spec in BUILTIN:
-        return BUILTIN[spec]
+        return BUILTIN[spec] if inputs is None else fitting(BUILTIN[spec], inputs)
     path = Path(spec)
     if not path.is_file():
         raise ValueError(

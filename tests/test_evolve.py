@@ -9,12 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
 from benchmark.bench import Bench, default_bench
 from emq.context import bench_evaluator
 from emq.evolve import Campaign, CampaignSettings
+from emq.seeds import LITERATURE, fitting
+from primitives.inputs import INPUT_NAMES
 
 SETTINGS = CampaignSettings(population=8, offspring=4, seed=3)
 
@@ -177,10 +180,14 @@ def test_search_restricted_to_some_inputs(tmp_path, bench, evaluator):
     assert used and used <= set(allowed)
     campaign = json.loads((tmp_path / "run" / "campaign.json").read_text())
     assert campaign["settings"]["inputs"] == list(allowed)
-    # The default (every input) is left out of the identity: older run folders still resume.
-    assert (
-        "inputs" not in Campaign(tmp_path / "x", bench, evaluator, SETTINGS).identity()["settings"]
-    )
+    # Every input and no seeds (the settings before --inputs/--init existed) are left out of
+    # the identity, so older run folders still resume; today's defaults are recorded.
+    legacy = replace(SETTINGS, inputs=INPUT_NAMES, init=())
+    ident = Campaign(tmp_path / "x", bench, evaluator, legacy).identity()["settings"]
+    assert "inputs" not in ident and "init" not in ident
+    ident = Campaign(tmp_path / "y", bench, evaluator, SETTINGS).identity()["settings"]
+    assert "H" not in ident["inputs"]
+    assert tuple(ident["init"]) == fitting(LITERATURE, ident["inputs"])
 
 
 @pytest.mark.parametrize(
@@ -238,7 +245,7 @@ def test_seed_formulas_enter_the_initial_population(tmp_path, bench, evaluator):
     from emq.graph import canonical, expr_str
 
     seeds = ("revert(sum(abs(mul(Ga, D))))", "revert(mul(to_mean_scalar(H), sq_norm(E)))")
-    settings = CampaignSettings(population=8, offspring=4, seed=3, init=seeds)
+    settings = CampaignSettings(population=8, offspring=4, seed=3, init=seeds, inputs=INPUT_NAMES)
     _run(tmp_path / "s", bench, evaluator, 0, settings)
     ck = json.loads((tmp_path / "s" / "checkpoint.json").read_text())
     formulas = {rec["formula"] for rec in ck["population"]}
@@ -271,9 +278,32 @@ def test_literature_seeds_parse_and_are_valid_on_the_bench(evaluator):
     from emq.graph import canonical
     from emq.seeds import LITERATURE, load_seeds
 
-    assert load_seeds("literature") == LITERATURE
+    assert load_seeds("literature") == LITERATURE and load_seeds("none") == ()
     for text in LITERATURE:
         assert evaluator.evaluate(canonical(from_string(text)))["status"] == "ok", text
+    # A built-in set keeps the seeds that fit --inputs; the default campaign starts from them.
+    no_h = load_seeds("literature", ("A", "W", "V", "Ga", "E", "D", "b"))
+    assert 0 < len(no_h) < len(LITERATURE) and not any("H" in t for t in no_h)
+    assert CampaignSettings().init == load_seeds("literature", CampaignSettings().inputs)
+    assert CampaignSettings(init=()).init == ()
+
+
+def test_default_campaign_cli_starts_from_the_literature_seeds(tmp_path, cache_dir, monkeypatch):
+    """``emq evolve`` with no --init/--inputs: no Hessian, literature seeds first."""
+    from emq.cli import main
+    from emq.genome import from_string
+    from emq.graph import canonical, expr_str
+
+    monkeypatch.setenv("EMQ_CACHE", str(cache_dir))
+    argv = ["evolve", "--run", str(tmp_path / "d"), "--steps", "0", "--population", "8"]
+    assert main(argv) == 0
+    campaign = json.loads((tmp_path / "d" / "campaign.json").read_text())["settings"]
+    assert "H" not in campaign["inputs"] and campaign["init"] == list(CampaignSettings().init)
+    ck = json.loads((tmp_path / "d" / "checkpoint.json").read_text())
+    seeded = {expr_str(canonical(from_string(t))) for t in campaign["init"]}
+    assert seeded <= {rec["formula"] for rec in ck["population"]}
+    assert main([*argv[:2], str(tmp_path / "n"), *argv[3:], "--init", "none"]) == 0
+    assert "init" not in json.loads((tmp_path / "n" / "campaign.json").read_text())["settings"]
 
 
 def test_seed_file_skips_comments(tmp_path):

@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: logsoftmax(sigmoid(revert(add(E, abssqrt(E)))))
+Formula: revert(sum(abs(mul(Ga, pow(D)))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): E (weight quantization error W - Q_b(W)).
+inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 """
@@ -29,25 +29,26 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'logsoftmax(sigmoid(revert(add(E, abssqrt(E)))))'
-INPUTS = ('E',)
+FORMULA = 'revert(sum(abs(mul(Ga, pow(D)))))'
+INPUTS = ('D', 'Ga')
 METADATA = {
  "format": "emq-proxy",
  "format_version": 1,
  "library_version": "0.1.0",
- "formula": "logsoftmax(sigmoid(revert(add(E, abssqrt(E)))))",
+ "formula": "revert(sum(abs(mul(Ga, pow(D)))))",
  "inputs": [
-  "E"
+  "D",
+  "Ga"
  ],
  "name": "best_proxy",
- "fitness_search": 0.7054266704434564,
+ "fitness_search": 0.7805506663955603,
  "heldout": {
-  "spearman@20%": 0.5821151355321543,
-  "spearman@50%": 0.5746900163218664,
-  "spearman@100%": 0.7821254169597689,
-  "spearman@topk": 0.6463101896045965,
-  "spearman@topk(true)": 0.4974134129949887,
-  "kendall": 0.5785569218005708
+  "spearman@20%": 0.48266129032258065,
+  "spearman@50%": 0.7967737525632262,
+  "spearman@100%": 0.9196383057151502,
+  "spearman@topk": 0.7330244495336523,
+  "spearman@topk(true)": 0.752888240242095,
+  "kendall": 0.7475826754604467
  },
  "bench_fingerprint": {
   "schema_version": 1,
@@ -104,20 +105,20 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _abssqrt(x: Tensor) -> Tensor:
-    """Square root of magnitude: sqrt|x|."""
-    return torch.sqrt(x.abs())
+def _abs(x: Tensor) -> Tensor:
+    """Absolute value: |x|."""
+    return x.abs()
 
 
-def _add(x: Tensor, y: Tensor) -> Tensor:
-    """Sum: x + y."""
+def _mul(x: Tensor, y: Tensor) -> Tensor:
+    """Elementwise product: x * y."""
     x, y = _aligned(x, y)
-    return torch.add(x, y)
+    return torch.mul(x, y)
 
 
-def _logsoftmax(x: Tensor) -> Tensor:
-    """Log-softmax per bit slot over all non-bit axes."""
-    return torch.log_softmax(_slots(x), dim=1).reshape(x.shape)
+def _pow(x: Tensor) -> Tensor:
+    """Square: x^2."""
+    return torch.square(x)
 
 
 def _revert(x: Tensor) -> Tensor:
@@ -125,9 +126,9 @@ def _revert(x: Tensor) -> Tensor:
     return torch.neg(x)
 
 
-def _sigmoid(x: Tensor) -> Tensor:
-    """Logistic sigmoid: 1/(1+e^-x)."""
-    return torch.sigmoid(x)
+def _sum(x: Tensor) -> Tensor:
+    """Sum per bit slot: sum x (e.g. Tr(H) from a Hessian diagonal)."""
+    return _slots(x).sum(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -148,11 +149,11 @@ def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
     with torch.no_grad():
-        t0 = _abssqrt(inputs['E'])  # abssqrt
-        t1 = _add(inputs['E'], t0)  # add
-        t2 = _revert(t1)  # revert
-        t3 = _sigmoid(t2)  # sigmoid
-        t4 = _logsoftmax(t3)  # logsoftmax
+        t0 = _pow(inputs['D'])  # pow
+        t1 = _mul(inputs['Ga'], t0)  # mul
+        t2 = _abs(t1)  # abs
+        t3 = _sum(t2)  # sum
+        t4 = _revert(t3)  # revert
         return reduce_to_bits(t4, num_bits)
 
 

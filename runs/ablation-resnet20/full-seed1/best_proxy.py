@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: l1_norm(exp(pow(exp(l1_norm(min(W, Wq))))))
+Formula: revert(abs(l1_norm(mul(frobenius_norm(sum(abs(mul(D, Ga)))), pow(D)))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): W (BN-folded weight), Wq (quantized weight Q_b(W)).
+inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 """
@@ -29,26 +29,26 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'l1_norm(exp(pow(exp(l1_norm(min(W, Wq))))))'
-INPUTS = ('W', 'Wq')
+FORMULA = 'revert(abs(l1_norm(mul(frobenius_norm(sum(abs(mul(D, Ga)))), pow(D)))))'
+INPUTS = ('D', 'Ga')
 METADATA = {
  "format": "emq-proxy",
  "format_version": 1,
  "library_version": "0.1.0",
- "formula": "l1_norm(exp(pow(exp(l1_norm(min(W, Wq))))))",
+ "formula": "revert(abs(l1_norm(mul(frobenius_norm(sum(abs(mul(D, Ga)))), pow(D)))))",
  "inputs": [
-  "W",
-  "Wq"
+  "D",
+  "Ga"
  ],
  "name": "best_proxy",
- "fitness_search": 0.7441518094225886,
+ "fitness_search": 0.7701197983003564,
  "heldout": {
-  "spearman@20%": 0.5133064516129032,
-  "spearman@50%": 0.7984962406015038,
-  "spearman@100%": 0.8658059130413822,
-  "spearman@topk": 0.7258695350852631,
-  "spearman@topk(true)": 0.6299616568853645,
-  "kendall": 0.6804715446607846
+  "spearman@20%": 0.4810483870967742,
+  "spearman@50%": 0.8028708133971292,
+  "spearman@100%": 0.7759748832129847,
+  "spearman@topk": 0.6866313612356293,
+  "spearman@topk(true)": 0.5461921400154234,
+  "kendall": 0.5978188888338323
  },
  "bench_fingerprint": {
   "schema_version": 1,
@@ -105,9 +105,14 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _exp(x: Tensor) -> Tensor:
-    """Exponential: e^x."""
-    return torch.exp(x)
+def _abs(x: Tensor) -> Tensor:
+    """Absolute value: |x|."""
+    return x.abs()
+
+
+def _frobenius_norm(x: Tensor) -> Tensor:
+    """Frobenius norm per bit slot: sqrt(sum x^2)."""
+    return torch.linalg.vector_norm(_slots(x), dim=1)
 
 
 def _l1_norm(x: Tensor) -> Tensor:
@@ -116,15 +121,25 @@ def _l1_norm(x: Tensor) -> Tensor:
     return flat.abs().sum(dim=1) / flat.shape[1]
 
 
-def _min(x: Tensor, y: Tensor) -> Tensor:
-    """Elementwise minimum: min(x, y)."""
+def _mul(x: Tensor, y: Tensor) -> Tensor:
+    """Elementwise product: x * y."""
     x, y = _aligned(x, y)
-    return torch.minimum(x, y)
+    return torch.mul(x, y)
 
 
 def _pow(x: Tensor) -> Tensor:
     """Square: x^2."""
     return torch.square(x)
+
+
+def _revert(x: Tensor) -> Tensor:
+    """Negation: -x."""
+    return torch.neg(x)
+
+
+def _sum(x: Tensor) -> Tensor:
+    """Sum per bit slot: sum x (e.g. Tr(H) from a Hessian diagonal)."""
+    return _slots(x).sum(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -145,13 +160,16 @@ def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
     with torch.no_grad():
-        t0 = _min(inputs['W'], inputs['Wq'])  # min
-        t1 = _l1_norm(t0)  # l1_norm
-        t2 = _exp(t1)  # exp
-        t3 = _pow(t2)  # pow
-        t4 = _exp(t3)  # exp
-        t5 = _l1_norm(t4)  # l1_norm
-        return reduce_to_bits(t5, num_bits)
+        t0 = _mul(inputs['D'], inputs['Ga'])  # mul
+        t1 = _abs(t0)  # abs
+        t2 = _sum(t1)  # sum
+        t3 = _frobenius_norm(t2)  # frobenius_norm
+        t4 = _pow(inputs['D'])  # pow
+        t5 = _mul(t3, t4)  # mul
+        t6 = _l1_norm(t5)  # l1_norm
+        t7 = _abs(t6)  # abs
+        t8 = _revert(t7)  # revert
+        return reduce_to_bits(t8, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

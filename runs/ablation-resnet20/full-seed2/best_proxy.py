@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: exp2(l1_norm(add(exp2(add(Wq, l1_norm(Wq))), l1_norm(Wq))))
+Formula: revert(sum(abs(mul(D, mul(D, Ga)))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): Wq (quantized weight Q_b(W)).
+inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 """
@@ -29,25 +29,26 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'exp2(l1_norm(add(exp2(add(Wq, l1_norm(Wq))), l1_norm(Wq))))'
-INPUTS = ('Wq',)
+FORMULA = 'revert(sum(abs(mul(D, mul(D, Ga)))))'
+INPUTS = ('D', 'Ga')
 METADATA = {
  "format": "emq-proxy",
  "format_version": 1,
  "library_version": "0.1.0",
- "formula": "exp2(l1_norm(add(exp2(add(Wq, l1_norm(Wq))), l1_norm(Wq))))",
+ "formula": "revert(sum(abs(mul(D, mul(D, Ga)))))",
  "inputs": [
-  "Wq"
+  "D",
+  "Ga"
  ],
  "name": "best_proxy",
- "fitness_search": 0.7150534566588941,
+ "fitness_search": 0.7805506663955603,
  "heldout": {
-  "spearman@20%": 0.37298387096774194,
-  "spearman@50%": 0.6115105946684894,
-  "spearman@100%": 0.8133764494395292,
-  "spearman@topk": 0.5992903050252535,
-  "spearman@topk(true)": 0.5487420502240276,
-  "kendall": 0.6101814655600858
+  "spearman@20%": 0.48266129032258065,
+  "spearman@50%": 0.7967737525632262,
+  "spearman@100%": 0.9196383057151502,
+  "spearman@topk": 0.7330244495336523,
+  "spearman@topk(true)": 0.752888240242095,
+  "kendall": 0.7475826754604467
  },
  "bench_fingerprint": {
   "schema_version": 1,
@@ -104,21 +105,25 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _add(x: Tensor, y: Tensor) -> Tensor:
-    """Sum: x + y."""
+def _abs(x: Tensor) -> Tensor:
+    """Absolute value: |x|."""
+    return x.abs()
+
+
+def _mul(x: Tensor, y: Tensor) -> Tensor:
+    """Elementwise product: x * y."""
     x, y = _aligned(x, y)
-    return torch.add(x, y)
+    return torch.mul(x, y)
 
 
-def _exp2(x: Tensor) -> Tensor:
-    """Power of two: 2^x (quantization step sizes scale as 2^-b)."""
-    return torch.exp2(x)
+def _revert(x: Tensor) -> Tensor:
+    """Negation: -x."""
+    return torch.neg(x)
 
 
-def _l1_norm(x: Tensor) -> Tensor:
-    """Mean magnitude per bit slot: sum |x| / n."""
-    flat = _slots(x)
-    return flat.abs().sum(dim=1) / flat.shape[1]
+def _sum(x: Tensor) -> Tensor:
+    """Sum per bit slot: sum x (e.g. Tr(H) from a Hessian diagonal)."""
+    return _slots(x).sum(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -139,13 +144,12 @@ def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
     with torch.no_grad():
-        t0 = _l1_norm(inputs['Wq'])  # l1_norm
-        t1 = _add(inputs['Wq'], t0)  # add
-        t2 = _exp2(t1)  # exp2
-        t3 = _add(t2, t0)  # add
-        t4 = _l1_norm(t3)  # l1_norm
-        t5 = _exp2(t4)  # exp2
-        return reduce_to_bits(t5, num_bits)
+        t0 = _mul(inputs['D'], inputs['Ga'])  # mul
+        t1 = _mul(inputs['D'], t0)  # mul
+        t2 = _abs(t1)  # abs
+        t3 = _sum(t2)  # sum
+        t4 = _revert(t3)  # revert
+        return reduce_to_bits(t4, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

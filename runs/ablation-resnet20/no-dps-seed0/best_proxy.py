@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: abs(add(add(pow(pow(pow(Wq))), revert(Wq)), pow(Wq)))
+Formula: revert(sum(abs(mul(D, abssqrt(abs(mul(Ga, l1_norm(E))))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): Wq (quantized weight Q_b(W)).
+inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), E (weight quantization error W - Q_b(W)), Ga (gradient of the loss w.r.t. the layer output).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 """
@@ -29,25 +29,27 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'abs(add(add(pow(pow(pow(Wq))), revert(Wq)), pow(Wq)))'
-INPUTS = ('Wq',)
+FORMULA = 'revert(sum(abs(mul(D, abssqrt(abs(mul(Ga, l1_norm(E))))))))'
+INPUTS = ('D', 'E', 'Ga')
 METADATA = {
  "format": "emq-proxy",
  "format_version": 1,
  "library_version": "0.1.0",
- "formula": "abs(add(add(pow(pow(pow(Wq))), revert(Wq)), pow(Wq)))",
+ "formula": "revert(sum(abs(mul(D, abssqrt(abs(mul(Ga, l1_norm(E))))))))",
  "inputs": [
-  "Wq"
+  "D",
+  "E",
+  "Ga"
  ],
  "name": "best_proxy",
- "fitness_search": 0.7697642280492213,
+ "fitness_search": 0.7273273408845965,
  "heldout": {
-  "spearman@20%": 0.37540322580645163,
-  "spearman@50%": 0.7865481886534519,
-  "spearman@100%": 0.9166581706679766,
-  "spearman@topk": 0.6928698617092933,
-  "spearman@topk(true)": 0.6832440192438923,
-  "kendall": 0.7394586964689086
+  "spearman@20%": 0.48508064516129046,
+  "spearman@50%": 0.7422282980177718,
+  "spearman@100%": 0.9204138379350286,
+  "spearman@topk": 0.7159075937046969,
+  "spearman@topk(true)": 0.6592041966490079,
+  "kendall": 0.7468762425046608
  },
  "bench_fingerprint": {
   "schema_version": 1,
@@ -109,20 +111,31 @@ def _abs(x: Tensor) -> Tensor:
     return x.abs()
 
 
-def _add(x: Tensor, y: Tensor) -> Tensor:
-    """Sum: x + y."""
+def _abssqrt(x: Tensor) -> Tensor:
+    """Square root of magnitude: sqrt|x|."""
+    return torch.sqrt(x.abs())
+
+
+def _l1_norm(x: Tensor) -> Tensor:
+    """Mean magnitude per bit slot: sum |x| / n."""
+    flat = _slots(x)
+    return flat.abs().sum(dim=1) / flat.shape[1]
+
+
+def _mul(x: Tensor, y: Tensor) -> Tensor:
+    """Elementwise product: x * y."""
     x, y = _aligned(x, y)
-    return torch.add(x, y)
-
-
-def _pow(x: Tensor) -> Tensor:
-    """Square: x^2."""
-    return torch.square(x)
+    return torch.mul(x, y)
 
 
 def _revert(x: Tensor) -> Tensor:
     """Negation: -x."""
     return torch.neg(x)
+
+
+def _sum(x: Tensor) -> Tensor:
+    """Sum per bit slot: sum x (e.g. Tr(H) from a Hessian diagonal)."""
+    return _slots(x).sum(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -143,14 +156,15 @@ def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
     with torch.no_grad():
-        t0 = _pow(inputs['Wq'])  # pow
-        t1 = _pow(t0)  # pow
-        t2 = _pow(t1)  # pow
-        t3 = _revert(inputs['Wq'])  # revert
-        t4 = _add(t2, t3)  # add
-        t5 = _add(t4, t0)  # add
-        t6 = _abs(t5)  # abs
-        return reduce_to_bits(t6, num_bits)
+        t0 = _l1_norm(inputs['E'])  # l1_norm
+        t1 = _mul(inputs['Ga'], t0)  # mul
+        t2 = _abs(t1)  # abs
+        t3 = _abssqrt(t2)  # abssqrt
+        t4 = _mul(inputs['D'], t3)  # mul
+        t5 = _abs(t4)  # abs
+        t6 = _sum(t5)  # sum
+        t7 = _revert(t6)  # revert
+        return reduce_to_bits(t7, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: exp(exp(pow(abssqrt(Wq))))
+Formula: revert(abs(mul(Ga, to_mean_scalar(l1_norm(to_mean_scalar(sq_norm(D)))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): Wq (quantized weight Q_b(W)).
+inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 """
@@ -29,25 +29,26 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'exp(exp(pow(abssqrt(Wq))))'
-INPUTS = ('Wq',)
+FORMULA = 'revert(abs(mul(Ga, to_mean_scalar(l1_norm(to_mean_scalar(sq_norm(D)))))))'
+INPUTS = ('D', 'Ga')
 METADATA = {
  "format": "emq-proxy",
  "format_version": 1,
  "library_version": "0.1.0",
- "formula": "exp(exp(pow(abssqrt(Wq))))",
+ "formula": "revert(abs(mul(Ga, to_mean_scalar(l1_norm(to_mean_scalar(sq_norm(D)))))))",
  "inputs": [
-  "Wq"
+  "D",
+  "Ga"
  ],
  "name": "best_proxy",
- "fitness_search": 0.7189014534510442,
+ "fitness_search": 0.7429510136078891,
  "heldout": {
-  "spearman@20%": 0.28024193548387105,
-  "spearman@50%": 0.7494736842105263,
-  "spearman@100%": 0.876198044787754,
-  "spearman@topk": 0.6353045548273838,
-  "spearman@topk(true)": 0.6027063621315679,
-  "kendall": 0.6840037094397142
+  "spearman@20%": 0.37580645161290327,
+  "spearman@50%": 0.740041011619959,
+  "spearman@100%": 0.9098108311356113,
+  "spearman@topk": 0.6752194314561578,
+  "spearman@topk(true)": 0.7146116069094538,
+  "kendall": 0.7311581092384241
  },
  "bench_fingerprint": {
   "schema_version": 1,
@@ -104,19 +105,36 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _abssqrt(x: Tensor) -> Tensor:
-    """Square root of magnitude: sqrt|x|."""
-    return torch.sqrt(x.abs())
+def _abs(x: Tensor) -> Tensor:
+    """Absolute value: |x|."""
+    return x.abs()
 
 
-def _exp(x: Tensor) -> Tensor:
-    """Exponential: e^x."""
-    return torch.exp(x)
+def _l1_norm(x: Tensor) -> Tensor:
+    """Mean magnitude per bit slot: sum |x| / n."""
+    flat = _slots(x)
+    return flat.abs().sum(dim=1) / flat.shape[1]
 
 
-def _pow(x: Tensor) -> Tensor:
-    """Square: x^2."""
-    return torch.square(x)
+def _mul(x: Tensor, y: Tensor) -> Tensor:
+    """Elementwise product: x * y."""
+    x, y = _aligned(x, y)
+    return torch.mul(x, y)
+
+
+def _revert(x: Tensor) -> Tensor:
+    """Negation: -x."""
+    return torch.neg(x)
+
+
+def _sq_norm(x: Tensor) -> Tensor:
+    """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
+    return torch.square(_slots(x)).sum(dim=1)
+
+
+def _to_mean_scalar(x: Tensor) -> Tensor:
+    """Mean per bit slot."""
+    return _slots(x).mean(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -137,11 +155,14 @@ def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
     with torch.no_grad():
-        t0 = _abssqrt(inputs['Wq'])  # abssqrt
-        t1 = _pow(t0)  # pow
-        t2 = _exp(t1)  # exp
-        t3 = _exp(t2)  # exp
-        return reduce_to_bits(t3, num_bits)
+        t0 = _sq_norm(inputs['D'])  # sq_norm
+        t1 = _to_mean_scalar(t0)  # to_mean_scalar
+        t2 = _l1_norm(t1)  # l1_norm
+        t3 = _to_mean_scalar(t2)  # to_mean_scalar
+        t4 = _mul(inputs['Ga'], t3)  # mul
+        t5 = _abs(t4)  # abs
+        t6 = _revert(t5)  # revert
+        return reduce_to_bits(t6, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

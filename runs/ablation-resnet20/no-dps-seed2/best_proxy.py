@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: mul(abslog(sub(min(V, relu(H)), abs(W))), pow(abs(E)))
+Formula: mul(add(Wq, softmax(relu(mul(E, b)))), relu(sign(Wq)))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): E (weight quantization error W - Q_b(W)), H (Hutchinson estimate of the Hessian diagonal w.r.t. the weight), V (data-free virtual gradient (|theta| linearised net, input of ones, R = sum of output)), W (BN-folded weight).
+inputs, 1 for the others): E (weight quantization error W - Q_b(W)), Wq (quantized weight Q_b(W)), b (the bit-width itself).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 """
@@ -29,28 +29,27 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'mul(abslog(sub(min(V, relu(H)), abs(W))), pow(abs(E)))'
-INPUTS = ('E', 'H', 'V', 'W')
+FORMULA = 'mul(add(Wq, softmax(relu(mul(E, b)))), relu(sign(Wq)))'
+INPUTS = ('E', 'Wq', 'b')
 METADATA = {
  "format": "emq-proxy",
  "format_version": 1,
  "library_version": "0.1.0",
- "formula": "mul(abslog(sub(min(V, relu(H)), abs(W))), pow(abs(E)))",
+ "formula": "mul(add(Wq, softmax(relu(mul(E, b)))), relu(sign(Wq)))",
  "inputs": [
   "E",
-  "H",
-  "V",
-  "W"
+  "Wq",
+  "b"
  ],
  "name": "best_proxy",
- "fitness_search": 0.7182588296048372,
+ "fitness_search": 0.7019854361514702,
  "heldout": {
-  "spearman@20%": 0.4370967741935484,
-  "spearman@50%": 0.6397539302802461,
-  "spearman@100%": 0.8273203444760412,
-  "spearman@topk": 0.6347236829832785,
-  "spearman@topk(true)": 0.5428303315695536,
-  "kendall": 0.6281955059326267
+  "spearman@20%": 0.41370967741935494,
+  "spearman@50%": 0.5725495557074505,
+  "spearman@100%": 0.7760480795123891,
+  "spearman@topk": 0.5874357708797314,
+  "spearman@topk(true)": 0.5379970898663476,
+  "kendall": 0.5716808694697533
  },
  "bench_fingerprint": {
   "schema_version": 1,
@@ -107,20 +106,10 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _abs(x: Tensor) -> Tensor:
-    """Absolute value: |x|."""
-    return x.abs()
-
-
-def _abslog(x: Tensor) -> Tensor:
-    """Log of magnitude: log|x|, with 0 mapped to 0 as in EMQ."""
-    return _zero_where(x == 0, torch.log(x.abs()))
-
-
-def _min(x: Tensor, y: Tensor) -> Tensor:
-    """Elementwise minimum: min(x, y)."""
+def _add(x: Tensor, y: Tensor) -> Tensor:
+    """Sum: x + y."""
     x, y = _aligned(x, y)
-    return torch.minimum(x, y)
+    return torch.add(x, y)
 
 
 def _mul(x: Tensor, y: Tensor) -> Tensor:
@@ -129,20 +118,19 @@ def _mul(x: Tensor, y: Tensor) -> Tensor:
     return torch.mul(x, y)
 
 
-def _pow(x: Tensor) -> Tensor:
-    """Square: x^2."""
-    return torch.square(x)
-
-
 def _relu(x: Tensor) -> Tensor:
     """Rectifier: max(x, 0)."""
     return torch.relu(x)
 
 
-def _sub(x: Tensor, y: Tensor) -> Tensor:
-    """Difference: x - y."""
-    x, y = _aligned(x, y)
-    return torch.sub(x, y)
+def _sign(x: Tensor) -> Tensor:
+    """Sign: -1, 0 or 1."""
+    return torch.sign(x)
+
+
+def _softmax(x: Tensor) -> Tensor:
+    """Softmax per bit slot over all non-bit axes."""
+    return torch.softmax(_slots(x), dim=1).reshape(x.shape)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -163,15 +151,14 @@ def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
     with torch.no_grad():
-        t0 = _relu(inputs['H'])  # relu
-        t1 = _min(inputs['V'], t0)  # min
-        t2 = _abs(inputs['W'])  # abs
-        t3 = _sub(t1, t2)  # sub
-        t4 = _abslog(t3)  # abslog
-        t5 = _abs(inputs['E'])  # abs
-        t6 = _pow(t5)  # pow
-        t7 = _mul(t4, t6)  # mul
-        return reduce_to_bits(t7, num_bits)
+        t0 = _mul(inputs['E'], inputs['b'])  # mul
+        t1 = _relu(t0)  # relu
+        t2 = _softmax(t1)  # softmax
+        t3 = _add(inputs['Wq'], t2)  # add
+        t4 = _sign(inputs['Wq'])  # sign
+        t5 = _relu(t4)  # relu
+        t6 = _mul(t3, t5)  # mul
+        return reduce_to_bits(t6, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

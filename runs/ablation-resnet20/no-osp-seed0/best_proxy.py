@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: abs(abslog(softmax(div(exp2(sigmoid(to_std_scalar(E))), sigmoid(Wq)))))
+Formula: sub(exp(exp(relu(to_mean_scalar(relu(abs(Wq)))))), logsoftmax(exp(A)))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): E (weight quantization error W - Q_b(W)), Wq (quantized weight Q_b(W)).
+inputs, 1 for the others): A (layer output activation on the calibration batch), Wq (quantized weight Q_b(W)).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 """
@@ -29,26 +29,26 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'abs(abslog(softmax(div(exp2(sigmoid(to_std_scalar(E))), sigmoid(Wq)))))'
-INPUTS = ('E', 'Wq')
+FORMULA = 'sub(exp(exp(relu(to_mean_scalar(relu(abs(Wq)))))), logsoftmax(exp(A)))'
+INPUTS = ('A', 'Wq')
 METADATA = {
  "format": "emq-proxy",
  "format_version": 1,
  "library_version": "0.1.0",
- "formula": "abs(abslog(softmax(div(exp2(sigmoid(to_std_scalar(E))), sigmoid(Wq)))))",
+ "formula": "sub(exp(exp(relu(to_mean_scalar(relu(abs(Wq)))))), logsoftmax(exp(A)))",
  "inputs": [
-  "E",
+  "A",
   "Wq"
  ],
  "name": "best_proxy",
- "fitness_search": 0.7355312156471165,
+ "fitness_search": 0.7386137767344397,
  "heldout": {
-  "spearman@20%": 0.4395161290322581,
-  "spearman@50%": 0.7867395762132604,
-  "spearman@100%": 0.9057048672928388,
-  "spearman@topk": 0.7106535241794525,
-  "spearman@topk(true)": 0.7259545333004955,
-  "kendall": 0.7288622021321198
+  "spearman@20%": 0.5580645161290323,
+  "spearman@50%": 0.6876555023923445,
+  "spearman@100%": 0.900443447580899,
+  "spearman@topk": 0.715387822034092,
+  "spearman@topk(true)": 0.6569165889660846,
+  "kendall": 0.7138505018216692
  },
  "bench_fingerprint": {
   "schema_version": 1,
@@ -110,35 +110,30 @@ def _abs(x: Tensor) -> Tensor:
     return x.abs()
 
 
-def _abslog(x: Tensor) -> Tensor:
-    """Log of magnitude: log|x|, with 0 mapped to 0 as in EMQ."""
-    return _zero_where(x == 0, torch.log(x.abs()))
+def _exp(x: Tensor) -> Tensor:
+    """Exponential: e^x."""
+    return torch.exp(x)
 
 
-def _div(x: Tensor, y: Tensor) -> Tensor:
-    """Elementwise quotient: x / y (inf or NaN where y = 0)."""
+def _logsoftmax(x: Tensor) -> Tensor:
+    """Log-softmax per bit slot over all non-bit axes."""
+    return torch.log_softmax(_slots(x), dim=1).reshape(x.shape)
+
+
+def _relu(x: Tensor) -> Tensor:
+    """Rectifier: max(x, 0)."""
+    return torch.relu(x)
+
+
+def _sub(x: Tensor, y: Tensor) -> Tensor:
+    """Difference: x - y."""
     x, y = _aligned(x, y)
-    return torch.div(x, y)
+    return torch.sub(x, y)
 
 
-def _exp2(x: Tensor) -> Tensor:
-    """Power of two: 2^x (quantization step sizes scale as 2^-b)."""
-    return torch.exp2(x)
-
-
-def _sigmoid(x: Tensor) -> Tensor:
-    """Logistic sigmoid: 1/(1+e^-x)."""
-    return torch.sigmoid(x)
-
-
-def _softmax(x: Tensor) -> Tensor:
-    """Softmax per bit slot over all non-bit axes."""
-    return torch.softmax(_slots(x), dim=1).reshape(x.shape)
-
-
-def _to_std_scalar(x: Tensor) -> Tensor:
-    """Population standard deviation per bit slot (0 for a single element)."""
-    return torch.std(_slots(x), dim=1, correction=0)
+def _to_mean_scalar(x: Tensor) -> Tensor:
+    """Mean per bit slot."""
+    return _slots(x).mean(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -159,15 +154,16 @@ def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
     with torch.no_grad():
-        t0 = _to_std_scalar(inputs['E'])  # to_std_scalar
-        t1 = _sigmoid(t0)  # sigmoid
-        t2 = _exp2(t1)  # exp2
-        t3 = _sigmoid(inputs['Wq'])  # sigmoid
-        t4 = _div(t2, t3)  # div
-        t5 = _softmax(t4)  # softmax
-        t6 = _abslog(t5)  # abslog
-        t7 = _abs(t6)  # abs
-        return reduce_to_bits(t7, num_bits)
+        t0 = _abs(inputs['Wq'])  # abs
+        t1 = _relu(t0)  # relu
+        t2 = _to_mean_scalar(t1)  # to_mean_scalar
+        t3 = _relu(t2)  # relu
+        t4 = _exp(t3)  # exp
+        t5 = _exp(t4)  # exp
+        t6 = _exp(inputs['A'])  # exp
+        t7 = _logsoftmax(t6)  # logsoftmax
+        t8 = _sub(t5, t7)  # sub
+        return reduce_to_bits(t8, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

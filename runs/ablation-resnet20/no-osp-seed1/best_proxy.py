@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: logsoftmax(tanh(sub(G, relu(abs(sub(G, E))))))
+Formula: revert(sum(abs(sq_norm(matmul(Ga, D)))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): E (weight quantization error W - Q_b(W)), G (gradient of the loss w.r.t. the weight).
+inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 """
@@ -29,26 +29,26 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'logsoftmax(tanh(sub(G, relu(abs(sub(G, E))))))'
-INPUTS = ('E', 'G')
+FORMULA = 'revert(sum(abs(sq_norm(matmul(Ga, D)))))'
+INPUTS = ('D', 'Ga')
 METADATA = {
  "format": "emq-proxy",
  "format_version": 1,
  "library_version": "0.1.0",
- "formula": "logsoftmax(tanh(sub(G, relu(abs(sub(G, E))))))",
+ "formula": "revert(sum(abs(sq_norm(matmul(Ga, D)))))",
  "inputs": [
-  "E",
-  "G"
+  "D",
+  "Ga"
  ],
  "name": "best_proxy",
- "fitness_search": 0.7046938037996252,
+ "fitness_search": 0.7586298709506684,
  "heldout": {
-  "spearman@20%": 0.44435483870967746,
-  "spearman@50%": 0.644433659848683,
-  "spearman@100%": 0.8012352757672982,
-  "spearman@topk": 0.6300079247752196,
-  "spearman@topk(true)": 0.5375142839641206,
-  "kendall": 0.6062345460967855
+  "spearman@20%": 0.5189516129032259,
+  "spearman@50%": 0.7437593984962406,
+  "spearman@100%": 0.8812642743679491,
+  "spearman@topk": 0.7146584285891385,
+  "spearman@topk(true)": 0.6693626010437354,
+  "kendall": 0.693893770820717
  },
  "bench_fingerprint": {
   "schema_version": 1,
@@ -110,25 +110,29 @@ def _abs(x: Tensor) -> Tensor:
     return x.abs()
 
 
-def _logsoftmax(x: Tensor) -> Tensor:
-    """Log-softmax per bit slot over all non-bit axes."""
-    return torch.log_softmax(_slots(x), dim=1).reshape(x.shape)
+def _matmul_op(x: Tensor, y: Tensor) -> Tensor:
+    """Per bit slot matrix product X @ Y^T of slots viewed as [axis 1, rest] matrices."""
+    MATMUL(x.shape, y.shape)  # raises ShapeError before any tensor math
+    rows_x, cols = _as_matrix(tuple(x.shape))
+    rows_y, _ = _as_matrix(tuple(y.shape))
+    mx = x.reshape(x.shape[0], rows_x, cols)
+    my = y.reshape(y.shape[0], rows_y, cols)
+    return torch.matmul(mx, my.transpose(1, 2))
 
 
-def _relu(x: Tensor) -> Tensor:
-    """Rectifier: max(x, 0)."""
-    return torch.relu(x)
+def _revert(x: Tensor) -> Tensor:
+    """Negation: -x."""
+    return torch.neg(x)
 
 
-def _sub(x: Tensor, y: Tensor) -> Tensor:
-    """Difference: x - y."""
-    x, y = _aligned(x, y)
-    return torch.sub(x, y)
+def _sq_norm(x: Tensor) -> Tensor:
+    """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
+    return torch.square(_slots(x)).sum(dim=1)
 
 
-def _tanh(x: Tensor) -> Tensor:
-    """Hyperbolic tangent: tanh(x)."""
-    return torch.tanh(x)
+def _sum(x: Tensor) -> Tensor:
+    """Sum per bit slot: sum x (e.g. Tr(H) from a Hessian diagonal)."""
+    return _slots(x).sum(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -149,13 +153,12 @@ def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
     with torch.no_grad():
-        t0 = _sub(inputs['G'], inputs['E'])  # sub
-        t1 = _abs(t0)  # abs
-        t2 = _relu(t1)  # relu
-        t3 = _sub(inputs['G'], t2)  # sub
-        t4 = _tanh(t3)  # tanh
-        t5 = _logsoftmax(t4)  # logsoftmax
-        return reduce_to_bits(t5, num_bits)
+        t0 = _matmul_op(inputs['Ga'], inputs['D'])  # matmul
+        t1 = _sq_norm(t0)  # sq_norm
+        t2 = _abs(t1)  # abs
+        t3 = _sum(t2)  # sum
+        t4 = _revert(t3)  # revert
+        return reduce_to_bits(t4, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: logsoftmax(sigmoid(relu(E)))
+Formula: revert(sum(abs(to_std_scalar(mul(Ga, sq_norm(D))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): E (weight quantization error W - Q_b(W)).
+inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 """
@@ -29,25 +29,26 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'logsoftmax(sigmoid(relu(E)))'
-INPUTS = ('E',)
+FORMULA = 'revert(sum(abs(to_std_scalar(mul(Ga, sq_norm(D))))))'
+INPUTS = ('D', 'Ga')
 METADATA = {
  "format": "emq-proxy",
  "format_version": 1,
  "library_version": "0.1.0",
- "formula": "logsoftmax(sigmoid(relu(E)))",
+ "formula": "revert(sum(abs(to_std_scalar(mul(Ga, sq_norm(D))))))",
  "inputs": [
-  "E"
+  "D",
+  "Ga"
  ],
  "name": "best_proxy",
- "fitness_search": 0.7070658386431127,
+ "fitness_search": 0.7634523225454398,
  "heldout": {
-  "spearman@20%": 0.470089898298023,
-  "spearman@50%": 0.6463719839575846,
-  "spearman@100%": 0.7086366201683341,
-  "spearman@topk": 0.6083661674746472,
-  "spearman@topk(true)": 0.4641450559097056,
-  "kendall": 0.5173759967079575
+  "spearman@20%": 0.3467741935483872,
+  "spearman@50%": 0.7980314422419686,
+  "spearman@100%": 0.9268150285948347,
+  "spearman@topk": 0.6905402214617302,
+  "spearman@topk(true)": 0.7320315781525775,
+  "kendall": 0.757649345080396
  },
  "bench_fingerprint": {
   "schema_version": 1,
@@ -104,19 +105,35 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _logsoftmax(x: Tensor) -> Tensor:
-    """Log-softmax per bit slot over all non-bit axes."""
-    return torch.log_softmax(_slots(x), dim=1).reshape(x.shape)
+def _abs(x: Tensor) -> Tensor:
+    """Absolute value: |x|."""
+    return x.abs()
 
 
-def _relu(x: Tensor) -> Tensor:
-    """Rectifier: max(x, 0)."""
-    return torch.relu(x)
+def _mul(x: Tensor, y: Tensor) -> Tensor:
+    """Elementwise product: x * y."""
+    x, y = _aligned(x, y)
+    return torch.mul(x, y)
 
 
-def _sigmoid(x: Tensor) -> Tensor:
-    """Logistic sigmoid: 1/(1+e^-x)."""
-    return torch.sigmoid(x)
+def _revert(x: Tensor) -> Tensor:
+    """Negation: -x."""
+    return torch.neg(x)
+
+
+def _sq_norm(x: Tensor) -> Tensor:
+    """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
+    return torch.square(_slots(x)).sum(dim=1)
+
+
+def _sum(x: Tensor) -> Tensor:
+    """Sum per bit slot: sum x (e.g. Tr(H) from a Hessian diagonal)."""
+    return _slots(x).sum(dim=1)
+
+
+def _to_std_scalar(x: Tensor) -> Tensor:
+    """Population standard deviation per bit slot (0 for a single element)."""
+    return torch.std(_slots(x), dim=1, correction=0)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -137,10 +154,13 @@ def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
     with torch.no_grad():
-        t0 = _relu(inputs['E'])  # relu
-        t1 = _sigmoid(t0)  # sigmoid
-        t2 = _logsoftmax(t1)  # logsoftmax
-        return reduce_to_bits(t2, num_bits)
+        t0 = _sq_norm(inputs['D'])  # sq_norm
+        t1 = _mul(inputs['Ga'], t0)  # mul
+        t2 = _to_std_scalar(t1)  # to_std_scalar
+        t3 = _abs(t2)  # abs
+        t4 = _sum(t3)  # sum
+        t5 = _revert(t4)  # revert
+        return reduce_to_bits(t5, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:
