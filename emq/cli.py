@@ -43,8 +43,9 @@ def _cmd_bench_build(args: argparse.Namespace) -> None:
     from benchmark.adaround import settings_from_args
     from benchmark.bench import build_bench
     from emq.cluster import connected, scheduler_address
+    from emq.score import parse_int_list
 
-    cands = tuple(int(b) for b in args.bits.split(","))
+    cands = parse_int_list(args.bits, "--bits")
     with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
         result = build_bench(
             args.model, args.configs, args.seed, args.out, jobs=args.jobs,
@@ -142,11 +143,11 @@ def _cmd_score(args: argparse.Namespace) -> None:
     from emq.allocate.problem import needed_inputs
     from emq.export import load_proxy
     from emq.metrics import correlation_report
-    from emq.score import build_model, model_context, parse_configs, score
+    from emq.score import build_model, model_context, parse_configs, parse_int_list, score
 
     scorer = load_proxy(args.proxy)
     bench = Bench.open(args.bench) if args.bench else None
-    cands = bench.candidates if bench else tuple(int(b) for b in args.bits.split(","))
+    cands = bench.candidates if bench else parse_int_list(args.bits, "--bits")
     if args.rounding is None:
         args.rounding = bench.rounding if bench else "nearest"
     if bench is not None:
@@ -198,8 +199,9 @@ def _cmd_ablate(args: argparse.Namespace) -> None:
     from emq.ablation import format_table, run_ablation
     from emq.context import bench_evaluator
     from emq.evolve import CampaignSettings
+    from emq.score import parse_int_list
 
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = list(parse_int_list(args.seeds, "--seeds", "0,1,2"))
     base = CampaignSettings(population=args.population, offspring=args.offspring)
     bench = Bench.open(args.bench or default_bench())
     evaluator = bench_evaluator(bench, base.calib_images, base.calib_seed, base.split_seed)

@@ -45,6 +45,17 @@ def build_model(spec: str, checkpoint: Path | str | None = None) -> nn.Module:
     return model.eval()
 
 
+def parse_int_list(text: str, option: str, example: str = "2,3,4,8") -> tuple[int, ...]:
+    """``"2,3,4,8"`` -> ``(2, 3, 4, 8)``; a clear error naming ``option`` otherwise."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values:
+        raise ValueError(f"{option} {text!r}: expected comma-separated integers, e.g. {example}")
+    return values
+
+
 def parse_configs(text: str, num_layers: int, candidates: tuple[int, ...]) -> np.ndarray:
     """Configurations from a file (one per line, or a JSON list of lists) or inline text
     ``"b1,b2,...;b1,b2,..."``; validated against the layer count and the candidates."""

@@ -80,6 +80,8 @@ def test_accuracy_target_reports_evaluations(capsys, tmp_path):
         (["--method", "sqnr", "--scorer", "no_such_proxy", "--budget-bops", "0.5"],
          "neither a file nor a baseline"),
         (["--method", "sqnr", "--scorer", "bops"], "exactly one of"),
+        (["--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5", "--bits", "4,eight"],
+         "--bits '4,eight'"),
     ],
 )  # fmt: skip
 def test_bad_input_is_a_one_line_error(extra, needle, capsys):

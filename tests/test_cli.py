@@ -169,7 +169,21 @@ def test_bench_build_bad_arguments(tmp_path, capsys, extra, needle):
 
 def test_bench_build_unparsable_bits(tmp_path, capsys):
     argv = ["bench", "build", "--model", "resnet20", "--configs", "1", "--bits", "2,x"]
-    assert_one_line_error(*run(argv + ["--out", str(tmp_path / "b.sqlite")], capsys), "x")
+    out = ["--out", str(tmp_path / "b.sqlite")]
+    assert_one_line_error(*run(argv + out, capsys), "--bits '2,x'")
+    assert not (tmp_path / "b.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["score", "--proxy", "emq", "--model", "resnet20", "--bits", "2,,4", "--configs", "2"],
+         "--bits '2,,4': expected comma-separated integers"),
+        (["ablate", "--seeds", "0,one"], "--seeds '0,one': expected comma-separated integers"),
+    ],
+)  # fmt: skip
+def test_unparsable_integer_lists_name_the_option(argv, needle, capsys):
+    assert_one_line_error(*run(argv, capsys), needle)
 
 
 def test_train_unknown_model_is_usage_error(capsys):

@@ -31,9 +31,9 @@ def default_out(model: str) -> Path:
 
 def build_problem(args: argparse.Namespace, cache: object = None) -> AllocationProblem:
     """The allocation problem of the command's ``--model``/``--checkpoint``/``--groups``."""
-    from emq.score import build_model
+    from emq.score import build_model, parse_int_list
 
-    bits = tuple(int(b) for b in args.bits.split(","))
+    bits = parse_int_list(args.bits, "--bits")
     model = build_model(args.model, args.checkpoint)
     return AllocationProblem.for_model(
         args.model, model, args.groups, bits, cache=cache,
