@@ -102,7 +102,7 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
             )
             for b in benches
         ]  # fmt: skip
-        evaluator = parts[0] if len(parts) == 1 else MultiEvaluator(parts)
+        evaluator = parts[0] if len(parts) == 1 else MultiEvaluator(parts, settings.bench_agg)
         bench = benches[0]
         run = Path(args.run or f"runs/{bench.model}-seed{settings.seed}")
         campaign = Campaign(run, bench, evaluator, settings, jobs=args.jobs, client=client,
@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bench", action="append", metavar="PATH",
                    help="bench file (default: shipped ResNet-20 bench); repeat to search on "
                    "several at once (mean Spearman@topk; the first is the primary)")  # fmt: skip
+    e.add_argument("--bench-agg", choices=["mean", "min"],
+                   help="with several --bench: fitness = mean (default) or min of the benches' "
+                   "Spearman@topk (min asks a proxy to hold on every bench)")  # fmt: skip
     e.add_argument("--run", help="run folder (default: runs/<model>-seed<seed>)")
     e.add_argument("--steps", type=int, default=150, help="evolution steps")
     e.add_argument("--population", type=int, help="population size (default 48)")

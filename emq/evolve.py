@@ -67,6 +67,7 @@ class CampaignSettings:
     # formulas placed in the initial population first (seeding); None = the literature
     # seeds that fit ``inputs`` (``emq.seeds``), () = random genomes only
     init: tuple[str, ...] | None = None
+    bench_agg: str = "mean"  # several --bench: fitness = mean or min of the benches' fitness
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -94,6 +95,8 @@ class CampaignSettings:
                 f"--inputs must include one of {','.join(sorted(BIT_DEPENDENT))}: without a "
                 "bit-dependent input no proxy can tell bit-widths apart"
             )
+        if self.bench_agg not in ("mean", "min"):
+            raise ValueError(f"unknown --bench-agg {self.bench_agg!r}: expected mean or min")
         if self.mode not in ("steady", "generational"):
             raise ValueError(f"unknown mode {self.mode!r}: expected 'steady' or 'generational'")
         if self.population < 4:
@@ -158,6 +161,8 @@ class Campaign:
             del settings["inputs"]
         if not settings["init"]:  # likewise for runs predating --init
             del settings["init"]
+        if settings["bench_agg"] == "mean":  # and for runs predating --bench-agg
+            del settings["bench_agg"]
         ident = {"settings": settings, "bench_fingerprint": self.bench.fingerprint}
         if self.extra_benches:  # single-bench run folders keep their identity
             ident["extra_bench_fingerprints"] = [b.fingerprint for b in self.extra_benches]

@@ -166,9 +166,12 @@ def naive_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.n
     return out
 
 
+AGGREGATES = {"mean": np.mean, "min": np.min}
+
+
 @dataclass
 class MultiEvaluator:
-    """Scores genomes against several benches at once: fitness = mean Spearman@topk.
+    """Scores genomes against several benches at once: fitness = mean (or min) Spearman@topk.
 
     ``parts[0]`` is the primary bench (held-out report, plots, export). A genome is valid
     only when it is valid on every bench; its static shapes are checked on every model.
@@ -178,10 +181,13 @@ class MultiEvaluator:
     """
 
     parts: list[Evaluator]
+    agg: str = "mean"  # "mean" of the benches' fitness, or "min" (agreement on every bench)
 
     def __post_init__(self) -> None:
         if not self.parts:
             raise ValueError("MultiEvaluator needs at least one Evaluator")
+        if self.agg not in AGGREGATES:
+            raise ValueError(f"unknown bench aggregate {self.agg!r}: expected mean or min")
 
     # The primary bench's arrays (plots, held-out scatter).
     @property
@@ -201,7 +207,7 @@ class MultiEvaluator:
         return self.parts[0].heldout
 
     def portable(self) -> MultiEvaluator:
-        return MultiEvaluator([p.portable() for p in self.parts])
+        return MultiEvaluator([p.portable() for p in self.parts], self.agg)
 
     def shapes(self) -> list[dict[str, tuple[int, ...]]]:
         return [s for p in self.parts for s in p.shapes()]
@@ -225,7 +231,7 @@ class MultiEvaluator:
                 res["seconds"] = time.perf_counter() - start
                 return res
             results.append(res)
-        fitness = float(np.mean([r["fitness"] for r in results]))
+        fitness = float(AGGREGATES[self.agg]([r["fitness"] for r in results]))
         key = "/".join(r["fingerprint"] for r in results)
         return {
             "status": "ok", "reason": None, "fitness": fitness,

@@ -238,6 +238,14 @@ def test_multi_bench_campaign_records_every_bench(tmp_path, bench, evaluator):
     # A single-bench campaign may not resume this folder.
     with pytest.raises(ValueError, match="extra_bench_fingerprints"):
         _run(tmp_path / "m", bench, evaluator, 2)
+    # The aggregate is part of the identity (recorded only when not the mean).
+    assert "bench_agg" not in ident["settings"]
+    worst = replace(SETTINGS, bench_agg="min")
+    with pytest.raises(ValueError, match="bench_agg"):
+        Campaign(tmp_path / "m", bench, MultiEvaluator([evaluator, evaluator], "min"), worst,
+                 progress=False, extra_benches=(bench,)).run_steps(2)  # fmt: skip
+    with pytest.raises(ValueError, match="expected mean or min"):
+        CampaignSettings(bench_agg="max")
 
 
 def test_seed_formulas_enter_the_initial_population(tmp_path, bench, evaluator):

@@ -104,6 +104,18 @@ def test_multi_bench_fitness_is_the_mean_of_the_parts(multi, text):
     assert [r["spearman@topk"] for r in multi.reports(expr, "search")] == pytest.approx(parts)
 
 
+def test_min_aggregate_is_the_worst_bench(multi):
+    from emq.fitness import MultiEvaluator
+
+    worst = MultiEvaluator(multi.parts, agg="min")
+    expr = canonical(from_string(PROXIES[1]))
+    parts = [p.evaluate(expr)["fitness"] for p in multi.parts]
+    assert worst.evaluate(expr)["fitness"] == min(parts) < multi.evaluate(expr)["fitness"]
+    assert pickle.loads(pickle.dumps(worst.portable())).agg == "min"
+    with pytest.raises(ValueError, match="expected mean or min"):
+        MultiEvaluator(multi.parts, agg="median")
+
+
 def test_multi_bench_invalid_anywhere_is_invalid(multi):
     res = multi.evaluate(canonical(from_string("log(revert(abs(add(E, b))))")))  # nonfinite
     assert res["status"] != "ok" and res["fitness"] == INVALID
