@@ -459,10 +459,13 @@ def bench_context(
     cache: Path | str | None | bool = None,
 ) -> ScoreContext:
     """The default context of a bench: its model and a seeded calibration batch."""
-    return ScoreContext.for_model(
-        bench.model, checkpoint, candidates=bench.candidates, batch=batch, seed=seed, cache=cache,
-        rounding=bench.rounding, adaround=bench.adaround,
-    )  # fmt: skip
+    from benchmark.models import load_model
+    from emq.score import model_context
+
+    model = load_model(bench.model, checkpoint)
+    return model_context(
+        model, bench.candidates, batch, seed, cache, bench.rounding, bench.adaround
+    )
 
 
 def check_context(bench: Bench, ctx: ScoreContext) -> None:

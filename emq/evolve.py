@@ -26,7 +26,7 @@ from tqdm import tqdm
 from benchmark.bench import Bench
 from emq import __version__
 from emq.cluster import pool
-from emq.fitness import Evaluator, evaluate_text
+from emq.fitness import AGGREGATES, Evaluator, evaluate_text
 from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names
 from emq.osp import OperationSampler
@@ -38,6 +38,9 @@ from primitives.inputs import BIT_DEPENDENT, INPUT_NAMES
 # (16 Hessian-vector products; ~5 of ~6 s on ResNet-20) and the proxies evolved with it key
 # on weight error and did not transfer to MobileNetV2 (README, "Transfer"). --inputs adds it.
 DEFAULT_INPUTS = tuple(n for n in INPUT_NAMES if n != "H")
+# Settings added after the first campaigns, with the value older run folders implicitly had:
+# left out of a campaign's identity when they hold it, so those folders still resume.
+LEGACY_VALUES = {"inputs": INPUT_NAMES, "init": (), "bench_agg": "mean"}
 
 LOG_FIELDS = (
     "step", "evaluations", "best", "median", "validity", "unique_ratio", "evals_per_s",
@@ -71,9 +74,8 @@ class CampaignSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
-        if self.init is None:
-            object.__setattr__(self, "init", fitting(LITERATURE, self.inputs))
-        object.__setattr__(self, "init", tuple(self.init))
+        init = fitting(LITERATURE, self.inputs) if self.init is None else self.init
+        object.__setattr__(self, "init", tuple(init))
         for text in self.init:  # a clear error for unknown names or excluded inputs
             outside = leaves(canonical(from_string(text))) - set(self.inputs)
             if outside:
@@ -95,7 +97,7 @@ class CampaignSettings:
                 f"--inputs must include one of {','.join(sorted(BIT_DEPENDENT))}: without a "
                 "bit-dependent input no proxy can tell bit-widths apart"
             )
-        if self.bench_agg not in ("mean", "min"):
+        if self.bench_agg not in AGGREGATES:
             raise ValueError(f"unknown --bench-agg {self.bench_agg!r}: expected mean or min")
         if self.mode not in ("steady", "generational"):
             raise ValueError(f"unknown mode {self.mode!r}: expected 'steady' or 'generational'")
@@ -157,12 +159,9 @@ class Campaign:
     def identity(self) -> dict:
         """What must match for a run folder to be resumed (not the bench's path)."""
         settings = asdict(self.settings)
-        if tuple(settings["inputs"]) == INPUT_NAMES:  # the default; runs predating --inputs
-            del settings["inputs"]
-        if not settings["init"]:  # likewise for runs predating --init
-            del settings["init"]
-        if settings["bench_agg"] == "mean":  # and for runs predating --bench-agg
-            del settings["bench_agg"]
+        for key, value in LEGACY_VALUES.items():  # run folders predating the field resume
+            if settings[key] == value:
+                del settings[key]
         ident = {"settings": settings, "bench_fingerprint": self.bench.fingerprint}
         if self.extra_benches:  # single-bench run folders keep their identity
             ident["extra_bench_fingerprints"] = [b.fingerprint for b in self.extra_benches]

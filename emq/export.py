@@ -18,10 +18,10 @@ import numpy as np
 
 from emq import __version__
 from emq.genome import from_names
-from emq.graph import Expr, canonical, expr_str, ops_used, prefix_names, score_table
+from emq.graph import Expr, canonical, expr_str, leaves, ops_used, prefix_names, score_table
 from emq.scoring import ScoreContext, reduce_to_bits
 from primitives import operations
-from primitives.inputs import INPUT_DOCS
+from primitives.inputs import INPUT_DOCS, INPUT_NAMES
 from primitives.operations import OPS
 
 FORMAT = "emq-proxy"
@@ -71,6 +71,15 @@ def load_proxy_document(doc: dict, source: str = "proxy") -> ProxyScorer:
     if not isinstance(names, list) or not names:
         raise ValueError(f"{source}: 'genome' must be a non-empty list of names")
     return ProxyScorer(str(doc.get("name", source)), canonical(from_names(names)))
+
+
+def needed_inputs(scorer: object) -> tuple[str, ...]:
+    """Proxy inputs a scorer reads, so only those are computed (all when unknown)."""
+    expr = getattr(scorer, "expr", None)
+    names = leaves(expr) if expr is not None else getattr(scorer, "inputs", None)
+    if names is None:
+        return INPUT_NAMES
+    return tuple(n for n in INPUT_NAMES if n in set(names)) or ("W",)
 
 
 def load_proxy(spec: str | Path):

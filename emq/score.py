@@ -93,7 +93,7 @@ def model_context(
     candidates: tuple[int, ...],
     batch: int = 128,
     seed: int = 0,
-    cache: Path | str | None = None,
+    cache: Path | str | None | bool = None,
     rounding: str = "nearest",
     adaround: AdaRoundSettings | None = None,
     names: tuple[str, ...] | None = None,

@@ -12,9 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.data import calibration_batch
-from benchmark.models import load_model
-from benchmark.ptq import DEFAULT_BITS
 from primitives.inputs import InputSettings, LayerInputs, get_inputs
 
 
@@ -92,23 +89,3 @@ class ScoreContext:
                 self.model, self.x, self.y, self.settings, self.cache, self.quantizer
             )
         return self._inputs
-
-    @classmethod
-    def for_model(
-        cls,
-        name: str,
-        checkpoint: Path | str | None = None,
-        candidates: Sequence[int] = DEFAULT_BITS,
-        batch: int = 128,
-        seed: int = 0,
-        cache: Path | str | None | bool = None,
-        rounding: str = "nearest",
-        adaround: object = None,
-    ) -> ScoreContext:
-        """Context of a zoo model with the default seeded calibration batch."""
-        model = load_model(name, checkpoint)
-        x, y = calibration_batch(batch, seed)
-        settings = InputSettings(
-            candidates=tuple(int(b) for b in candidates), rounding=rounding, adaround=adaround
-        )
-        return cls(model, x, y, settings, cache)

@@ -12,8 +12,7 @@ import time
 
 import numpy as np
 
-from emq.allocate.problem import needed_inputs
-from emq.export import load_proxy
+from emq.export import load_proxy, needed_inputs
 from emq.score import build_model, model_context, score
 from emq.scoring import config_scores
 

@@ -53,22 +53,12 @@ from emq.allocate.smpq import (
     table_value,
 )
 from emq.allocate.sqnr import SEARCHES, allocate_sqnr, check_bops_budget
-from emq.graph import leaves
 from emq.scoring import ScoreContext
-from primitives.inputs import INPUT_NAMES, InputSettings
+from primitives.inputs import InputSettings
 
 METHODS = ("sqnr", "smpq")
 SQNR_IMAGES = 256  # calibration images whose output SQNR phase 1 measures (as in the paper)
 SCORER_IMAGES = 128  # calibration batch of training-free scorers (emq score's default)
-
-
-def needed_inputs(scorer: object) -> tuple[str, ...]:
-    """Proxy inputs a scorer reads, so phase 1 computes only those (all when unknown)."""
-    expr = getattr(scorer, "expr", None)
-    names = leaves(expr) if expr is not None else getattr(scorer, "inputs", None)
-    if names is None:
-        return INPUT_NAMES
-    return tuple(n for n in INPUT_NAMES if n in set(names)) or ("W",)
 
 
 @dataclass
@@ -172,7 +162,7 @@ class AllocationProblem:
                 x = self.sim.calib[: self.sqnr_images]
                 table = measured_sensitivity(self.sim, x, self.groups, self.cache)
             else:
-                from emq.export import load_proxy
+                from emq.export import load_proxy, needed_inputs
 
                 scorer = load_proxy(spec)
                 w_bits = sorted({w for g in self.groups for w, _ in g.candidates})
