@@ -191,16 +191,16 @@ def test_compare_runs_every_method_and_scorer(capsys, tmp_path):
     assert code == 0 and "budget 0.5 smpq: proxy" in out
     doc = json.loads((tmp_path / "compare.json").read_text())
     rows = doc["rows"]
-    assert len(rows) == 2 * (1 + 2 * 3) and doc["rounding"] == "nearest"
+    assert len(rows) == 2 * (1 + 3 * 3) and doc["rounding"] == "nearest"
     for r in rows:
         assert r["relative_bops"] <= r["budget"] + 1e-9
         assert 0.0 <= r["test_top1"] <= 100.0
     # Every measured-SQNR allocation pays its phase 1 (12 SQNR passes), at every budget.
     measured = [r for r in rows if r["scorer"] == "sqnr-measured"]
-    assert len(measured) == 4 and all(r["evaluations"] == 12 for r in measured)
+    assert len(measured) == 6 and all(r["evaluations"] == 12 for r in measured)
     first = min(r["seconds"] for r in measured)
     assert first > 0 and all(r["seconds"] >= 0.5 * first for r in measured)
-    assert len(doc["targets"]) == 2 * 2 and (tmp_path / "compare.png").stat().st_size > 0
+    assert len(doc["targets"]) == 2 * 3 and (tmp_path / "compare.png").stat().st_size > 0
     assert doc["quantizer_setup_seconds"] > 0
 
 

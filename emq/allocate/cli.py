@@ -4,6 +4,7 @@
 
     emq allocate --model resnet20 --method sqnr --scorer hawq_v3 --budget-bops 0.35
     emq allocate --model resnet20 --method sqnr --scorer sqnr-measured --accuracy-target 90
+    emq allocate --model resnet20 --method ilp --scorer runs/reference --budget-bops 0.5
     emq allocate --compare --model resnet20 [--proxy runs/reference/best_proxy.json]
     emq allocate --compare-rounding --model resnet20
 """
@@ -105,7 +106,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--model", required=True, help="zoo model name or module.path:factory")
     p.add_argument("--checkpoint", help="state_dict for the model (default: shipped)")
-    p.add_argument("--method", choices=METHODS, help="SQNR greedy Pareto or SMPQ Shapley")
+    p.add_argument("--method", choices=METHODS,
+                   help="SQNR greedy Pareto, SMPQ Shapley, or ILP (exact, HAWQ-V3)")  # fmt: skip
     p.add_argument("--scorer", metavar="PROXY|BASELINE|" + MEASURED,
                    help="proxy JSON / run folder, baseline name, or measured SQNR")  # fmt: skip
     p.add_argument("--budget-bops", type=float, metavar="R", help="relative BOPs (vs W8A8)")

@@ -1,7 +1,7 @@
 """``emq allocate --compare``: every method x scorer at fixed relative BOPs budgets.
 
 Scorers: the best exported proxy (``--proxy``), HAWQ-V3 (``hawq_v3``) and measured SQNR;
-methods: the SQNR greedy allocator and SMPQ; plus uniform precision. Each allocation is
+methods: the SQNR greedy allocator, SMPQ and the ILP; plus uniform precision. Each allocation is
 measured with the bench's settings (full test set). Phase-1 caches are off so the times
 are cold; every allocation's time includes its scorer's phase 1 (computed once, counted
 in each allocation that uses it). ``Q_b(W)`` of every candidate is computed once before any
@@ -190,7 +190,7 @@ def plot_compare(
             pts = sorted((r["relative_bops"], r["test_top1"]) for r in rows
                          if r["method"] == method and r["scorer"] == scorer)  # fmt: skip
             xs, ys = zip(*pts, strict=True)
-            marker = {"sqnr": "o", "smpq": "s", "uniform": "x"}[method]
+            marker = {"sqnr": "o", "smpq": "s", "ilp": "^", "uniform": "x"}[method]
             ax.plot(xs, ys, marker=marker, ms=6, lw=1.5, label=f"{method} / {scorer}")
     ax.axhline(fp_top1, color="k", lw=0.8, ls=":", label="full precision")
     ax.set_xlabel("relative BOPs (vs W8A8)")

@@ -27,6 +27,7 @@ from emq.allocate.groups import (
     layer_bits,
     load_groups,
 )
+from emq.allocate.ilp import allocate_ilp
 from emq.allocate.result import (
     CALIB_IMAGES,
     CALIB_SEED,
@@ -56,7 +57,7 @@ from emq.allocate.sqnr import SEARCHES, allocate_sqnr, check_bops_budget
 from emq.scoring import ScoreContext
 from primitives.inputs import InputSettings
 
-METHODS = ("sqnr", "smpq")
+METHODS = ("sqnr", "smpq", "ilp")
 SQNR_IMAGES = 256  # calibration images whose output SQNR phase 1 measures (as in the paper)
 SCORER_IMAGES = 128  # calibration batch of training-free scorers (emq score's default)
 
@@ -211,13 +212,13 @@ class AllocationProblem:
                 f"{self.fp_accuracy('validation'):.2f} on the {self.validation_images} "
                 "validation images"
             )
-        if method == "smpq" and budget_bops is None:
-            raise ValueError("the SMPQ allocator needs a BOPs budget (--budget-bops)")
+        if method in ("smpq", "ilp") and budget_bops is None:
+            raise ValueError(f"the {method.upper()} allocator needs a BOPs budget (--budget-bops)")
         if smpq_value not in ("table", "accuracy"):
             raise ValueError(f"unknown SMPQ value {smpq_value!r}: expected 'table' or 'accuracy'")
         label = self.scorer_name(scorer)
         table, phase1 = None, 0.0
-        if method == "sqnr" or smpq_value == "table":  # SMPQ on measured accuracy needs no table
+        if method != "smpq" or smpq_value == "table":  # SMPQ on measured accuracy needs no table
             cached = scorer in self._tables
             table = self.sensitivity(scorer)
             phase1 = 0.0 if cached else table.seconds
@@ -235,6 +236,14 @@ class AllocationProblem:
                 phase1_seconds=phase1, phase2_evaluations=res.evaluations,
                 sensitivity_source=table.source,
                 accuracy_target=accuracy_target, budget_bops=budget_bops,
+            )  # fmt: skip
+        if method == "ilp":
+            res = allocate_ilp(table, self.macs, budget_bops)
+            return make_allocation(
+                "ilp", label, self.layer_names, self.macs, res.w_bits, res.a_bits,
+                phase1 + time.perf_counter() - start, table.evaluations,
+                phase1_seconds=phase1, sensitivity_source=table.source,
+                total_sensitivity=res.sensitivity, budget_bops=budget_bops,
             )  # fmt: skip
         if table is not None:
 
