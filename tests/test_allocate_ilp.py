@@ -34,9 +34,10 @@ def test_ilp_matches_enumeration_on_random_problems(seed):
     names = [f"l{i}" for i in range(5)]
     groups = default_groups(names)
     macs = rng.integers(50, 5000, size=len(names)).tolist()
-    costs = group_costs(groups, macs)
+    total = 64 * sum(macs)
+    costs = [np.round(c * total) for c in group_costs(groups, macs)]  # integer BOPs
     values = [np.concatenate([[0.0], np.sort(rng.random(3))]) for _ in names]
-    budget = float(rng.uniform(0.3, 0.9))
+    budget = float(np.floor(rng.uniform(0.3, 0.9) * total))
     best_sens, _ = brute_force(values, costs, budget)
     choice = solve_choice(values, costs, budget)
     got = sum(v[k] for v, k in zip(values, choice, strict=True))

@@ -1,16 +1,18 @@
-"""Bit-width allocators driven by any Scorer: SQNR (greedy Pareto) and SMPQ (Shapley).
+"""Bit-width allocators driven by any Scorer: SQNR (greedy Pareto), SMPQ (Shapley) and ILP.
 
 * ``groups``: quantizer groups (frozen dataclass) and their (w, a) candidates;
 * ``sensitivity``: phase 1, measured output SQNR or a Scorer's table, cached;
 * ``sqnr``: phase 2, the greedy Pareto front, BOPs budget and accuracy-target searches;
 * ``smpq``: Monte-Carlo Shapley values with truncation and momentum, budget repair;
-* ``problem``: a model with its groups, simulator and data, running either allocator;
+* ``ilp``: the exact least-sensitivity configuration under a BOPs budget (HAWQ-V3's ILP);
+* ``problem``: a model with its groups, simulator and data, running any allocator;
 * ``result``: the ``Allocation`` record and the data allocations are judged on;
 * ``compare``: every method x scorer at fixed budgets, table and plot;
 * ``cli``: ``emq allocate``.
 """
 
 from emq.allocate.groups import QuantizerGroup, default_groups, load_groups
+from emq.allocate.ilp import allocate_ilp
 from emq.allocate.problem import AllocationProblem
 from emq.allocate.result import Allocation
 from emq.allocate.sensitivity import SensitivityTable, measured_sensitivity, scorer_sensitivity
@@ -22,6 +24,7 @@ __all__ = [
     "AllocationProblem",
     "QuantizerGroup",
     "SensitivityTable",
+    "allocate_ilp",
     "allocate_smpq",
     "allocate_sqnr",
     "default_groups",

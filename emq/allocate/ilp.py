@@ -39,11 +39,10 @@ class IlpResult:
     sensitivity: float
 
 
-def _binary_program(objective, constraints):
+def _binary_program(objective: np.ndarray, constraints: list) -> object:
     """``min objective @ x`` over binary ``x`` (HiGHS, exact: no relative MIP gap)."""
-    res = milp(objective, integrality=np.ones(len(objective)), bounds=Bounds(0, 1),
-               constraints=constraints, options={"mip_rel_gap": 0.0})  # fmt: skip
-    return res
+    return milp(objective, integrality=np.ones(len(objective)), bounds=Bounds(0, 1),
+                constraints=constraints, options={"mip_rel_gap": 0.0})  # fmt: skip
 
 
 def solve_choice(
@@ -51,30 +50,29 @@ def solve_choice(
 ) -> tuple[int, ...]:
     """Candidate index per group minimizing ``sum values[g][c]`` with ``sum costs[g][c] <= budget``.
 
-    Lexicographic: among the choices of least sensitivity (up to a 1e-9 relative tolerance),
-    the one that uses most of the budget, so a layer whose lower widths cost nothing in
-    sensitivity keeps its higher precision.
+    Lexicographic: among the choices of least sensitivity (up to 1e-9 of the largest
+    sensitivity), the one that uses most of the budget, so a layer whose lower widths cost
+    nothing in sensitivity keeps its higher precision. Give integer costs (e.g. BOPs) for an
+    exact budget: the solver's feasibility tolerance (1e-7) cannot then admit an excess.
     """
     sizes = [len(v) for v in values]
     if [len(c) for c in costs] != sizes:
         raise ValueError("every group needs one cost per candidate")
     sens = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
     cost = np.concatenate([np.asarray(c, dtype=np.float64) for c in costs])
+    sens = sens / max(float(np.abs(sens).max()), 1e-300)  # scale-free tolerances
     one_each = np.zeros((len(sizes), len(sens)))
     start = 0
     for g, n in enumerate(sizes):
         one_each[g, start : start + n] = 1.0
         start += n
     feasible = [LinearConstraint(one_each, 1, 1),
-                LinearConstraint(cost[None, :], -np.inf, budget + EPS)]  # fmt: skip
+                LinearConstraint(cost[None, :], -np.inf, budget)]  # fmt: skip
     res = _binary_program(sens, feasible)
     if not res.success:
-        raise ValueError(f"no configuration meets relative BOPs {budget:g}: {res.message}")
-    best = float(res.fun)
-    slack = 1e-9 * max(1.0, abs(best), float(np.abs(sens).max()))
-    tie = _binary_program(
-        -cost, [*feasible, LinearConstraint(sens[None, :], -np.inf, best + slack)]
-    )
+        raise ValueError(f"no configuration meets the budget {budget:g}: {res.message}")
+    bound = LinearConstraint(sens[None, :], -np.inf, float(res.fun) + 1e-9)
+    tie = _binary_program(-cost, [*feasible, bound])
     x = np.round((tie if tie.success else res).x).astype(int)
     choice, start = [], 0
     for n in sizes:
@@ -88,7 +86,10 @@ def allocate_ilp(table: SensitivityTable, macs: Sequence[int], budget_bops: floa
     groups = table.groups
     check_bops_budget(budget_bops, groups, macs)
     costs = group_costs(groups, macs)
-    choice = solve_choice(table.values, costs, budget_bops)
+    # Integer BOPs (MACs x w x a) and budget, so the solution fits the budget exactly.
+    total = 64.0 * float(np.sum(macs))
+    bops = [np.round(c * total) for c in costs]
+    choice = solve_choice(table.values, bops, float(np.floor(budget_bops * total + EPS * total)))
     w, a = layer_bits(groups, choice, len(macs))
     rel = float(sum(c[k] for c, k in zip(costs, choice, strict=True)))
     sens = float(sum(v[k] for v, k in zip(table.values, choice, strict=True)))
