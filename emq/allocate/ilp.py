@@ -39,28 +39,21 @@ class IlpResult:
     sensitivity: float
 
 
-def _binary_program(objective: np.ndarray, constraints: list) -> object:
-    """``min objective @ x`` over binary ``x`` (HiGHS, exact: no relative MIP gap)."""
-    return milp(objective, integrality=np.ones(len(objective)), bounds=Bounds(0, 1),
-                constraints=constraints, options={"mip_rel_gap": 0.0})  # fmt: skip
-
-
 def solve_choice(
     values: Sequence[np.ndarray], costs: Sequence[np.ndarray], budget: float
 ) -> tuple[int, ...]:
     """Candidate index per group minimizing ``sum values[g][c]`` with ``sum costs[g][c] <= budget``.
 
-    Lexicographic: among the choices of least sensitivity (up to 1e-9 of the largest
-    sensitivity), the one that uses most of the budget, so a layer whose lower widths cost
-    nothing in sensitivity keeps its higher precision. Give integer costs (e.g. BOPs) for an
-    exact budget: the solver's feasibility tolerance (1e-7) cannot then admit an excess.
+    A layer whose costlier candidates are no more sensitive keeps them while the budget
+    allows (``_keep_free_precision``). Give integer costs (e.g. BOPs) for an exact budget:
+    the solver's feasibility tolerance (1e-7) cannot then admit an excess.
     """
     sizes = [len(v) for v in values]
     if [len(c) for c in costs] != sizes:
         raise ValueError("every group needs one cost per candidate")
     sens = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
     cost = np.concatenate([np.asarray(c, dtype=np.float64) for c in costs])
-    sens = sens / max(float(np.abs(sens).max()), 1e-300)  # scale-free tolerances
+    sens = sens / max(float(np.abs(sens).max()), 1e-300)  # scale-free solver tolerances
     one_each = np.zeros((len(sizes), len(sens)))
     start = 0
     for g, n in enumerate(sizes):
@@ -68,16 +61,39 @@ def solve_choice(
         start += n
     feasible = [LinearConstraint(one_each, 1, 1),
                 LinearConstraint(cost[None, :], -np.inf, budget)]  # fmt: skip
-    res = _binary_program(sens, feasible)
+    res = milp(
+        sens,
+        integrality=np.ones(len(sens)),
+        bounds=Bounds(0, 1),
+        constraints=feasible,
+        options={"mip_rel_gap": 0.0},
+    )  # exact optimum, not HiGHS's default 1e-4 gap
     if not res.success:
         raise ValueError(f"no configuration meets the budget {budget:g}: {res.message}")
-    bound = LinearConstraint(sens[None, :], -np.inf, float(res.fun) + 1e-9)
-    tie = _binary_program(-cost, [*feasible, bound])
-    x = np.round((tie if tie.success else res).x).astype(int)
+    x = np.round(res.x).astype(int)
     choice, start = [], 0
     for n in sizes:
         choice.append(int(np.argmax(x[start : start + n])))
         start += n
+    return _keep_free_precision(choice, values, costs, budget)
+
+
+def _keep_free_precision(choice, values, costs, budget) -> tuple[int, ...]:
+    """Raise a group to a costlier candidate of no greater sensitivity while the budget allows.
+
+    The total sensitivity cannot grow, so the choice stays optimal; among equally good
+    choices this one spends the budget on precision instead of leaving it unused.
+    """
+    choice = list(choice)
+    spent = sum(float(c[k]) for c, k in zip(costs, choice, strict=True))
+    for g, (v, c) in enumerate(zip(values, costs, strict=True)):
+        k = choice[g]
+        free = [j for j in range(len(v)) if v[j] <= v[k] and c[j] > c[k]]
+        fits = [j for j in free if spent - c[k] + c[j] <= budget]
+        if fits:
+            j = max(fits, key=lambda j: (c[j], -j))
+            spent += float(c[j] - c[k])
+            choice[g] = j
     return tuple(choice)
 
 
