@@ -59,6 +59,24 @@ def test_text_output_and_smpq(capsys, tmp_path):
     assert "relative BOPs" in out and "test top-1" in out and "W" in out.splitlines()[1]
 
 
+def test_ilp_is_never_more_sensitive_than_the_greedy_front(capsys, tmp_path):
+    argv = [*BASE, "--method", "ilp", "--scorer", "sqnr-measured", "--budget-bops", "0.45",
+            "--out", str(tmp_path), "--json"]  # fmt: skip
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    ilp = json.loads(out)
+    assert ilp["method"] == "ilp" and ilp["relative_bops"] <= 0.45 and ilp["evaluations"] == 12
+    code, out, _ = run([*argv[:4], "sqnr", *argv[5:]], capsys)  # same phase 1, from the cache
+    greedy = json.loads(out)
+    sens = json.loads(next((tmp_path / "cache" / "allocate").glob("*.json")).read_text())
+
+    def total(doc: dict) -> float:
+        return sum(sens[f"{g}|W{w}A8"] for g, w in enumerate(doc["w_bits"]))
+
+    assert ilp["details"]["total_sensitivity"] == pytest.approx(total(ilp))
+    assert total(ilp) <= total(greedy) + 1e-12
+
+
 def test_accuracy_target_reports_evaluations(capsys, tmp_path):
     argv = [*BASE, "--method", "sqnr", "--scorer", "sqnr-measured", "--accuracy-target", "0",
             "--search", "binary", "--out", str(tmp_path), "--json"]  # fmt: skip
@@ -77,6 +95,7 @@ def test_accuracy_target_reports_evaluations(capsys, tmp_path):
         (["--method", "sqnr", "--scorer", "sqnr-measured", "--accuracy-target", "101"],
          "above the full-precision accuracy"),
         (["--method", "smpq", "--scorer", "bops", "--accuracy-target", "5"], "needs a BOPs"),
+        (["--method", "ilp", "--scorer", "bops", "--accuracy-target", "5"], "ILP allocator needs"),
         (["--method", "sqnr", "--scorer", "no_such_proxy", "--budget-bops", "0.5"],
          "neither a file nor a baseline"),
         (["--method", "sqnr", "--scorer", "bops"], "exactly one of"),
