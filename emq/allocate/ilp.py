@@ -66,8 +66,10 @@ def solve_choice(
         integrality=np.ones(len(sens)),
         bounds=Bounds(0, 1),
         constraints=feasible,
-        options={"mip_rel_gap": 0.0},
-    )  # exact optimum, not HiGHS's default 1e-4 gap
+        # exact optimum (no 1e-4 relative gap); presolve off: on some of these programs
+        # HiGHS's presolve prints a C++ debug line to stdout, and they are small anyway
+        options={"mip_rel_gap": 0.0, "presolve": False},
+    )
     if not res.success:
         raise ValueError(f"no configuration meets the budget {budget:g}: {res.message}")
     x = np.round(res.x).astype(int)
