@@ -1,6 +1,6 @@
 """The ILP allocator: the exact optimum of phase 1's additive sensitivities under a BOPs budget.
 
-HAWQ-V3 (Yao et al. 2021, eq. 9) allocates bits by integer linear programming: one binary
+HAWQ-V3 (Yao et al., ICML 2021) allocates bits by integer linear programming: one binary
 variable per (group, candidate), exactly one candidate per group, total BOPs within the
 budget, total sensitivity minimal. With the sensitivities of phase 1 (measured SQNR noise
 power, or a Scorer's predicted loss of score ``S[l, top] - S[l, b]``) that is the
