@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import block_diag
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from emq.allocate.groups import group_costs, layer_bits
@@ -54,11 +55,7 @@ def solve_choice(
     sens = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
     cost = np.concatenate([np.asarray(c, dtype=np.float64) for c in costs])
     sens = sens / max(float(np.abs(sens).max()), 1e-300)  # scale-free solver tolerances
-    one_each = np.zeros((len(sizes), len(sens)))
-    start = 0
-    for g, n in enumerate(sizes):
-        one_each[g, start : start + n] = 1.0
-        start += n
+    one_each = block_diag(*(np.ones((1, n)) for n in sizes))  # one candidate per group
     feasible = [LinearConstraint(one_each, 1, 1),
                 LinearConstraint(cost[None, :], -np.inf, budget)]  # fmt: skip
     res = milp(
@@ -72,11 +69,8 @@ def solve_choice(
     )
     if not res.success:
         raise ValueError(f"no configuration meets the budget {budget:g}: {res.message}")
-    x = np.round(res.x).astype(int)
-    choice, start = [], 0
-    for n in sizes:
-        choice.append(int(np.argmax(x[start : start + n])))
-        start += n
+    picks = np.split(np.round(res.x), np.cumsum(sizes)[:-1])
+    choice = [int(np.argmax(p)) for p in picks]
     return _keep_free_precision(choice, values, costs, budget)
 
 
