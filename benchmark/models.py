@@ -14,13 +14,16 @@ from torch import nn
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 MODELS: dict[str, Callable[[], nn.Module]] = {}
+# Per-model training settings that differ from ``benchmark.train.TrainConfig``'s defaults.
+TRAIN_RECIPES: dict[str, dict] = {}
 
 
-def register(name: str):
-    """Register a model factory under ``name``."""
+def register(name: str, **train_recipe):
+    """Register a model factory under ``name``, with its training settings (if not default)."""
 
     def deco(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         MODELS[name] = fn
+        TRAIN_RECIPES[name] = dict(train_recipe)
         return fn
 
     return deco
@@ -122,6 +125,288 @@ class MobileNetV2Small(nn.Module):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class ConvBN(nn.Sequential):
+    """Conv2d → BatchNorm2d (→ activation): the post-activation unit BN folding expects."""
+
+    def __init__(
+        self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
+        act: type[nn.Module] | None = nn.ReLU,
+    ):  # fmt: skip
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        if act is not None:
+            layers.append(act())
+        super().__init__(*layers)
+
+
+class VGGSmall(nn.Module):
+    """Plain VGG-style CNN: stacked 3x3 conv/BN/ReLU, max pooling, two FC layers."""
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 1
+        for w in widths:
+            layers += [ConvBN(cin, w), ConvBN(w, w), nn.MaxPool2d(2)]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(cin * 3 * 3, 128), nn.ReLU(), nn.Linear(128, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class ResNeXtBlock(nn.Module):
+    """ResNeXt bottleneck: 1x1 reduce, 3x3 grouped conv (cardinality), 1x1 expand."""
+
+    def __init__(self, cin: int, cout: int, stride: int, width: int, groups: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvBN(cin, width, 1),
+            ConvBN(width, width, 3, stride, groups=groups),
+            ConvBN(width, cout, 1, act=None),
+        )
+        self.shortcut = (
+            ConvBN(cin, cout, 1, stride, act=None) if stride != 1 or cin != cout else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        short = x if self.shortcut is None else self.shortcut(x)
+        return F.relu(self.body(x) + short)
+
+
+class ResNeXtSmall(nn.Module):
+    """A small ResNeXt (Xie et al. 2017): grouped 3x3 convs, projection shortcuts."""
+
+    # (out channels, bottleneck width, stride)
+    SETTINGS = ((48, 32, 2), (96, 64, 2), (192, 64, 1))
+
+    def __init__(self, num_classes: int = 10, groups: int = 8):
+        super().__init__()
+        self.stem = ConvBN(1, 24)
+        blocks, cin = [], 24
+        for cout, width, stride in self.SETTINGS:
+            blocks.append(ResNeXtBlock(cin, cout, stride, width, groups))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: interleave the channels of ``groups`` groups."""
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2 unit: channel split (stride 1) or two branches (stride 2), then shuffle."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        split = stride == 1 and cin == cout  # else a downsampling unit: two branches
+        branch_in = cin // 2 if split else cin
+        self.branch = nn.Sequential(
+            ConvBN(branch_in, half, 1),
+            ConvBN(half, half, 3, stride, groups=half, act=None),
+            ConvBN(half, half, 1),
+        )
+        self.proj = (
+            nn.Sequential(ConvBN(cin, cin, 3, stride, groups=cin, act=None), ConvBN(cin, half, 1))
+            if not split
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.proj is None:
+            keep, x = x.chunk(2, dim=1)
+            out = torch.cat([keep, self.branch(x)], 1)
+        else:
+            out = torch.cat([self.proj(x), self.branch(x)], 1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2Small(nn.Module):
+    """A small ShuffleNetV2 (Ma et al. 2018): channel split, shuffle, depthwise convs."""
+
+    # (out channels, units, first stride)
+    SETTINGS = ((48, 2, 1), (96, 3, 2), (192, 2, 1))
+
+    def __init__(self, num_classes: int = 10, last: int = 256):
+        super().__init__()
+        self.stem = ConvBN(1, 24, stride=2)  # 28x28 -> 14x14, as ImageNet stems do
+        units, cin = [], 24
+        for cout, n, stride in self.SETTINGS:
+            for i in range(n):
+                units.append(ShuffleUnit(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.units = nn.Sequential(*units)
+        self.head = ConvBN(cin, last, 1)
+        self.fc = nn.Linear(last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.units(self.stem(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excite: global pool, 1x1 reduce (SiLU), 1x1 expand, sigmoid gate."""
+
+    def __init__(self, channels: int, reduced: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)
+        return x * torch.sigmoid(self.expand(F.silu(self.reduce(s))))
+
+
+class MBConv(nn.Module):
+    """EfficientNet/MnasNet block: expand, kxk depthwise (SiLU), squeeze-excite, project."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(ConvBN(cin, hidden, 1, act=nn.SiLU))
+        layers += [
+            ConvBN(hidden, hidden, k, stride, groups=hidden, act=nn.SiLU),
+            SqueezeExcite(hidden, max(4, cin // 4)),
+            ConvBN(hidden, cout, 1, act=None),
+        ]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        return x + out if self.residual else out
+
+
+class EfficientNetSmall(nn.Module):
+    """A small EfficientNet-B0/MnasNet-style net: MBConv with SE, SiLU, 3x3 and 5x5 depthwise."""
+
+    # (expansion, out channels, repeats, first stride, kernel)
+    SETTINGS = ((1, 16, 1, 1, 3), (4, 24, 2, 2, 3), (4, 40, 2, 1, 5), (4, 64, 1, 1, 5))
+
+    def __init__(self, num_classes: int = 10, last: int = 256):
+        super().__init__()
+        layers: list[nn.Module] = [ConvBN(1, 16, stride=2, act=nn.SiLU)]  # 28 -> 14
+        cin = 16
+        for t, c, n, s, k in self.SETTINGS:
+            for i in range(n):
+                layers.append(MBConv(cin, c, k, s if i == 0 else 1, t))
+                cin = c
+        layers.append(ConvBN(cin, last, 1, act=nn.SiLU))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(last, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC layer (conv-BN-ReLU order): 1x1 bottleneck, 3x3 conv, concatenated."""
+
+    def __init__(self, cin: int, growth: int):
+        super().__init__()
+        self.body = nn.Sequential(ConvBN(cin, 4 * growth, 1), ConvBN(4 * growth, growth, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.body(x)], 1)
+
+
+class DenseNetSmall(nn.Module):
+    """A small DenseNet-BC (Huang et al. 2017): feature concatenation, 1x1 transitions."""
+
+    def __init__(self, num_classes: int = 10, growth: int = 12, layers: tuple = (4, 4, 4)):
+        super().__init__()
+        mods: list[nn.Module] = [ConvBN(1, 2 * growth, stride=2)]  # 28x28 -> 14x14
+        c = 2 * growth
+        for i, n in enumerate(layers):
+            for _ in range(n):
+                mods.append(DenseLayer(c, growth))
+                c += growth
+            if i < len(layers) - 1:
+                mods += [ConvBN(c, c // 2, 1), nn.AvgPool2d(2)]
+                c //= 2
+        self.features = nn.Sequential(*mods)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with ``nn.Linear`` projections (quantizable, hookable)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(n, t, d))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm ViT block: LayerNorm → attention, LayerNorm → GELU MLP, both residual."""
+
+    def __init__(self, dim: int, heads: int, mlp: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViTSmall(nn.Module):
+    """A small Vision Transformer (Dosovitskiy et al. 2021), no BatchNorm anywhere.
+
+    4x4 patch embedding (a strided conv), learned position embeddings, pre-norm blocks
+    (LayerNorm, GELU), mean-pooled tokens, linear head: every layer but the patch
+    embedding is an ``nn.Linear`` on a ``[N, tokens, dim]`` tensor.
+    """
+
+    def __init__(
+        self, num_classes: int = 10, patch: int = 4, dim: int = 64, depth: int = 4,
+        heads: int = 4, mlp: int = 128,
+    ):  # fmt: skip
+        super().__init__()
+        tokens = (28 // patch) ** 2
+        self.embed = nn.Conv2d(1, dim, patch, patch)
+        self.pos = nn.Parameter(torch.zeros(1, tokens, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        x = self.norm(self.blocks(x))
+        return self.head(x.mean(1))
+
+
 @register("resnet20")
 def resnet20() -> nn.Module:
     """CIFAR-style ResNet-20 (20 quantizable layers)."""
@@ -132,6 +417,55 @@ def resnet20() -> nn.Module:
 def mobilenetv2() -> nn.Module:
     """Small MobileNetV2-style net (inverted residuals, depthwise convs, ReLU6)."""
     return MobileNetV2Small()
+
+
+@register("vgg", epochs=8)
+def vgg() -> nn.Module:
+    """Plain VGG-style CNN, no residuals (8 quantizable layers)."""
+    return VGGSmall()
+
+
+@register("resnext", epochs=8)
+def resnext() -> nn.Module:
+    """ResNeXt-style residual net with grouped 3x3 convolutions (cardinality 8)."""
+    return ResNeXtSmall()
+
+
+@register("shufflenetv2", epochs=8)
+def shufflenetv2() -> nn.Module:
+    """ShuffleNetV2-style net: channel split and shuffle, depthwise convs."""
+    return ShuffleNetV2Small()
+
+
+@register("efficientnet", epochs=8)
+def efficientnet() -> nn.Module:
+    """EfficientNet/MnasNet-style net: squeeze-excite, SiLU, 5x5 depthwise convs."""
+    return EfficientNetSmall()
+
+
+@register("densenet", epochs=8)
+def densenet() -> nn.Module:
+    """DenseNet-BC-style net: dense blocks joined by concatenation."""
+    return DenseNetSmall()
+
+
+@register("vit", epochs=12, optimizer="adamw", max_lr=2e-3, weight_decay=0.05)
+def vit() -> nn.Module:
+    """Small Vision Transformer: patch embedding, LayerNorm, GELU, no BatchNorm."""
+    return ViTSmall()
+
+
+# The zoo's fixed split (DESIGN.md, "Search set and held-out architectures"). A default
+# campaign searches on the search set's benches and reports on the held-out models, which
+# it never sees: MobileNetV2 (inverted residuals) and ShuffleNetV2 (channel split and
+# shuffle), two depthwise families; the search set spans plain, residual, grouped,
+# squeeze-excite, concatenating and attention networks.
+HELDOUT_MODELS = ("mobilenetv2", "shufflenetv2")
+
+
+def search_models() -> tuple[str, ...]:
+    """The zoo's search set: every registered model not held out, in registration order."""
+    return tuple(name for name in MODELS if name not in HELDOUT_MODELS)
 
 
 def check_model_name(name: str) -> str:

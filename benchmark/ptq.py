@@ -29,8 +29,39 @@ CLIP_GRID = 100  # number of clip ratios in (0, 1] searched per channel
 SUPPORTED_BITS = range(2, 17)
 
 
+def unsupported_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """``(name, type)`` of every torch layer with a weight matrix that is not quantized here.
+
+    Only ``Conv2d`` and ``Linear`` are quantized; a ``Conv1d``, a transposed conv, an
+    ``Embedding`` or an ``nn.MultiheadAttention`` (whose projections are raw parameters,
+    not called ``Linear`` modules) would silently stay full precision, so they are refused.
+    Parameters of the user's own modules (e.g. a position embedding) are not layers.
+    """
+    bad = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or not type(m).__module__.startswith("torch.nn"):
+            continue
+        if any(p.ndim >= 2 for p in m.parameters(recurse=False)) or isinstance(
+            m, nn.MultiheadAttention
+        ):
+            bad.append((name or "<model>", type(m).__name__))
+    return bad
+
+
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every ``Conv2d`` and ``Linear`` of ``model``, in module order."""
+    """Every ``Conv2d`` and ``Linear`` of ``model``, in module order.
+
+    Raises a clear error naming the first layer the PTQ cannot handle (never skipped).
+    """
+    bad = unsupported_layers(model)
+    if bad:
+        name, kind = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(
+            f"layer {name!r} ({kind}){more} cannot be quantized: EMQ quantizes Conv2d and "
+            "Linear layers only; rewrite it with those (e.g. attention with nn.Linear "
+            "projections)"
+        )
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if not layers:
         raise ValueError(f"model {type(model).__name__} has no Conv2d or Linear layer to quantize")

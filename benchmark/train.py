@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmark.data import load_split
-from benchmark.models import MODELS, check_model_name, checkpoint_path
+from benchmark.models import MODELS, TRAIN_RECIPES, check_model_name, checkpoint_path
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,19 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     seed: int = 0
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw" (the ViT's recipe)
+
+    @classmethod
+    def for_model(cls, name: str, **overrides) -> TrainConfig:
+        """The model's registered recipe, then ``overrides`` (``None`` values ignored)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls(**{**TRAIN_RECIPES[check_model_name(name)], **given})
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer {self.optimizer!r} unknown: choose sgd or adamw")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch size must be >= 1")
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
@@ -65,12 +78,11 @@ def train(name: str, cfg: TrainConfig, out: Path | None = None, progress: bool =
     xt, yt = load_split("test")
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay}],
-        lr=cfg.max_lr,
-        momentum=cfg.momentum,
-        nesterov=True,
-    )
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay}]
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=cfg.max_lr, weight_decay=0.0)
+    else:
+        opt = torch.optim.SGD(groups, lr=cfg.max_lr, momentum=cfg.momentum, nesterov=True)
     steps = (len(x) // cfg.batch_size) * cfg.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.max_lr, total_steps=steps)
     start = time.time()

@@ -34,7 +34,9 @@ def _print_json_or_table(obj: dict, as_json: bool) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from benchmark.train import TrainConfig, train
 
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size)
+    cfg = TrainConfig.for_model(
+        args.model, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size
+    )
     record = train(args.model, cfg, Path(args.out) if args.out else None)
     _print_json_or_table(record, args.json)
 
@@ -231,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a zoo model on Fashion-MNIST (seeded)")
     t.add_argument("--model", required=True, choices=sorted(MODELS))
-    t.add_argument("--epochs", type=int, default=15)
-    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--epochs", type=int, help="default: the model's recipe (15 if none)")
+    t.add_argument("--batch-size", type=int, help="default: 128")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", help="checkpoint path (default: the shipped checkpoint)")
     t.add_argument("--json", action="store_true")
