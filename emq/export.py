@@ -108,7 +108,7 @@ def load_proxy(spec: str | Path):
 
 # --------------------------------------------------------------------------- python module
 
-_HELPERS = ("_slots", "_aligned", "_zero_where", "_as_matrix")
+_HELPERS = ("_slots", "_samples", "_aligned", "_zero_where", "_as_matrix")
 _PRELUDE = '''\
 import math
 
@@ -192,7 +192,11 @@ METADATA = {meta}
 
 
 def layer_scores(inputs: dict, num_bits: int) -> Tensor:
-    """The proxy on one layer's inputs: one score per bit option, shape [num_bits]."""
+    """The proxy on one layer's inputs: one score per bit option, shape [num_bits].
+
+    Computed in float64, as in EMQ (scores then agree to the last bit).
+    """
+    inputs = {{k: torch.as_tensor(v).double() for k, v in inputs.items()}}
     with torch.no_grad():
 {chr(10).join("    " + line for line in body)}
         return reduce_to_bits({result}, num_bits)
@@ -200,7 +204,7 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:
     """``S[l, b]`` (float64) for a list of per-layer input dicts."""
-    return torch.stack([layer_scores(t, num_bits) for t in layers]).double().numpy()
+    return torch.stack([layer_scores(t, num_bits) for t in layers]).numpy()
 
 
 def score_configs(table: np.ndarray, bit_index: np.ndarray) -> np.ndarray:

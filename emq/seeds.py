@@ -17,6 +17,9 @@ from emq.graph import canonical, leaves
 LITERATURE = (
     "revert(sum(abs(mul(Ga, D))))",  # first-order Taylor, per element: sum |dL/dA * (A_q - A)|
     "revert(abs(sum(mul(Ga, D))))",  # first-order Taylor, signed: |sum dL/dA * (A_q - A)|
+    # output-space Fisher (AutoQuantize, FIT): sum_n (sum_i dL/dA * (A_q - A))^2 per sample
+    "revert(sq_norm(sample_sum(mul(Ga, D))))",
+    "revert(sum(abs(sample_sum(mul(Ga, D)))))",  # sum_n |first-order loss change of sample n|
     "revert(sq_norm(D))",  # layer output MSE (the error layer-wise PTQ reconstruction minimizes)
     "revert(sq_norm(E))",  # weight quantization MSE
     "revert(mul(to_mean_scalar(H), sq_norm(E)))",  # HAWQ-V3 style: Hessian trace x error

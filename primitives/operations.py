@@ -48,6 +48,7 @@ __all__ = [
     "MATMUL",
     "OPS",
     "REDUCE",
+    "REDUCE_PER_SAMPLE",
     "Kind",
     "Op",
     "ShapeError",
@@ -129,6 +130,18 @@ def _reduce(shape: Shape) -> Shape:
     return (shape[0],)
 
 
+def _reduce_per_sample(shape: Shape) -> Shape:
+    """Reduce every axis but the bit and sample axes: ``(k, n, ...) -> (k, n)``.
+
+    Axis 1 is the sample axis of the calibration-batch inputs (``A``, ``Ga``, ``D``); on
+    weight-shaped values it is the output channel, so the same rule gives a value per
+    channel. A value without axis 1 (a scalar per bit) has no samples to keep.
+    """
+    if len(shape) < 2:
+        raise ShapeError(f"per-sample reduction of {shape}: no sample axis (axis 1) to keep")
+    return shape[:2]
+
+
 def _broadcast(*shapes: Shape) -> Shape:
     """Bit-axis-aware broadcasting.
 
@@ -175,6 +188,7 @@ def _matmul(x: Shape, y: Shape) -> Shape:
 
 ELEMENTWISE = ShapeRule("elementwise", _elementwise)
 REDUCE = ShapeRule("reduce", _reduce)
+REDUCE_PER_SAMPLE = ShapeRule("reduce_per_sample", _reduce_per_sample)
 BROADCAST = ShapeRule("broadcast", _broadcast)
 MATMUL = ShapeRule("matmul", _matmul)
 
@@ -195,6 +209,7 @@ _DEFAULT_KIND = {
     "elementwise": Kind.POINTWISE,
     "broadcast": Kind.POINTWISE,
     "reduce": Kind.REDUCE,
+    "reduce_per_sample": Kind.REDUCE,
     "matmul": Kind.CONTRACT,
 }
 
@@ -520,6 +535,43 @@ def _to_std_scalar(x: Tensor) -> Tensor:
 def _max_abs(x: Tensor) -> Tensor:
     """Largest magnitude per bit slot: max |x| (the symmetric quantization range)."""
     return _slots(x).abs().amax(dim=1)
+
+
+# ----------------------------------------------------------------------------- unary: per sample
+# Output-space loss-change terms (NVIDIA ModelOpt's AutoQuantize, FIT): the first-order change
+# of sample n's loss when a layer is quantized is sum_i Ga[n, i] * D[n, i]; its square summed
+# over samples is the output-space Fisher term, sq_norm(sample_sum(mul(Ga, D))).
+
+
+def _samples(x: Tensor) -> Tensor:
+    """View ``(k, n, ...)`` as ``(k, n, m)``: one row per (bit slot, sample)."""
+    if x.ndim < 2:
+        raise ShapeError(f"per-sample reduction of {tuple(x.shape)}: no sample axis (axis 1)")
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+@unary("sample_sum", shape=REDUCE_PER_SAMPLE, idempotent=True)
+def _sample_sum(x: Tensor) -> Tensor:
+    """Sum per bit slot and sample over the other axes: sum_i x[k, n, i] -> (k, n)."""
+    return _samples(x).sum(dim=2)
+
+
+@unary("sample_mean", shape=REDUCE_PER_SAMPLE, idempotent=True)
+def _sample_mean(x: Tensor) -> Tensor:
+    """Mean per bit slot and sample over the other axes -> (k, n)."""
+    return _samples(x).mean(dim=2)
+
+
+@unary("sample_norm", shape=REDUCE_PER_SAMPLE, idempotent=True)
+def _sample_norm(x: Tensor) -> Tensor:
+    """L2 norm per bit slot and sample over the other axes: ||x[k, n]|| -> (k, n)."""
+    return torch.linalg.vector_norm(_samples(x), dim=2)
+
+
+@unary("sample_max_abs", shape=REDUCE_PER_SAMPLE, idempotent=True)
+def _sample_max_abs(x: Tensor) -> Tensor:
+    """Largest magnitude per bit slot and sample: max_i |x[k, n, i]| -> (k, n)."""
+    return _samples(x).abs().amax(dim=2)
 
 
 # ----------------------------------------------------------------------------- binary

@@ -14,6 +14,7 @@ from primitives.operations import (
     MATMUL,
     OPS,
     REDUCE,
+    REDUCE_PER_SAMPLE,
     Kind,
     ShapeError,
     UnknownOperationError,
@@ -73,10 +74,10 @@ def test_op_metadata(op):
     assert op.doc and "\n" not in op.doc
     assert op.arity == (1 if op.name in unary_ops() else 2)
     assert isinstance(op.kind, Kind)
-    assert op.shape_rule in (ELEMENTWISE, REDUCE, BROADCAST, MATMUL)
+    assert op.shape_rule in (ELEMENTWISE, REDUCE, REDUCE_PER_SAMPLE, BROADCAST, MATMUL)
     if op.arity == 1:
         assert not op.commutative
-        assert op.kind is not Kind.REDUCE or op.shape_rule is REDUCE
+        assert op.kind is not Kind.REDUCE or op.shape_rule in (REDUCE, REDUCE_PER_SAMPLE)
 
 
 def test_unknown_name_raises_with_name_and_valid_names():
@@ -129,10 +130,13 @@ def test_fn_matches_shape_rule_and_never_modifies_inputs(op):
             assert out.dtype == torch.float32
             if op.shape_rule is REDUCE:
                 assert out.shape == (shapes[0][0],)
+            if op.shape_rule is REDUCE_PER_SAMPLE:
+                assert out.shape == tuple(shapes[0][:2])
             assert torch.equal(bits(apply(op.name, *xs)), bits(out))
         for x, x0 in zip(xs, before, strict=True):
             assert torch.equal(bits(x), bits(x0)), f"{op.name} modified an input {shapes}"
-    assert accepted >= len(SHAPES)
+    # per-sample reductions refuse the scalars per bit (no sample axis)
+    assert accepted >= len(SHAPES) - (op.shape_rule is REDUCE_PER_SAMPLE) * 2
 
 
 @pytest.mark.parametrize("op", ALL, ids=ids)
@@ -339,3 +343,18 @@ def test_flags_are_not_claimed_falsely():
     for name in ("to_std_scalar", "softmax", "sigmoid", "sq_norm", "pow"):
         assert not get_op(name).idempotent
         assert not torch.allclose(apply(name, apply(name, x)), apply(name, x)), name
+
+
+def test_per_sample_reductions_express_the_output_space_fisher():
+    """sq_norm(sample_sum(mul(Ga, D))) = sum_n (sum_i Ga[n, i] D[b, n, i])^2, per bit."""
+    ga, d = value((1, 6, 3, 4, 4), 1), value((4, 6, 3, 4, 4), 2)
+    got = apply("sq_norm", apply("sample_sum", apply("mul", ga, d)))
+    want = torch.stack([((ga[0] * d[b]).reshape(6, -1).sum(1) ** 2).sum() for b in range(4)])
+    torch.testing.assert_close(got, want)
+    per_sample = apply("sample_sum", apply("mul", ga, d))
+    assert per_sample.shape == (4, 6)
+    torch.testing.assert_close(apply("sample_mean", d), d.reshape(4, 6, -1).mean(2))
+    torch.testing.assert_close(apply("sample_norm", d), d.reshape(4, 6, -1).norm(dim=2))
+    torch.testing.assert_close(apply("sample_max_abs", d), d.reshape(4, 6, -1).abs().amax(2))
+    with pytest.raises(ShapeError, match="sample axis"):
+        apply("sample_sum", value((4,), 3))
