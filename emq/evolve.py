@@ -70,7 +70,7 @@ class CampaignSettings:
     # formulas placed in the initial population first (seeding); None = the literature
     # seeds that fit ``inputs`` (``emq.seeds``), () = random genomes only
     init: tuple[str, ...] | None = None
-    bench_agg: str = "mean"  # several --bench: fitness = mean or min of the benches' fitness
+    bench_agg: str = "mean"  # several benches: how their fitness combines (fitness.AGGREGATES)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -98,7 +98,9 @@ class CampaignSettings:
                 "bit-dependent input no proxy can tell bit-widths apart"
             )
         if self.bench_agg not in AGGREGATES:
-            raise ValueError(f"unknown --bench-agg {self.bench_agg!r}: expected mean or min")
+            raise ValueError(
+                f"unknown --bench-agg {self.bench_agg!r}: expected one of {', '.join(AGGREGATES)}"
+            )
         if self.mode not in ("steady", "generational"):
             raise ValueError(f"unknown mode {self.mode!r}: expected 'steady' or 'generational'")
         if self.population < 4:

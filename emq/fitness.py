@@ -17,13 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.bench import Bench
-from emq.graph import Expr, evaluate, score_table
+from emq.graph import Expr, as_float64, evaluate, score_table
 from emq.metrics import RATIOS, correlation_report, spearman_at_topk
-from emq.scoring import config_scores, reduce_to_bits
+from emq.scoring import config_scores, rank_scores, reduce_to_bits
 from primitives.inputs import LayerInputs, load_inputs
 from primitives.operations import ShapeError
 
 INVALID = -1.0  # fitness of rejected genomes: below every valid Spearman value
+# Fitness is kept to 6 decimals: closer genomes tie and the older survives (same on every
+# machine), rather than a last-bit difference deciding.
+FITNESS_DIGITS = 6
 
 
 @lru_cache(maxsize=2)
@@ -89,12 +92,16 @@ class Evaluator:
         return score_table(expr, self.inputs)
 
     def fitness_of_scores(self, scores: np.ndarray, split: str = "search") -> float:
+        """Spearman@topk of ``scores`` on a split, rounded to ``FITNESS_DIGITS`` decimals."""
         idx = self.search if split == "search" else self.heldout
-        return spearman_at_topk(scores[idx], self.accuracy[idx], self.ratios, self.convention)
+        fit = spearman_at_topk(
+            rank_scores(scores[idx]), self.accuracy[idx], self.ratios, self.convention
+        )
+        return round(fit, FITNESS_DIGITS) if np.isfinite(fit) else fit
 
     def report(self, expr: Expr, split: str = "heldout") -> dict[str, float]:
         """Correlation report of a proxy on a split (``search``, ``heldout`` or ``all``)."""
-        scores = config_scores(self.table(expr), self.bit_index)
+        scores = rank_scores(config_scores(self.table(expr), self.bit_index))
         idx = {"search": self.search, "heldout": self.heldout}.get(split)
         idx = np.arange(len(scores)) if idx is None else idx
         return correlation_report(scores[idx], self.accuracy[idx])
@@ -139,7 +146,7 @@ class Evaluator:
 
 def rank_fingerprint(scores: np.ndarray) -> str:
     """Stage 4: hash of the order the proxy puts configurations in (semantic identity)."""
-    order = np.argsort(np.round(scores, 10), kind="stable")
+    order = np.argsort(rank_scores(scores), kind="stable")
     return hashlib.sha1(order.astype(np.int32).tobytes()).hexdigest()[:16]
 
 
@@ -161,12 +168,19 @@ def naive_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.n
             sliced = {
                 k: (v[j : j + 1] if v.shape[0] > 1 else v) for k, v in inputs.tensors[layer].items()
             }
-            total += float(reduce_to_bits(evaluate(expr, sliced), 1)[0].double())
+            total += float(reduce_to_bits(evaluate(expr, as_float64(sliced)), 1)[0])
         out[n] = total
     return out
 
 
-AGGREGATES = {"mean": np.mean, "min": np.min}
+def _mean_minus_std(values: list[float]) -> float:
+    return float(np.mean(values) - np.std(values))
+
+
+# How a multi-bench fitness combines the benches' Spearman@topk: the mean; the worst bench
+# (a proxy must hold everywhere); the mean minus the standard deviation (rewards agreement
+# across architectures without letting one bench decide).
+AGGREGATES = {"mean": np.mean, "min": np.min, "mean-std": _mean_minus_std}
 
 
 @dataclass
@@ -187,7 +201,9 @@ class MultiEvaluator:
         if not self.parts:
             raise ValueError("MultiEvaluator needs at least one Evaluator")
         if self.agg not in AGGREGATES:
-            raise ValueError(f"unknown bench aggregate {self.agg!r}: expected mean or min")
+            raise ValueError(
+                f"unknown bench aggregate {self.agg!r}: expected one of {', '.join(AGGREGATES)}"
+            )
 
     # The primary bench's arrays (plots, held-out scatter).
     @property
@@ -231,7 +247,9 @@ class MultiEvaluator:
                 res["seconds"] = time.perf_counter() - start
                 return res
             results.append(res)
-        fitness = float(AGGREGATES[self.agg]([r["fitness"] for r in results]))
+        fitness = round(
+            float(AGGREGATES[self.agg]([r["fitness"] for r in results])), FITNESS_DIGITS
+        )
         key = "/".join(r["fingerprint"] for r in results)
         return {
             "status": "ok", "reason": None, "fitness": fitness,

@@ -169,5 +169,15 @@ def score_table(expr: Expr, inputs: LayerInputs, layers: Sequence[int] | None = 
     """``S[l, b]``: the graph evaluated once per layer on all bit options at once."""
     idx = range(inputs.num_layers) if layers is None else layers
     nbits = len(inputs.candidates)
-    rows = [reduce_to_bits(evaluate(expr, inputs.tensors[i]), nbits) for i in idx]
-    return torch.stack(rows).double().numpy()
+    rows = [reduce_to_bits(evaluate(expr, as_float64(inputs.tensors[i])), nbits) for i in idx]
+    return torch.stack(rows).numpy()
+
+
+def as_float64(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One layer's inputs in float64: a score table is computed in double precision.
+
+    Float32 sums taken in another order (another CPU, another thread count) differ in the
+    last bits; in float64 such differences are ~1e-16 and vanish in ``rank_scores``'
+    rounding, so a campaign takes the same path on every machine.
+    """
+    return {k: v.double() for k, v in tensors.items()}

@@ -6,6 +6,7 @@ configurations costs L graph evaluations, not N x L.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -41,6 +42,25 @@ def config_scores(table: np.ndarray, bit_index: np.ndarray) -> np.ndarray:
     if bit_index.size and (bit_index.min() < 0 or bit_index.max() >= table.shape[1]):
         raise ValueError(f"candidate indices must be in 0..{table.shape[1] - 1}")
     return table[np.arange(table.shape[0]), bit_index].sum(1)
+
+
+RANK_DIGITS = 9
+
+
+def rank_scores(scores: np.ndarray, digits: int = RANK_DIGITS) -> np.ndarray:
+    """Scores rounded to ``digits`` significant digits of their largest magnitude.
+
+    What rankings (fitness, fingerprints) are computed from: differences below the rounding
+    (floating-point noise of another summation order) become exact ties, whose ranks are
+    then fixed (average ranks, stable sorts), instead of flipping with the machine.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = scores[np.isfinite(scores)]
+    scale = float(np.max(np.abs(finite))) if finite.size else 0.0
+    if scale == 0.0:
+        return scores
+    step = 10.0 ** (math.floor(math.log10(scale)) - digits + 1)
+    return np.round(scores / step) * step
 
 
 def bits_to_index(configs: np.ndarray, candidates: Sequence[int]) -> np.ndarray:

@@ -98,10 +98,11 @@ def test_multi_bench_fitness_is_the_mean_of_the_parts(multi, text):
     res = multi.evaluate(expr)
     parts = [p.evaluate(expr)["fitness"] for p in multi.parts]
     assert res["status"] == "ok" and res["fitness_per_bench"] == parts
-    assert res["fitness"] == pytest.approx(np.mean(parts))
+    assert res["fitness"] == pytest.approx(np.mean(parts), abs=1e-6)  # kept to 6 decimals
     assert parts[0] != parts[1]  # the splits differ, so the parts really are two
     assert multi.report(expr) == multi.parts[0].report(expr)
-    assert [r["spearman@topk"] for r in multi.reports(expr, "search")] == pytest.approx(parts)
+    reports = multi.reports(expr, "search")
+    assert [r["spearman@topk"] for r in reports] == pytest.approx(parts, abs=1e-6)
 
 
 def test_min_aggregate_is_the_worst_bench(multi):
@@ -112,7 +113,7 @@ def test_min_aggregate_is_the_worst_bench(multi):
     parts = [p.evaluate(expr)["fitness"] for p in multi.parts]
     assert worst.evaluate(expr)["fitness"] == min(parts) < multi.evaluate(expr)["fitness"]
     assert pickle.loads(pickle.dumps(worst.portable())).agg == "min"
-    with pytest.raises(ValueError, match="expected mean or min"):
+    with pytest.raises(ValueError, match="expected one of mean, min, mean-std"):
         MultiEvaluator(multi.parts, agg="median")
 
 

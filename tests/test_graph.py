@@ -18,6 +18,7 @@ from torch.overrides import TorchFunctionMode
 from benchmark.ptq import LayerInfo
 from emq.genome import PSET, from_string, gen_branched, gen_tree, to_names
 from emq.graph import (
+    as_float64,
     canonical,
     dag_hash,
     depends_on_bits,
@@ -405,7 +406,7 @@ def test_score_table_is_per_layer_reduce_of_evaluate(text):
     table = score_table(expr, inputs)
     assert table.shape == (2, len(BITS)) and table.dtype == np.float64
     for i, layer in enumerate(LAYERS):
-        row = reduce_to_bits(evaluate(expr, layer), len(BITS)).double().numpy()
+        row = reduce_to_bits(evaluate(expr, as_float64(layer)), len(BITS)).numpy()
         np.testing.assert_array_equal(table[i], row)
     np.testing.assert_array_equal(score_table(expr, inputs, [1]), table[1:])
 
