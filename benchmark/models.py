@@ -330,7 +330,7 @@ class DenseLayer(nn.Module):
 class DenseNetSmall(nn.Module):
     """A small DenseNet-BC (Huang et al. 2017): feature concatenation, 1x1 transitions."""
 
-    def __init__(self, num_classes: int = 10, growth: int = 12, layers: tuple = (4, 4, 4)):
+    def __init__(self, num_classes: int = 10, growth: int = 8, layers: tuple = (4, 4, 4)):
         super().__init__()
         mods: list[nn.Module] = [ConvBN(1, 2 * growth, stride=2)]  # 28x28 -> 14x14
         c = 2 * growth
@@ -361,7 +361,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
         q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        # Written out rather than F.scaled_dot_product_attention, whose fused CPU kernel has
+        # no double backward (the Hessian input H needs one).
+        weights = torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+        out = weights @ v
         return self.proj(out.transpose(1, 2).reshape(n, t, d))
 
 

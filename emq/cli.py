@@ -75,14 +75,15 @@ def _cmd_bench_info(args: argparse.Namespace) -> None:
 def _cmd_evolve(args: argparse.Namespace) -> None:
     from benchmark.bench import Bench, default_bench
     from emq.cluster import connected, scheduler_address
-    from emq.context import bench_evaluator
-    from emq.evolve import Campaign, settings_from_args
-    from emq.fitness import MultiEvaluator
+    from emq.evolve import settings_from_args
+    from emq.transfer import bench_campaign, parse_models, resolve_split
 
     if args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.bench and args.models:
+        raise ValueError("give --bench files or --models, not both")
     kw = vars(args)
     if args.inputs is not None:
         kw = {**kw, "inputs": tuple(n.strip() for n in args.inputs.split(",") if n.strip())}
@@ -92,23 +93,26 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
 
         kw = {**kw, "init": load_seeds(args.init, kw.get("inputs") or DEFAULT_INPUTS)}
     settings = settings_from_args(**kw)
-    with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
-        given = args.bench or [default_bench()]
+    heldout_models = parse_models(args.heldout, "--heldout")
+    if args.bench:
+        given = list(args.bench)
         if len({Path(p).resolve() for p in given}) != len(given):
             raise ValueError("the same --bench is given twice; pass each bench once")
         benches = [Bench.open(p) for p in given]
-        parts = [
-            bench_evaluator(
-                b, settings.calib_images, settings.calib_seed, settings.split_seed,
-                args.checkpoint, names=settings.inputs,
-            )
-            for b in benches
-        ]  # fmt: skip
-        evaluator = parts[0] if len(parts) == 1 else MultiEvaluator(parts, settings.bench_agg)
-        bench = benches[0]
-        run = Path(args.run or f"runs/{bench.model}-seed{settings.seed}")
-        campaign = Campaign(run, bench, evaluator, settings, jobs=args.jobs, client=client,
-                            extra_benches=tuple(benches[1:]))  # fmt: skip
+        searched = [b.model for b in benches]
+        held = resolve_split(searched, heldout_models)[1] if heldout_models else ()
+        name = benches[0].model
+    else:
+        search, held = resolve_split(parse_models(args.models, "--models"), heldout_models)
+        benches = [Bench.open(default_bench(m)) for m in search]
+        name = "zoo" if args.models is None else benches[0].model
+    heldout = [Bench.open(default_bench(m)) for m in held]
+    with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
+        run = Path(args.run or f"runs/{name}-seed{settings.seed}")
+        campaign = bench_campaign(
+            run, benches, settings, checkpoint=args.checkpoint, heldout=heldout,
+            jobs=args.jobs, client=client,
+        )  # fmt: skip
         summary = campaign.run_steps(args.steps)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -125,6 +129,10 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
     for row in summary.get("per_bench", []):
         print(f"  {row['bench']}: search {row['search']:.4f}, held-out S@topk "
               f"{row['heldout']['spearman@topk']:.4f}")  # fmt: skip
+    for row in summary.get("heldout_models", []):
+        print(f"  never searched, {row['model']} ({row['configs']} configs): S@topk "
+              f"{row['spearman@topk']:.4f}, S@100% {row['spearman@100%']:.4f}, "
+              f"Kendall {row['kendall']:.4f}")  # fmt: skip
     print(f"evaluations        {summary['evaluations']} in {summary['step']} steps")
 
 
@@ -195,6 +203,44 @@ def _cmd_score(args: argparse.Namespace) -> None:
         )
 
 
+def _cmd_transfer(args: argparse.Namespace) -> None:
+    from benchmark.bench import Bench
+    from emq.evolve import settings_from_args
+    from emq.score import parse_int_list
+    from emq.transfer import parse_models, run_transfer, shipped_bench, zoo_models_with_bench
+
+    if args.steps < 0 or args.jobs < 1:
+        raise ValueError("--steps must be >= 0 and --jobs >= 1")
+    seeds = parse_int_list(args.seeds, "--seeds", "0,1,2")
+    models = parse_models(args.models, "--models") or zoo_models_with_bench()
+    kw = {"population": args.population, "bench_agg": args.bench_agg}
+    if args.inputs is not None:
+        kw["inputs"] = tuple(n.strip() for n in args.inputs.split(",") if n.strip())
+    settings = settings_from_args(**kw)
+    names = None
+    if args.baselines:
+        from emq.baselines import get_baseline
+
+        names = [get_baseline(n.strip()).name for n in args.baselines.split(",") if n.strip()]
+    benches = {m: Bench.open(shipped_bench(m)) for m in models}
+    result = run_transfer(
+        args.out, benches, seeds, args.steps, settings, baselines=names, jobs=args.jobs
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    print(f"{'left out':<14} {'evolved S@topk (mean, min)':<28} best training-free baseline")
+    for s in result["summary"]:
+        mark = "  evolved best" if s["evolved_is_best"] else ""
+        print(
+            f"{s['left_out']:<14} {s['evolved_mean_topk']:>8.4f}, {s['evolved_min_topk']:<17.4f} "
+            f"{s['best_baseline']} {s['best_baseline_topk']:.4f}{mark}"
+        )
+    wins = sum(s["evolved_is_best"] for s in result["summary"])
+    print(f"evolved proxy best training-free scorer on {wins} of {len(result['summary'])} models")
+    print(f"written to {args.out}/ (transfer.csv, transfer.json, transfer.png)")
+
+
 def _cmd_ablate(args: argparse.Namespace) -> None:
     from benchmark.bench import Bench, default_bench
     from emq.ablation import format_table, run_ablation
@@ -224,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``emq`` command."""
     from benchmark.adaround import add_arguments as add_rounding
     from benchmark.models import MODELS
+    from emq.fitness import AGGREGATES
 
     p = argparse.ArgumentParser(
         prog="emq",
@@ -262,12 +309,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evolve", help="run (or resume) an evolution campaign")
     e.add_argument("--bench", action="append", metavar="PATH",
-                   help="bench file (default: shipped ResNet-20 bench); repeat to search on "
-                   "several at once (mean Spearman@topk; the first is the primary)")  # fmt: skip
-    e.add_argument("--bench-agg", choices=["mean", "min"],
-                   help="with several --bench: fitness = mean (default) or min of the benches' "
-                   "Spearman@topk (min asks a proxy to hold on every bench)")  # fmt: skip
-    e.add_argument("--run", help="run folder (default: runs/<model>-seed<seed>)")
+                   help="bench file; repeat to search on several at once (the first is the "
+                   "primary). Default: every search-set zoo model's shipped bench")  # fmt: skip
+    e.add_argument(
+        "--models",
+        metavar="M1,M2,...",
+        help="search on these zoo models' shipped benches (default: the search set)",
+    )
+    e.add_argument("--heldout", metavar="M1,M2,...|none",
+                   help="zoo models never searched, reported on at the end (default: the "
+                   "zoo's held-out models not searched)")  # fmt: skip
+    e.add_argument("--bench-agg", choices=list(AGGREGATES),
+                   help="with several benches: fitness = the mean (default), the worst bench "
+                   "('min') or mean minus standard deviation of their Spearman@topk")  # fmt: skip
+    e.add_argument("--run", help="run folder (default: runs/zoo-seed<seed>, or "
+                   "runs/<first model>-seed<seed>)")  # fmt: skip
     e.add_argument("--steps", type=int, default=150, help="evolution steps")
     e.add_argument("--population", type=int, help="population size (default 48)")
     e.add_argument("--seed", type=int, help="campaign seed (default 0)")
@@ -318,6 +374,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_rounding(s, default=None, what="the bench's, else nearest")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_score)
+    tr = sub.add_parser(
+        "transfer",
+        help="leave-one-architecture-out: evolve on the other zoo models, judge on the left-out",
+    )
+    tr.add_argument(
+        "--models",
+        metavar="M1,M2,...",
+        help="zoo models to leave out in turn (default: every model with a bench)",
+    )
+    tr.add_argument("--seeds", default="0", help="comma-separated campaign seeds (default 0)")
+    tr.add_argument("--steps", type=int, default=40, help="steps per campaign (default 40)")
+    tr.add_argument("--population", type=int, default=32, help="population (default 32)")
+    tr.add_argument("--bench-agg", choices=list(AGGREGATES), help="default: mean")
+    tr.add_argument("--inputs", metavar="A,W,...", help="proxy inputs (default: all but H)")
+    tr.add_argument(
+        "--baselines",
+        metavar="NAME,...",
+        help="baselines to compare with (default: every registered baseline)",
+    )
+    tr.add_argument("--jobs", type=int, default=1, help="parallel evaluation processes")
+    tr.add_argument("--out", default="runs/transfer", help="output folder (resumable)")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=_cmd_transfer)
+
     from emq.baselines import add_parser as add_baselines
 
     add_baselines(sub)

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,11 @@ class Campaign:
         progress: bool = True,
         client: Any = None,
         extra_benches: tuple[Bench, ...] = (),
+        heldout_report: Callable[[Any], list[dict]] | None = None,
     ):
         self.run = Path(run)
+        # expr -> the best proxy's reports on models never searched (``emq.transfer``)
+        self.heldout_report = heldout_report
         self.bench, self.evaluator, self.settings = bench, evaluator, settings
         self.extra_benches = tuple(extra_benches)  # also searched on (``MultiEvaluator``)
         self.jobs, self.progress = jobs, progress
@@ -443,6 +447,8 @@ class Campaign:
             **self._extra_summary(expr),
             "version": __version__,
         }
+        if self.heldout_report is not None:
+            out["heldout_models"] = self.heldout_report(expr)
         _atomic_write(self.run / "best.json", json.dumps(out, indent=2))
         from emq.export import export_run
         from emq.plots import plot_campaign

@@ -100,7 +100,8 @@ def test_parallel_jobs_give_the_same_result(tmp_path, bench, evaluator, referenc
 def test_killed_cli_run_resumes_to_the_same_result(tmp_path, cache_dir, reference):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "emq.cli", "evolve", "--run", str(run), "--steps", "3",
-           "--population", "8", "--offspring", "4", "--seed", "3"]  # fmt: skip
+           "--population", "8", "--offspring", "4", "--seed", "3", "--models", "resnet20",
+           "--heldout", "none"]  # fmt: skip
     env = {**os.environ, "EMQ_CACHE": str(cache_dir)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = run / "checkpoint.json"
@@ -303,7 +304,8 @@ def test_default_campaign_cli_starts_from_the_literature_seeds(tmp_path, cache_d
     from emq.graph import canonical, expr_str
 
     monkeypatch.setenv("EMQ_CACHE", str(cache_dir))
-    argv = ["evolve", "--run", str(tmp_path / "d"), "--steps", "0", "--population", "8"]
+    argv = ["evolve", "--run", str(tmp_path / "d"), "--steps", "0", "--population", "8",
+            "--models", "resnet20", "--heldout", "none"]  # fmt: skip
     assert main(argv) == 0
     campaign = json.loads((tmp_path / "d" / "campaign.json").read_text())["settings"]
     assert "H" not in campaign["inputs"] and campaign["init"] == list(CampaignSettings().init)

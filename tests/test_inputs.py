@@ -718,3 +718,35 @@ def test_resnet20_inputs_fit_in_memory():
     assert r["peak"] > r["peak_before"]  # the computation set the process's peak
     assert r["peak"] - r["rss_before"] < 2e9
     assert r["rss_after"] - r["rss_before"] < 2e9
+
+
+def test_linear_layers_on_token_tensors_without_batchnorm():
+    """The ViT: Linear layers on [N, tokens, dim] tensors, no BatchNorm to fold.
+
+    ``D`` of a layer is the change of its output when only its weight is quantized,
+    checked against a forward pass with that weight swapped in.
+    """
+    from benchmark.models import MODELS
+    from benchmark.ptq import quantizable_layers
+
+    torch.manual_seed(0)
+    model = MODELS["vit"]().eval()
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    inputs = compute_inputs(model, x, y, InputSettings(names=("A", "Ga", "G", "H", "Wq", "D")))
+    layers = quantizable_layers(model)
+    i = next(j for j, (n, _) in enumerate(layers) if n.endswith("mlp.0"))
+    mod = layers[i][1]
+    t = inputs.tensors[i]
+    assert t["A"].shape == (1, 4, 49, 128) and t["D"].shape == (4, 4, 49, 128)
+    assert torch.isfinite(t["H"]).all() and torch.isfinite(t["Ga"]).all()
+    seen = {}
+    handle = mod.register_forward_hook(lambda m, a, out: seen.__setitem__("out", out.detach()))
+    with torch.no_grad():
+        model(x)
+        ref = seen["out"]
+        w = mod.weight.detach().clone()
+        mod.weight.copy_(t["Wq"][0])
+        model(x)
+        mod.weight.copy_(w)
+    handle.remove()
+    torch.testing.assert_close(t["D"][0], seen["out"] - ref, rtol=1e-4, atol=1e-5)

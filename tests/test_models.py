@@ -228,3 +228,65 @@ def test_augment_only_crops_and_flips(images):
     # The augmentation really varies: both flip states and several shifts occur.
     assert {fl for _, _, fl in used} == {False, True}
     assert len({(dy, dx) for dy, dx, _ in used}) > 5
+
+
+NEW_FAMILIES = {
+    "vgg": "plain CNN",
+    "resnext": "grouped convolutions",
+    "shufflenetv2": "channel split and shuffle",
+    "efficientnet": "squeeze-excite, SiLU, 5x5 depthwise",
+    "densenet": "concatenation",
+    "vit": "attention, LayerNorm, GELU, no BatchNorm",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_FAMILIES))
+def test_new_zoo_families_fold_and_quantize(name):
+    """Every zoo model folds its BatchNorms (if any) exactly and has quantizable layers."""
+    from benchmark.ptq import fold_bn, quantizable_layers
+
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    x = torch.randn(4, 1, 28, 28)
+    folded = fold_bn(model, x)  # raises if folding changed the function
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert len(quantizable_layers(folded)) >= 8
+
+
+def test_new_zoo_families_have_their_defining_parts():
+    from torch import nn
+
+    kinds = {n: {type(m) for m in MODELS[n]().modules()} for n in NEW_FAMILIES}
+    convs = {n: [m for m in MODELS[n]().modules() if isinstance(m, nn.Conv2d)] for n in kinds}
+    assert any(c.groups == 8 for c in convs["resnext"])
+    assert any(c.groups == c.in_channels > 1 for c in convs["shufflenetv2"])
+    assert any(c.kernel_size == (5, 5) and c.groups > 1 for c in convs["efficientnet"])
+    assert nn.SiLU in kinds["efficientnet"]
+    assert nn.LayerNorm in kinds["vit"] and nn.GELU in kinds["vit"]
+    assert not any(issubclass(k, nn.modules.batchnorm._BatchNorm) for k in kinds["vit"])
+    assert sum(isinstance(m, nn.Linear) for m in MODELS["vit"]().modules()) >= 16
+    assert not any(k.__name__.startswith("Res") for k in kinds["vgg"])
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_shipped_training_records(name):
+    """Every shipped checkpoint has its seeded training record, FP top-1 >= 90 %."""
+    from benchmark.models import checkpoint_path
+
+    path = checkpoint_path(name)
+    if not path.is_file():  # a model still in training has neither file
+        assert not path.with_suffix(".json").is_file()
+        return
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["model"] == name and record["config"]["seed"] == 0
+    assert record["test_top1"] >= 90.0
+
+
+def test_training_recipes():
+    from benchmark.train import TrainConfig
+
+    assert TrainConfig.for_model("vit").optimizer == "adamw"
+    assert TrainConfig.for_model("resnet20") == TrainConfig()
+    assert TrainConfig.for_model("vgg", epochs=3, seed=None).epochs == 3
+    with pytest.raises(ValueError, match="optimizer 'adam' unknown"):
+        TrainConfig(optimizer="adam")

@@ -452,3 +452,20 @@ def test_quantsim_activation_ranges_calibrated(sim, calib):
     assert lo0 == pytest.approx(float(calib.min())) and hi0 == pytest.approx(float(calib.max()))
     # Every later conv follows a ReLU: its input is non-negative.
     assert all(lo >= 0.0 and hi > lo for lo, hi in sim.act_ranges[1:])
+
+
+@pytest.mark.parametrize(
+    "layer, kind",
+    [
+        (nn.Conv1d(1, 2, 3), "Conv1d"),
+        (nn.ConvTranspose2d(2, 2, 3), "ConvTranspose2d"),
+        (nn.MultiheadAttention(4, 2), "MultiheadAttention"),
+        (nn.Embedding(10, 4), "Embedding"),
+    ],
+)
+def test_layers_the_ptq_cannot_quantize_are_refused_by_name(layer, kind):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(layer))
+    with pytest.raises(ValueError, match=rf"layer '1\.0' \({kind}\) cannot be quantized"):
+        quantizable_layers(model)
+    with pytest.raises(ValueError, match=kind):
+        layer_table(model)

@@ -1,0 +1,344 @@
+"""Transfer to architectures a search never saw: zoo benches, held-out reports, and
+leave-one-architecture-out (``emq transfer``).
+
+A proxy evolved on one model is a proxy for that model; a user scores *their own* network.
+So a campaign searches on several architectures' benches at once (``emq.fitness
+.MultiEvaluator``) and is judged on benches of models it never saw: the zoo's held-out
+models (``benchmark.models.HELDOUT_MODELS``) after every default campaign, and every zoo
+model in turn in a leave-one-architecture-out run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.bench import Bench, default_bench
+from benchmark.models import HELDOUT_MODELS, MODELS, check_model_name, search_models
+from emq.context import bench_evaluator
+from emq.evolve import Campaign, CampaignSettings
+from emq.fitness import MultiEvaluator
+from emq.graph import Expr
+
+CORR_KEYS = ("spearman@20%", "spearman@50%", "spearman@100%", "spearman@topk", "kendall")
+EVOLVED = "evolved"
+
+
+# --------------------------------------------------------------------------- the zoo's benches
+
+
+def parse_models(text: str | Sequence[str] | None, option: str) -> tuple[str, ...] | None:
+    """Zoo model names from ``"a,b"`` (or a list); a typo is a clear error naming ``option``."""
+    if text is None:
+        return None
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    if text == "none" or names == ["none"]:
+        return ()
+    for n in names:
+        if n not in MODELS:
+            raise ValueError(f"{option}: unknown zoo model {n!r}; choose from {', '.join(MODELS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{option}: a model is named twice in {','.join(names)}")
+    return tuple(names)
+
+
+def shipped_bench(model: str) -> Path:
+    """The shipped bench of a zoo model; a clear error when it has none."""
+    path = default_bench(check_model_name(model))
+    if not path.is_file():
+        raise ValueError(
+            f"zoo model {model!r} has no shipped bench ({path}); build it with "
+            f"'emq bench build --model {model} --configs 250 --seed 0 --out {path}'"
+        )
+    return path
+
+
+def zoo_models_with_bench() -> tuple[str, ...]:
+    """Every zoo model whose bench ships, in registration order."""
+    return tuple(m for m in MODELS if default_bench(m).is_file())
+
+
+def resolve_split(
+    search: Sequence[str] | None, heldout: Sequence[str] | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Search and held-out models (defaults: the zoo's split, models with a shipped bench).
+
+    A model in both is an error: a proxy is never judged on a model it was searched on.
+    """
+    if search is None:
+        search = tuple(m for m in search_models() if default_bench(m).is_file())
+        if not search:
+            raise ValueError("no search-set model has a shipped bench; pass --bench")
+    if heldout is None:
+        heldout = tuple(m for m in HELDOUT_MODELS if m not in search and default_bench(m).is_file())
+    both = sorted(set(search) & set(heldout))
+    if both:
+        raise ValueError(
+            f"model(s) {', '.join(both)} are held out (--heldout) and in the search set too; "
+            "a proxy is judged only on models it never saw"
+        )
+    return tuple(search), tuple(heldout)
+
+
+def heldout_reports(
+    expr: Expr, benches: Sequence[Bench], settings: CampaignSettings
+) -> list[dict[str, Any]]:
+    """The proxy's correlation on every configuration of each (never searched) bench."""
+    rows = []
+    for bench in benches:
+        ev = bench_evaluator(
+            bench, settings.calib_images, settings.calib_seed, settings.split_seed,
+            names=settings.inputs,
+        )  # fmt: skip
+        rows.append({"model": bench.model, "configs": len(bench), **ev.report(expr, "all")})
+    return rows
+
+
+def bench_campaign(
+    run: Path | str,
+    benches: Sequence[Bench],
+    settings: CampaignSettings,
+    *,
+    checkpoint: Path | str | None = None,
+    heldout: Sequence[Bench] = (),
+    jobs: int = 1,
+    client: Any = None,
+    progress: bool = True,
+) -> Campaign:
+    """A campaign whose fitness aggregates ``benches`` (the first is the primary).
+
+    ``checkpoint`` applies to the primary bench's model only; ``heldout`` benches are never
+    searched, only reported on in the summary.
+    """
+    if not benches:
+        raise ValueError("a campaign needs at least one bench")
+    models = [b.model for b in benches]
+    for b in heldout:
+        if b.model in models:
+            raise ValueError(
+                f"held-out bench {b.path} measures {b.model}, which is in the search set"
+            )
+    parts = [
+        bench_evaluator(
+            b, settings.calib_images, settings.calib_seed, settings.split_seed,
+            checkpoint if i == 0 else None, names=settings.inputs,
+        )
+        for i, b in enumerate(benches)
+    ]  # fmt: skip
+    evaluator = parts[0] if len(parts) == 1 else MultiEvaluator(parts, settings.bench_agg)
+    report = (lambda expr: heldout_reports(expr, heldout, settings)) if heldout else None
+    return Campaign(
+        run, benches[0], evaluator, settings, jobs=jobs, client=client, progress=progress,
+        extra_benches=tuple(benches[1:]), heldout_report=report,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- leave one out
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_safe))
+    os.replace(tmp, path)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _clean(row: dict) -> dict:
+    return {k: _json_safe(v) for k, v in row.items()}
+
+
+def transfer_baselines(
+    bench: Bench, out: Path, names: Sequence[str] | None = None, progress: bool = False
+) -> list[dict]:
+    """Every baseline's correlation on all of ``bench``'s configurations (cached in ``out``)."""
+    from emq.baselines import run_baselines
+
+    done = out / "baselines.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    rows = run_baselines(bench, split="all", out_dir=out, names=names, progress=progress)
+    rows = [
+        {"proxy": r["baseline"], "kind": r["kind"], **{k: r[k] for k in CORR_KEYS}} for r in rows
+    ]
+    _atomic_json(done, [_clean(r) for r in rows])
+    return rows
+
+
+def run_transfer(
+    out: Path | str,
+    benches: Mapping[str, Bench],
+    seeds: Sequence[int],
+    steps: int,
+    settings: CampaignSettings,
+    *,
+    baselines: Sequence[str] | None = None,
+    jobs: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Leave-one-architecture-out: for each model (``benches``: model name -> its bench),
+    campaigns (one per seed) on the other models' benches, then the best proxy on the
+    left-out model's configurations next to every baseline.
+
+    Resumable: each campaign continues from its checkpoint, each finished (model, seed) and
+    each model's baselines are kept as JSON, and a rerun does only what is missing.
+    Writes ``transfer.csv``, ``transfer.json`` and ``transfer.png`` (proxy x left-out model).
+    """
+    out = Path(out)
+    models = tuple(benches)
+    if len(models) < 2:
+        raise ValueError("leave-one-out needs at least two models")
+    if not seeds:
+        raise ValueError("no campaign seed given")
+    for name, bench in benches.items():
+        if bench.model != name:
+            raise ValueError(f"bench {bench.path} measures {bench.model}, not {name}")
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {"models": list(models), "seeds": list(seeds), "steps": steps,
+            "fingerprints": [benches[m].fingerprint for m in models],
+            "settings": json.loads(json.dumps(settings.__dict__, default=list))}  # fmt: skip
+    plan_path = out / "transfer-plan.json"
+    if plan_path.is_file():
+        old = json.loads(plan_path.read_text())
+        if {k: old.get(k) for k in plan} != plan:
+            raise ValueError(
+                f"{out} holds a transfer run of other models, seeds, steps or settings; "
+                "use another --out or the original options"
+            )
+    else:
+        _atomic_json(plan_path, plan)
+
+    rows: list[dict] = []
+    for left in models:
+        folder = out / f"leave-{left}"
+        log(f"[{left}] baselines on all {len(benches[left])} configurations")
+        for r in transfer_baselines(benches[left], folder / "baselines", baselines, progress):
+            rows.append({"left_out": left, "seed": "", **r})
+        for seed in seeds:
+            result = folder / f"seed{seed}" / "transfer.json"
+            if not result.is_file():
+                others = ", ".join(m for m in models if m != left)
+                log(f"[{left}] seed {seed}: campaign on {others}")
+                campaign = bench_campaign(
+                    folder / f"seed{seed}",
+                    [benches[m] for m in models if m != left],
+                    replace(settings, seed=seed),
+                    heldout=[benches[left]],
+                    jobs=jobs,
+                    progress=progress,
+                )
+                summary = campaign.run_steps(steps)
+                (report,) = summary["heldout_models"]
+                _atomic_json(
+                    result,
+                    {
+                        "left_out": left, "seed": seed, "formula": summary["formula"],
+                        "fitness_search": summary["fitness_search"], **_clean(report),
+                    },
+                )  # fmt: skip
+            res = json.loads(result.read_text())
+            rows.append(
+                {"left_out": left, "seed": seed, "proxy": EVOLVED, "kind": "training-free",
+                 "formula": res["formula"], **{k: res[k] for k in CORR_KEYS}}
+            )  # fmt: skip
+    summary = summarize(rows, models)
+    write_outputs(out, rows, summary)
+    return {"rows": rows, "summary": summary}
+
+
+def summarize(rows: Sequence[dict], models: Sequence[str]) -> list[dict]:
+    """Per left-out model: the evolved proxy's mean S@topk over seeds, the best
+    training-free baseline, and whether the evolved proxy beats every one of them."""
+    out = []
+    for m in models:
+        mine = [r for r in rows if r["left_out"] == m]
+        evolved = [r["spearman@topk"] for r in mine if r["proxy"] == EVOLVED]
+        evolved = [v if v is not None else float("nan") for v in evolved]
+        free = [
+            r for r in mine
+            if r["proxy"] != EVOLVED and r["kind"] == "training-free" and r["proxy"] != "random"
+        ]  # fmt: skip
+        best = max(free, key=lambda r: _num(r["spearman@topk"]), default=None)
+        mean = float(np.mean(evolved)) if evolved else float("nan")
+        out.append(
+            {
+                "left_out": m,
+                "evolved_mean_topk": mean,
+                "evolved_min_topk": float(np.min(evolved)) if evolved else float("nan"),
+                "best_baseline": best["proxy"] if best else None,
+                "best_baseline_topk": _num(best["spearman@topk"]) if best else float("nan"),
+                "evolved_is_best": bool(evolved)
+                and best is not None
+                and min(evolved) > _num(best["spearman@topk"]),
+            }
+        )
+    return out
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def write_outputs(out: Path, rows: Sequence[dict], summary: Sequence[dict]) -> None:
+    """``transfer.csv`` (one row per left-out model, seed and proxy), ``transfer.json``
+    (rows and per-model summary) and ``transfer.png`` (heatmap of S@topk)."""
+    cols = ["left_out", "seed", "proxy", "kind", *CORR_KEYS, "formula"]
+    tmp = out / f"transfer.csv.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r.get(k, "") for k in cols})
+    os.replace(tmp, out / "transfer.csv")
+    _atomic_json(out / "transfer.json", {"rows": [_clean(r) for r in rows],
+                                          "summary": [_clean(s) for s in summary]})  # fmt: skip
+    plot_heatmap(rows, out / "transfer.png")
+
+
+def plot_heatmap(rows: Sequence[dict], path: Path) -> None:
+    """Proxy x left-out model heatmap of S@topk (the evolved proxy: mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["left_out"] for r in rows))
+    proxies = list(dict.fromkeys(r["proxy"] for r in rows))
+    grid = np.full((len(proxies), len(models)), np.nan)
+    for i, p in enumerate(proxies):
+        for j, m in enumerate(models):
+            vals = [
+                _num(r["spearman@topk"]) for r in rows if r["proxy"] == p and r["left_out"] == m
+            ]
+            if vals:
+                grid[i, j] = np.nanmean(vals) if np.isfinite(vals).any() else np.nan
+    fig, ax = plt.subplots(figsize=(1.1 * len(models) + 3, 0.42 * len(proxies) + 1.5))
+    im = ax.imshow(grid * 100, cmap="RdYlGn", vmin=-40, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
+    ax.set_yticks(range(len(proxies)), proxies)
+    for i in range(len(proxies)):
+        for j in range(len(models)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j] * 100:.0f}", ha="center", va="center", fontsize=7)
+    ax.set_title("S@topk (%) on the left-out model (evolved: mean over seeds)")
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,174 @@
+"""Transfer to unseen architectures: zoo split, held-out reports, leave-one-architecture-out."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.bench import Bench, default_bench
+from benchmark.models import HELDOUT_MODELS, MODELS, search_models
+from emq.context import bench_evaluator
+from emq.evolve import Campaign, CampaignSettings
+from emq.genome import from_string
+from emq.graph import canonical
+from emq.transfer import (
+    EVOLVED,
+    bench_campaign,
+    heldout_reports,
+    parse_models,
+    resolve_split,
+    run_transfer,
+    summarize,
+)
+from primitives.inputs import LayerInputs
+
+# Small campaigns on a small calibration batch: the logic, not the search, is under test.
+SETTINGS = CampaignSettings(population=8, offspring=3, seed=1, calib_images=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EMQ_CACHE", str(tmp_path_factory.mktemp("transfer-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def r20():
+    return Bench.open(default_bench("resnet20"))
+
+
+@pytest.fixture(scope="module")
+def mnv2():
+    return Bench.open(default_bench("mobilenetv2"))
+
+
+def test_zoo_split_is_fixed_and_disjoint():
+    assert "mobilenetv2" in HELDOUT_MODELS and len(HELDOUT_MODELS) >= 2
+    assert set(search_models()).isdisjoint(HELDOUT_MODELS)
+    assert set(search_models()) | set(HELDOUT_MODELS) == set(MODELS)
+    assert len(MODELS) >= 8
+    search, held = resolve_split(None, None)
+    assert "resnet20" in search and set(search) <= set(search_models())
+    assert all(default_bench(m).is_file() for m in search + held)
+    assert "mobilenetv2" in held and not set(held) & set(search)
+
+
+def test_bad_model_names_and_overlaps_are_clear_errors():
+    with pytest.raises(ValueError, match="--models: unknown zoo model 'resnet2'"):
+        parse_models("resnet2,vgg", "--models")
+    with pytest.raises(ValueError, match="named twice"):
+        parse_models("vgg,vgg", "--heldout")
+    assert parse_models("none", "--heldout") == ()
+    assert parse_models(None, "--models") is None
+    with pytest.raises(ValueError, match="mobilenetv2 are held out .* and in the search set"):
+        resolve_split(("resnet20", "mobilenetv2"), ("mobilenetv2",))
+
+
+def test_cli_refuses_a_held_out_model_in_the_search_set(tmp_path, capsys):
+    from emq.cli import main
+
+    argv = ["evolve", "--models", "resnet20", "--heldout", "resnet20", "--run", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "held out" in err[0] and "resnet20" in err[0]
+    assert main(["transfer", "--models", "resnet20,mobilnetv2", "--out", str(tmp_path)]) == 2
+    assert "unknown zoo model 'mobilnetv2'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not list(tmp_path.iterdir())
+
+
+def test_held_out_bench_in_the_search_set_is_refused(tmp_path, r20):
+    with pytest.raises(ValueError, match="in the search set"):
+        bench_campaign(tmp_path / "x", [r20], SETTINGS, heldout=[r20])
+    assert not (tmp_path / "x").exists()
+
+
+def test_campaign_reports_on_never_searched_models(tmp_path, r20, mnv2):
+    campaign = bench_campaign(tmp_path / "c", [r20], SETTINGS, heldout=[mnv2], progress=False)
+    summary = campaign.run_steps(1)
+    (row,) = summary["heldout_models"]
+    assert row["model"] == "mobilenetv2" and row["configs"] == len(mnv2)
+    # The same numbers as scoring the left-out bench directly, on every configuration.
+    expr = canonical(from_string(summary["formula"]))
+    direct = bench_evaluator(mnv2, SETTINGS.calib_images, names=SETTINGS.inputs)
+    assert row["spearman@topk"] == pytest.approx(direct.report(expr, "all")["spearman@topk"])
+    assert heldout_reports(expr, [mnv2], SETTINGS)[0] == row
+    saved = json.loads((tmp_path / "c" / "best.json").read_text())
+    assert saved["heldout_models"][0]["model"] == "mobilenetv2"
+
+
+def test_leave_one_out_writes_tables_and_resumes(tmp_path, r20, mnv2):
+    out = tmp_path / "t"
+    benches = {"resnet20": r20, "mobilenetv2": mnv2}
+    kw = {"baselines": ["bops", "bparams"], "progress": False, "log": lambda s: None}
+    result = run_transfer(out, benches, [0], 1, SETTINGS, **kw)
+    rows = result["rows"]
+    assert len(rows) == 2 * 3  # per left-out model: two baselines and the evolved proxy
+    for left in benches:
+        evolved = [r for r in rows if r["left_out"] == left and r["proxy"] == EVOLVED]
+        assert len(evolved) == 1 and evolved[0]["formula"]
+        camp = json.loads((out / f"leave-{left}" / "seed0" / "campaign.json").read_text())
+        searched = [b for b in benches if b != left]
+        assert camp["bench_fingerprint"] == benches[searched[0]].fingerprint
+    with open(out / "transfer.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    doc = json.loads((out / "transfer.json").read_text())
+    assert [s["left_out"] for s in doc["summary"]] == list(benches)
+    assert (out / "transfer.png").stat().st_size > 1000
+    # A rerun reuses every finished result (nothing is evaluated again).
+    marker = out / "leave-resnet20" / "seed0" / "transfer.json"
+    before = marker.stat().st_mtime_ns
+    again = run_transfer(out, benches, [0], 1, SETTINGS, **kw)
+    assert marker.stat().st_mtime_ns == before and again["rows"] == rows
+    with pytest.raises(ValueError, match="other models, seeds, steps or settings"):
+        run_transfer(out, benches, [0, 1], 1, SETTINGS, **kw)
+
+
+def test_summary_counts_where_the_evolved_proxy_is_best():
+    rows = [
+        {"left_out": "a", "proxy": EVOLVED, "kind": "training-free", "spearman@topk": 0.5},
+        {"left_out": "a", "proxy": EVOLVED, "kind": "training-free", "spearman@topk": 0.4},
+        {"left_out": "a", "proxy": "bops", "kind": "training-free", "spearman@topk": 0.3},
+        {"left_out": "a", "proxy": "dloss_measured", "kind": "measured", "spearman@topk": 0.9},
+        {"left_out": "b", "proxy": EVOLVED, "kind": "training-free", "spearman@topk": 0.2},
+        {"left_out": "b", "proxy": "hawq_v3", "kind": "training-free", "spearman@topk": 0.25},
+    ]
+    a, b = summarize(rows, ["a", "b"])
+    assert a["evolved_is_best"] and a["evolved_mean_topk"] == pytest.approx(0.45)
+    assert a["best_baseline"] == "bops"  # measured baselines are not training-free
+    assert not b["evolved_is_best"] and b["best_baseline"] == "hawq_v3"
+
+
+def _one_ulp(inputs: LayerInputs) -> LayerInputs:
+    bumped = [
+        {k: torch.nextafter(v, torch.full_like(v, np.inf)) for k, v in t.items()}
+        for t in inputs.tensors
+    ]
+    return LayerInputs(inputs.layers, inputs.candidates, bumped)
+
+
+def test_inputs_one_ulp_apart_give_the_same_campaign(tmp_path, r20):
+    """Another CPU sums floats in another order; the campaign must not notice."""
+    settings = replace(SETTINGS, population=8, offspring=4)
+    ev = bench_evaluator(r20, settings.calib_images, names=settings.inputs)
+    bumped = type(ev).from_bench(r20, _one_ulp(ev.inputs), ev.inputs_path)
+    assert any(
+        not torch.equal(a, b)
+        for t0, t1 in zip(ev.inputs.tensors, bumped.inputs.tensors, strict=True)
+        for a, b in zip(t0.values(), t1.values(), strict=True)
+    )
+    runs = []
+    for name, evaluator in (("a", ev), ("b", bumped)):
+        Campaign(tmp_path / name, r20, evaluator, settings, progress=False).run_steps(4)
+        ck = json.loads((tmp_path / name / "checkpoint.json").read_text())
+        runs.append(([(g["formula"], g["fitness"]) for g in ck["population"]], ck["history"]))
+    assert runs[0][0] == runs[1][0]
+    strip = [[{k: v for k, v in h.items() if k not in ("seconds", "evals_per_s")} for h in r[1]]
+             for r in runs]  # fmt: skip
+    assert strip[0] == strip[1]
