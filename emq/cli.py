@@ -60,6 +60,9 @@ def _cmd_bench_build(args: argparse.Namespace) -> None:
 def _cmd_bench_info(args: argparse.Namespace) -> None:
     from benchmark.bench import Bench, default_bench
 
+    if args.zoo:
+        _print_zoo(args.json)
+        return
     bench = Bench.open(args.path or default_bench())
     info = bench.info()
     if args.json:
@@ -70,6 +73,36 @@ def _cmd_bench_info(args: argparse.Namespace) -> None:
     print(f"\n{'layer':<28} {'kind':<7} {'params':>8} {'MACs':>10}")
     for layer in bench.layers:
         print(f"{layer['name']:<28} {layer['kind']:<7} {layer['params']:>8} {layer['macs']:>10}")
+
+
+def _print_zoo(as_json: bool) -> None:
+    """One row per zoo model: its split, size, FP top-1 and shipped bench (if any)."""
+    from benchmark.bench import Bench, default_bench
+    from benchmark.models import HELDOUT_MODELS, MODELS
+
+    rows = []
+    for name in MODELS:
+        row: dict = {"model": name, "split": "held-out" if name in HELDOUT_MODELS else "search"}
+        path = default_bench(name)
+        if path.is_file():
+            info = Bench.open(path).info()
+            row.update({k: info[k] for k in ("layers", "params", "macs", "fp_top1", "configs",
+                                              "top1_min", "top1_median", "top1_max")})  # fmt: skip
+        rows.append(row)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'model':<13} {'split':<9} {'layers':>6} {'params':>8} {'MMACs':>6} {'FP %':>6} "
+          f"{'configs':>7}  top-1 % min / median / max")  # fmt: skip
+    for r in rows:
+        if "configs" not in r:
+            print(f"{r['model']:<13} {r['split']:<9} (no shipped bench)")
+            continue
+        print(
+            f"{r['model']:<13} {r['split']:<9} {r['layers']:>6} {r['params']:>8} "
+            f"{r['macs'] / 1e6:>6.1f} {r['fp_top1']:>6.2f} {r['configs']:>7}  "
+            f"{r['top1_min']:.2f} / {r['top1_median']:.2f} / {r['top1_max']:.2f}"
+        )
 
 
 def _cmd_evolve(args: argparse.Namespace) -> None:
@@ -304,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     bb.set_defaults(func=_cmd_bench_build)
     bi = bsub.add_parser("info", help="summarize a bench file")
     bi.add_argument("path", nargs="?", help="bench file (default: shipped ResNet-20 bench)")
+    bi.add_argument(
+        "--zoo",
+        action="store_true",
+        help="one line per zoo model: split, size, FP top-1, shipped bench",
+    )
     bi.add_argument("--json", action="store_true")
     bi.set_defaults(func=_cmd_bench_info)
 

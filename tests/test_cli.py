@@ -109,6 +109,19 @@ def test_bench_info_json(small_bench, capsys):
     assert info["layer_table"][0]["name"] == "conv1"
 
 
+def test_bench_info_zoo_lists_every_model(capsys):
+    from benchmark.models import HELDOUT_MODELS, MODELS
+
+    code, out, _ = run(["bench", "info", "--zoo", "--json"], capsys)
+    rows = json.loads(out)
+    assert code == 0 and [r["model"] for r in rows] == list(MODELS)
+    assert {r["model"] for r in rows if r["split"] == "held-out"} == set(HELDOUT_MODELS)
+    r20 = rows[0]
+    assert r20["configs"] == 504 and r20["layers"] == 20 and r20["fp_top1"] > 90
+    code, out, _ = run(["bench", "info", "--zoo"], capsys)
+    assert code == 0 and len(out.strip().splitlines()) == len(MODELS) + 1
+
+
 def test_bench_build_resumes_finished_file(small_bench, tmp_path, capsys):
     path = copy_bench(small_bench["path"], tmp_path / "copy.sqlite")
     argv = ["bench", "build", "--model", "resnet20", "--configs", str(small_bench["n_configs"])]
