@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.bench import Bench
-from emq.graph import Expr, as_float64, evaluate, score_table
+from emq.graph import Expr, SubexpressionCache, as_float64, evaluate, score_table
 from emq.metrics import RATIOS, correlation_report, spearman_at_topk
 from emq.scoring import config_scores, rank_scores, reduce_to_bits
 from primitives.inputs import LayerInputs, load_inputs
@@ -48,6 +48,7 @@ class Evaluator:
     probe_layers: tuple[int, ...] = ()
     ship_inputs: bool = False  # pickle with the tensors (see ``portable``)
     _inputs: LayerInputs | None = field(default=None, repr=False)
+    _cache: SubexpressionCache | None = field(default=None, repr=False)
 
     @classmethod
     def from_bench(
@@ -71,13 +72,14 @@ class Evaluator:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state["_cache"] = None  # each process builds its own
         if not self.ship_inputs:
             state["_inputs"] = None
         return state
 
     def portable(self) -> Evaluator:
         """A copy that pickles with its inputs, for workers without the inputs cache file."""
-        return replace(self, ship_inputs=True, _inputs=self.inputs)
+        return replace(self, ship_inputs=True, _inputs=self.inputs, _cache=None)
 
     @property
     def inputs(self) -> LayerInputs:
@@ -85,11 +87,18 @@ class Evaluator:
             self._inputs = _load_inputs(self.inputs_path)
         return self._inputs
 
+    @property
+    def cache(self) -> SubexpressionCache:
+        """Small subexpression results shared by the genomes this evaluator scores."""
+        if self._cache is None:
+            self._cache = SubexpressionCache()
+        return self._cache
+
     def shapes(self) -> list[dict[str, tuple[int, ...]]]:
         return self.inputs.shapes()
 
     def table(self, expr: Expr) -> np.ndarray:
-        return score_table(expr, self.inputs)
+        return score_table(expr, self.inputs, cache=self.cache)
 
     def fitness_of_scores(self, scores: np.ndarray, split: str = "search") -> float:
         """Spearman@topk of ``scores`` on a split, rounded to ``FITNESS_DIGITS`` decimals."""
@@ -109,7 +118,7 @@ class Evaluator:
     def probe(self, expr: Expr) -> str | None:
         """Stage 3: numeric probe on the two smallest layers; a reason, or None if passed."""
         try:
-            table = score_table(expr, self.inputs, self.probe_layers)
+            table = score_table(expr, self.inputs, self.probe_layers, self.cache)
         except ShapeError:
             return "shape"
         except RuntimeError:

@@ -149,8 +149,47 @@ def infer_shape(expr: Expr, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ..
     return walk(expr)
 
 
-def evaluate(expr: Expr, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Evaluate on one layer's inputs, each distinct subexpression once."""
+# Largest subexpression result (elements) kept in a ``SubexpressionCache``: reductions, not
+# whole activations, so the cache stays small while the costly part (a product over ``D``
+# reduced per sample, say) is computed once per layer for every genome that contains it.
+CACHE_MAX_ELEMENTS = 1 << 14
+
+
+class SubexpressionCache:
+    """Small subexpression results per (layer, canonical text), shared across genomes.
+
+    A campaign's genomes share subtrees (crossover copies them); a reduction such as
+    ``sample_sum(mul(Ga, D))`` is then evaluated once per layer, not once per genome. Only
+    results of at most ``CACHE_MAX_ELEMENTS`` elements are kept, ``max_bytes`` in all (then
+    the cache starts afresh). Values are exactly those a fresh evaluation gives.
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self.entries: dict[tuple[int, str], torch.Tensor] = {}
+
+    def get(self, layer: int, key: str) -> torch.Tensor | None:
+        return self.entries.get((layer, key))
+
+    def put(self, layer: int, key: str, value: torch.Tensor) -> None:
+        if value.numel() > CACHE_MAX_ELEMENTS:
+            return
+        size = value.numel() * value.element_size()
+        if self.nbytes + size > self.max_bytes:
+            self.entries.clear()
+            self.nbytes = 0
+        self.entries[(layer, key)] = value
+        self.nbytes += size
+
+
+def evaluate(
+    expr: Expr,
+    tensors: dict[str, torch.Tensor],
+    cache: SubexpressionCache | None = None,
+    layer: int = 0,
+) -> torch.Tensor:
+    """Evaluate on one layer's inputs, each distinct subexpression once (and, with a
+    ``cache``, small results reused across calls for the same ``layer``)."""
     memo: dict[str, torch.Tensor] = {}
 
     def walk(e: Expr) -> torch.Tensor:
@@ -158,26 +197,59 @@ def evaluate(expr: Expr, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
             return tensors[e]
         key = expr_str(e)
         if key not in memo:
-            memo[key] = OPS[e[0]].fn(*(walk(c) for c in e[1:]))
+            hit = cache.get(layer, key) if cache is not None else None
+            if hit is None:
+                hit = OPS[e[0]].fn(*(walk(c) for c in e[1:]))
+                if cache is not None:
+                    cache.put(layer, key, hit)
+            memo[key] = hit
         return memo[key]
 
     with torch.no_grad():
         return walk(expr)
 
 
-def score_table(expr: Expr, inputs: LayerInputs, layers: Sequence[int] | None = None) -> np.ndarray:
-    """``S[l, b]``: the graph evaluated once per layer on all bit options at once."""
+def score_table(
+    expr: Expr,
+    inputs: LayerInputs,
+    layers: Sequence[int] | None = None,
+    cache: SubexpressionCache | None = None,
+) -> np.ndarray:
+    """``S[l, b]``: the graph evaluated once per layer on all bit options at once, in
+    float64 (``as_float64``); ``cache`` reuses small subexpression results across calls."""
     idx = range(inputs.num_layers) if layers is None else layers
     nbits = len(inputs.candidates)
-    rows = [reduce_to_bits(evaluate(expr, as_float64(inputs.tensors[i])), nbits) for i in idx]
+    names = leaves(expr)
+    rows = []
+    for i in idx:
+        # Inputs are cast on first access: a genome found in the cache touches none.
+        lazy = _LazyFloat64(inputs.tensors[i], names)
+        rows.append(reduce_to_bits(evaluate(expr, lazy, cache, i), nbits))
     return torch.stack(rows).numpy()
 
 
-def as_float64(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One layer's inputs in float64: a score table is computed in double precision.
+class _LazyFloat64(dict):
+    """``as_float64`` of one layer's inputs, each cast on first access."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], names: set[str]):
+        super().__init__()
+        self.tensors, self.names = tensors, names
+
+    def __missing__(self, key: str) -> torch.Tensor:
+        if key not in self.names:
+            raise KeyError(key)
+        value = self[key] = self.tensors[key].double()
+        return value
+
+
+def as_float64(
+    tensors: dict[str, torch.Tensor], names: set[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """One layer's inputs (only ``names``, when given) in float64: a score table is computed
+    in double precision.
 
     Float32 sums taken in another order (another CPU, another thread count) differ in the
     last bits; in float64 such differences are ~1e-16 and vanish in ``rank_scores``'
     rounding, so a campaign takes the same path on every machine.
     """
-    return {k: v.double() for k, v in tensors.items()}
+    return {k: v.double() for k, v in tensors.items() if names is None or k in names}

@@ -415,3 +415,22 @@ def test_score_table_of_a_bit_independent_graph_is_constant_per_layer():
     table = score_table(_canon("sq_norm(W)"), _inputs())
     expected = [_sq_norm(CONV["W"]).item(), _sq_norm(LINEAR["W"]).item()]
     np.testing.assert_allclose(table, np.repeat(np.array(expected)[:, None], 4, 1), rtol=1e-6)
+
+
+def test_subexpression_cache_reuses_small_results_exactly():
+    from emq.graph import SubexpressionCache
+
+    inputs = _inputs()
+    cache = SubexpressionCache()
+    first = _canon("revert(sum(abs(sum(mul(Ga, D)))))")
+    second = _canon("sq_norm(sum(mul(Ga, D)))")
+    for expr in (first, second, first):
+        np.testing.assert_array_equal(
+            score_table(expr, inputs, cache=cache), score_table(expr, inputs)
+        )
+    # The shared reduction is stored once per layer; the big product is never stored.
+    assert (0, "sum(mul(D, Ga))") in cache.entries or (0, "sum(mul(Ga, D))") in cache.entries
+    assert all(v.numel() <= 1 << 14 for v in cache.entries.values())
+    tiny = SubexpressionCache(max_bytes=64)
+    score_table(second, inputs, cache=tiny)
+    assert tiny.nbytes <= 64
