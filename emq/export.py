@@ -24,6 +24,10 @@ from primitives import operations
 from primitives.inputs import INPUT_DOCS, INPUT_NAMES
 from primitives.operations import OPS
 
+# The proxy ``emq score`` and ``emq allocate`` use unless told otherwise ("default"): the
+# best proxy of the reference campaign (runs/reference), shipped inside the package so it is
+# found from any working directory.
+DEFAULT_PROXY = Path(__file__).resolve().parent / "default_proxy.json"
 FORMAT = "emq-proxy"
 FORMAT_VERSION = 1
 
@@ -83,10 +87,11 @@ def needed_inputs(scorer: object) -> tuple[str, ...]:
 
 
 def load_proxy(spec: str | Path):
-    """A Scorer from a proxy JSON file, a run folder (its ``best.json``) or a baseline name."""
+    """A Scorer from a proxy JSON file, a run folder (its ``best.json``), a baseline name, or
+    ``"default"`` (the shipped reference proxy, ``DEFAULT_PROXY``)."""
     from emq.baselines import BASELINES, get_baseline
 
-    path = Path(spec)
+    path = DEFAULT_PROXY if spec == "default" else Path(spec)
     if isinstance(spec, str) and spec in BASELINES:
         return get_baseline(spec)
     if path.is_dir():

@@ -75,7 +75,7 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         run_rounding_compare(args)
         return
     if not args.scorer or not args.method:
-        raise ValueError("--method and --scorer are required (or use --compare)")
+        raise ValueError("--method is required (or use --compare)")
     if (args.budget_bops is None) == (args.accuracy_target is None):
         raise ValueError("give exactly one of --budget-bops R or --accuracy-target A")
     problem = build_problem(args)
@@ -108,8 +108,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--checkpoint", help="state_dict for the model (default: shipped)")
     p.add_argument("--method", choices=METHODS,
                    help="SQNR greedy Pareto, SMPQ Shapley, or ILP (exact, HAWQ-V3)")  # fmt: skip
-    p.add_argument("--scorer", metavar="PROXY|BASELINE|" + MEASURED,
-                   help="proxy JSON / run folder, baseline name, or measured SQNR")  # fmt: skip
+    p.add_argument("--scorer", metavar="PROXY|BASELINE|" + MEASURED, default="default",
+                   help="proxy JSON / run folder, baseline name, measured SQNR, or 'default' "
+                   "(the shipped reference proxy; the default)")  # fmt: skip
     p.add_argument("--budget-bops", type=float, metavar="R", help="relative BOPs (vs W8A8)")
     p.add_argument("--accuracy-target", type=float, metavar="A",
                    help="top-1 %% on the validation images (SQNR method)")  # fmt: skip
@@ -130,7 +131,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="every method x scorer at relative BOPs 0.25, 0.35, 0.5")  # fmt: skip
     p.add_argument("--compare-rounding", action="store_true",
                    help="nearest vs AdaRound: fixed and SQNR-mixed precision")  # fmt: skip
-    p.add_argument("--proxy", default="runs/reference/best_proxy.json",
+    p.add_argument("--proxy", default="default",
                    help="best exported proxy for --compare")  # fmt: skip
     p.add_argument("--budgets", default="0.25,0.35,0.5", help="--compare budgets")
     p.add_argument("--front-points", type=int, default=6,

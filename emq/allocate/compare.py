@@ -34,7 +34,7 @@ def check_proxy(spec: str) -> str:
     """The proxy spec if it is a baseline name or an existing file/folder, else a clear error."""
     from emq.baselines import BASELINES
 
-    if spec in BASELINES or Path(spec).exists():
+    if spec in BASELINES or spec == "default" or Path(spec).exists():
         return spec
     raise ValueError(
         f"best exported proxy {spec} not found: export a campaign's proxy there "
