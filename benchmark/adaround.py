@@ -299,7 +299,11 @@ class AdaRounder:
         clip_grid: int,
         settings: AdaRoundSettings | None = None,
         images: torch.Tensor | None = None,
+        fingerprint: str | None = None,
     ):
+        """``fingerprint``: content hash of the model *before* BN folding (its checkpoint
+        bytes), which keys the cache the same on every CPU; folded weights can differ in
+        their last bits between CPUs. Default: the folded model's own fingerprint."""
         from benchmark.ptq import quantizable_layers, state_fingerprint
 
         self.settings = settings or AdaRoundSettings()
@@ -314,9 +318,8 @@ class AdaRounder:
                 f"AdaRound needs at least {self.settings.batch_size} calibration images, "
                 f"got {len(self.images)}"
             )
-        self.key = settings_key(
-            state_fingerprint(self.model), self.images, clip_grid, self.settings
-        )
+        fingerprint = f"unfolded:{fingerprint}" if fingerprint else state_fingerprint(self.model)
+        self.key = settings_key(fingerprint, self.images, clip_grid, self.settings)
         self.cache = RoundingCache(self.key)
         self._inputs: list[torch.Tensor] | None = None
 

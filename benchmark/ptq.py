@@ -259,8 +259,9 @@ class QuantSim:
         self.layers = quantizable_layers(self.folded)
         if self.rounding == "adaround":
             self.rounder = AdaRounder(
-                self.folded, self.clip_grid, self.adaround, self.adaround_images
-            )
+                self.folded, self.clip_grid, self.adaround, self.adaround_images,
+                fingerprint=state_fingerprint(self.model),
+            )  # fmt: skip
         self.fp_weights = [m.weight.detach().clone() for _, m in self.layers]
         self._act = [None] * len(self.layers)
         self.act_ranges = self._calibrate()

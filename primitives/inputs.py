@@ -232,7 +232,9 @@ def compute_inputs(
 
     rounder = None
     if quantizer is None and settings.rounding == "adaround" and names & {"Wq", "E", "D"}:
-        rounder = AdaRounder(folded, settings.clip_grid, settings.adaround)
+        rounder = AdaRounder(
+            folded, settings.clip_grid, settings.adaround, fingerprint=state_fingerprint(model)
+        )
     tensors = []
     with torch.no_grad():
         for i, (_, mod) in enumerate(layers):

@@ -24,6 +24,7 @@ from benchmark.ptq import (
     fold_bn,
     mse_weight_scales,
     quantize_weight,
+    state_fingerprint,
     weight_qrange,
 )
 from primitives.inputs import InputSettings, compute_inputs
@@ -41,7 +42,7 @@ def cache_env(tmp_path, monkeypatch):
 def resnet_rounder(resnet20_trained) -> AdaRounder:
     """The default-settings AdaRounder of the shipped ResNet-20 (reads the shipped cache)."""
     folded = fold_bn(resnet20_trained, calibration_batch(8, 0)[0])
-    return AdaRounder(folded, 100)
+    return AdaRounder(folded, 100, fingerprint=state_fingerprint(resnet20_trained))
 
 
 def test_shipped_resnet20_cache_is_complete(resnet_rounder):
