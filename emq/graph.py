@@ -189,24 +189,49 @@ def evaluate(
     layer: int = 0,
 ) -> torch.Tensor:
     """Evaluate on one layer's inputs, each distinct subexpression once (and, with a
-    ``cache``, small results reused across calls for the same ``layer``)."""
+    ``cache``, small results reused across calls for the same ``layer``).
+
+    An intermediate result is held only until its last use, so the peak memory is the
+    live working set of the graph, not the sum of all its nodes (a chain of products over
+    ``D`` on a large layer is several hundred MB per node).
+    """
+    uses: dict[str, int] = {}
+
+    def count(e: Expr) -> None:
+        if isinstance(e, str):
+            return
+        key = expr_str(e)
+        uses[key] = uses.get(key, 0) + 1
+        if uses[key] == 1:
+            for c in e[1:]:
+                count(c)
+
+    count(expr)
     memo: dict[str, torch.Tensor] = {}
 
     def walk(e: Expr) -> torch.Tensor:
         if isinstance(e, str):
             return tensors[e]
         key = expr_str(e)
-        if key not in memo:
-            hit = cache.get(layer, key) if cache is not None else None
-            if hit is None:
-                hit = OPS[e[0]].fn(*(walk(c) for c in e[1:]))
+        value = memo.get(key)
+        if value is None:
+            value = cache.get(layer, key) if cache is not None else None
+            if value is None:
+                value = OPS[e[0]].fn(*(walk(c) for c in e[1:]))
                 if cache is not None:
-                    cache.put(layer, key, hit)
-            memo[key] = hit
-        return memo[key]
+                    cache.put(layer, key, value)
+        uses[key] -= 1
+        if uses[key] > 0:
+            memo[key] = value
+        else:
+            memo.pop(key, None)
+        return value
 
-    with torch.no_grad():
-        return walk(expr)
+    try:
+        with torch.no_grad():
+            return walk(expr)
+    finally:
+        memo.clear()  # ``walk`` is a closure cycle: never let it hold tensors until a GC
 
 
 def score_table(

@@ -355,6 +355,32 @@ def test_evaluate_values_and_shared_subexpressions_once():
     assert counter.calls.get("mul") == 1
 
 
+def test_evaluate_frees_intermediates_without_a_garbage_collection(monkeypatch):
+    # A closure-held memo would keep every intermediate alive until a cyclic GC: with D on a
+    # large layer that is hundreds of MB per node, and a campaign grew past 24 GB of RSS.
+    import dataclasses
+    import gc
+    import weakref
+
+    refs = []
+    for name in ("pow", "mul"):
+        op = OPS[name]
+
+        def spy(*xs, _fn=op.fn):
+            out = _fn(*xs)
+            refs.append(weakref.ref(out))
+            return out
+
+        monkeypatch.setitem(OPS, name, dataclasses.replace(op, fn=spy))
+    gc.disable()
+    try:
+        out = evaluate(_canon("sum(mul(D, abs(pow(mul(D, pow(D))))))"), CONV)
+        assert out.shape == (4,)
+        assert len(refs) == 4 and all(r() is None for r in refs)
+    finally:
+        gc.enable()
+
+
 def test_evaluate_hand_computed_examples():
     e, b, w, h = CONV["E"], CONV["b"], CONV["W"], CONV["H"]
     torch.testing.assert_close(
