@@ -225,12 +225,11 @@ def run_transfer(
     else:
         _atomic_json(plan_path, plan)
 
-    rows: list[dict] = []
+    # Campaigns first, then the baselines: the (costly, measured) baselines of a model wait
+    # until every evolved result is in, so a run cut short still has all of those.
+    evolved: dict[tuple[str, int], dict] = {}
     for left in models:
         folder = out / f"leave-{left}"
-        log(f"[{left}] baselines on all {len(benches[left])} configurations")
-        for r in transfer_baselines(benches[left], folder / "baselines", baselines, progress):
-            rows.append({"left_out": left, "seed": "", **r})
         for seed in seeds:
             result = folder / f"seed{seed}" / "transfer.json"
             if not result.is_file():
@@ -253,7 +252,15 @@ def run_transfer(
                         "fitness_search": summary["fitness_search"], **_clean(report),
                     },
                 )  # fmt: skip
-            res = json.loads(result.read_text())
+            evolved[left, seed] = json.loads(result.read_text())
+    rows: list[dict] = []
+    for left in models:
+        log(f"[{left}] baselines on all {len(benches[left])} configurations")
+        folder = out / f"leave-{left}"
+        for r in transfer_baselines(benches[left], folder / "baselines", baselines, progress):
+            rows.append({"left_out": left, "seed": "", **r})
+        for seed in seeds:
+            res = evolved[left, seed]
             rows.append(
                 {"left_out": left, "seed": seed, "proxy": EVOLVED, "kind": "training-free",
                  "formula": res["formula"], **{k: res[k] for k in CORR_KEYS}}
