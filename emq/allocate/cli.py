@@ -118,7 +118,8 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
     if exported is not None:
         save_exported(exported, onnx_path, encodings_path)
     if args.json:
-        print(json.dumps({**doc, "path": str(path)}, indent=2))
+        written = {k: str(v) for k, v in (("onnx", onnx_path), ("encodings", encodings_path)) if v}
+        print(json.dumps({**doc, "path": str(path), **written}, indent=2))
         return
     print(format_allocation(alloc, top1))
     print(f"wrote           {path}")
