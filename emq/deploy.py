@@ -405,11 +405,14 @@ def aimet_encodings(quants: Sequence[LayerQuant], act_tensors: dict[str, str]) -
     }
 
 
-def check_output_path(path: Path | str, what: str) -> Path:
-    """``path`` as a ``Path`` whose folder exists (clear error otherwise)."""
+def check_output_path(path: Path | str, what: str, created: Path | None = None) -> Path:
+    """``path`` as a ``Path`` whose folder exists, or is ``created`` by the command before it
+    writes (clear error otherwise)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder; give a file path")
+    if created is not None and path.parent.resolve() == Path(created).resolve():
+        return path
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{what} {path}: folder {path.parent} does not exist")
     return path
@@ -471,6 +474,24 @@ def save_exported(exported: Exported, onnx_path: Path | None, encodings_path: Pa
         write_atomic(encodings_path, text.encode())
 
 
+def allocation_simulator(doc: dict, checkpoint: Path | str | None = None) -> QuantSim:
+    """The simulator ``emq allocate`` measured an allocation with: its model, checkpoint and
+    rounding, calibrated on the bench's calibration batch; its layers checked."""
+    from benchmark.adaround import AdaRoundSettings
+    from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset
+    from emq.score import build_model
+
+    rounding = doc.get("rounding", "nearest")
+    adaround = doc.get("adaround")
+    model = build_model(doc["model"], checkpoint or doc.get("checkpoint"))
+    check_layers(doc["layer_names"], [n for n, _ in quantizable_layers(model)], doc["model"])
+    calib, _ = training_subset(0, CALIB_IMAGES, CALIB_SEED)
+    return QuantSim(
+        model, calib, rounding=rounding,
+        adaround=AdaRoundSettings(**adaround) if rounding == "adaround" and adaround else None,
+    )  # fmt: skip
+
+
 def export_allocation_file(
     allocation: Path | str,
     onnx_path: Path | str | None,
@@ -483,10 +504,6 @@ def export_allocation_file(
     the bench's calibration batch), so the files reproduce the top-1 ``emq allocate``
     printed. Nothing is written unless every step succeeds.
     """
-    from benchmark.adaround import AdaRoundSettings
-    from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset
-    from emq.score import build_model
-
     require_deploy()
     if onnx_path is None and encodings_path is None:
         raise ValueError("nothing to write: give --out and/or --encodings")
@@ -499,19 +516,11 @@ def export_allocation_file(
             raise ValueError(f"--out and --encodings are the same file {onnx_path}")
     doc = load_allocation(allocation)
     check_exportable_bits(doc["layer_names"], doc["w_bits"], doc["a_bits"])
-    rounding = doc.get("rounding", "nearest")
-    adaround = doc.get("adaround")
-    model = build_model(doc["model"], checkpoint or doc.get("checkpoint"))
-    check_layers(doc["layer_names"], [n for n, _ in quantizable_layers(model)], doc["model"])
-    calib, _ = training_subset(0, CALIB_IMAGES, CALIB_SEED)
-    sim = QuantSim(
-        model, calib, rounding=rounding,
-        adaround=AdaRoundSettings(**adaround) if rounding == "adaround" and adaround else None,
-    )  # fmt: skip
+    sim = allocation_simulator(doc, checkpoint)
     exported = export_allocation(
         sim, doc["w_bits"], doc["a_bits"],
         metadata={"emq.allocation": Path(allocation).name, "emq.model": doc["model"],
-                  "emq.rounding": rounding},
+                  "emq.rounding": sim.rounding},
         encodings=encodings_path is not None,
     )  # fmt: skip
     save_exported(exported, onnx_path, encodings_path)

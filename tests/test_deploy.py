@@ -172,7 +172,8 @@ def test_adaround_allocation_exports_its_learned_rounding(tmp_path, images):
 
 
 def test_allocate_exports_its_answer(tmp_path, capsys):
-    out, enc = tmp_path / "tiny.onnx", tmp_path / "tiny.json"
+    out = tmp_path / "alloc" / "tiny.onnx"  # in the --out folder allocate makes
+    enc = tmp_path / "tiny.json"
     argv = ["allocate", "--model", "allocate_tiny:tiny_net", "--method", "ilp", "--scorer",
             "bparams", "--budget-bops", "0.5", "--out", str(tmp_path / "alloc"),
             "--export-onnx", str(out), "--encodings", str(enc)]  # fmt: skip

@@ -83,10 +83,11 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         from emq.deploy import check_output_path, require_deploy
 
         require_deploy()
+        out = Path(args.out) if args.out else default_out(args.model)  # made before writing
         if args.export_onnx:
-            onnx_path = check_output_path(args.export_onnx, "--export-onnx")
+            onnx_path = check_output_path(args.export_onnx, "--export-onnx", created=out)
         if args.encodings:
-            encodings_path = check_output_path(args.encodings, "--encodings")
+            encodings_path = check_output_path(args.encodings, "--encodings", created=out)
     problem = build_problem(args)
     alloc = problem.allocate(
         args.method, args.scorer, args.budget_bops, args.accuracy_target, search=args.search,
