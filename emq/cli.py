@@ -177,6 +177,17 @@ def _cmd_export(args: argparse.Namespace) -> None:
         print(f"{kind:<8} {path}")
 
 
+def _cmd_export_model(args: argparse.Namespace) -> None:
+    from emq.deploy import export_allocation_file
+
+    exported = export_allocation_file(args.allocation, args.out, args.encodings, args.checkpoint)
+    bits = [f"W{q.w_bits}A{q.a_bits}" for q in exported.quantizers]
+    print(f"layers     {len(bits)}  ({', '.join(sorted(set(bits)))})")
+    for kind, path in (("onnx", args.out), ("encodings", args.encodings)):
+        if path is not None:
+            print(f"{kind:<10} {path}")
+
+
 def _cmd_score(args: argparse.Namespace) -> None:
     import time
 
@@ -399,6 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("run", help="campaign folder")
     x.add_argument("--out", help="output folder (default: the run folder)")
     x.set_defaults(func=_cmd_export)
+
+    xm = sub.add_parser(
+        "export-model",
+        help="an emq allocate result as a QDQ ONNX model (and AIMET encodings)",
+    )
+    xm.add_argument("--allocation", required=True, metavar="ALLOC.json",
+                    help="allocation JSON written by emq allocate")  # fmt: skip
+    xm.add_argument("--out", metavar="PATH", help="ONNX model to write")
+    xm.add_argument("--encodings", metavar="PATH",
+                    help="AIMET encodings JSON (format 0.6.1) to write")  # fmt: skip
+    xm.add_argument("--checkpoint", help="state_dict (default: the allocation's, else shipped)")
+    xm.set_defaults(func=_cmd_export_model)
 
     s = sub.add_parser("score", help="score bit configurations with a proxy or baseline")
     s.add_argument("--proxy", default="default",

@@ -78,6 +78,16 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         raise ValueError("--method is required (or use --compare)")
     if (args.budget_bops is None) == (args.accuracy_target is None):
         raise ValueError("give exactly one of --budget-bops R or --accuracy-target A")
+    onnx_path = encodings_path = None
+    if args.export_onnx or args.encodings:  # checked before the allocation runs
+        from emq.deploy import check_output_path, require_deploy
+
+        require_deploy()
+        out = Path(args.out) if args.out else default_out(args.model)  # made before writing
+        if args.export_onnx:
+            onnx_path = check_output_path(args.export_onnx, "--export-onnx", created=out)
+        if args.encodings:
+            encodings_path = check_output_path(args.encodings, "--encodings", created=out)
     problem = build_problem(args)
     alloc = problem.allocate(
         args.method, args.scorer, args.budget_bops, args.accuracy_target, search=args.search,
@@ -85,18 +95,38 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         threshold=args.threshold, beta=args.beta, xi=args.xi, seed=args.seed,
     )  # fmt: skip
     top1 = problem.accuracy(alloc.w_bits, alloc.a_bits, "test")
-    doc = {**alloc.to_dict(), "test_top1": top1, "model": args.model}
+    ada = settings_from_args(args)
+    doc = {
+        **alloc.to_dict(), "test_top1": top1, "model": args.model,
+        "checkpoint": args.checkpoint, "rounding": args.rounding,
+        "adaround": ada.to_dict() if ada is not None else None,
+    }  # fmt: skip
+    exported = None
+    if onnx_path or encodings_path:
+        from emq.deploy import export_allocation, save_exported
+
+        exported = export_allocation(
+            problem.sim, alloc.w_bits, alloc.a_bits,
+            metadata={"emq.model": args.model, "emq.rounding": args.rounding},
+            encodings=encodings_path is not None,
+        )  # fmt: skip
     out = Path(args.out) if args.out else default_out(args.model)
     out.mkdir(parents=True, exist_ok=True)
     by = args.budget_bops
     budget = f"bops{by:g}" if by is not None else f"acc{args.accuracy_target:g}"
     path = out / f"{args.method}-{alloc.scorer}-{budget}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
+    if exported is not None:
+        save_exported(exported, onnx_path, encodings_path)
     if args.json:
-        print(json.dumps({**doc, "path": str(path)}, indent=2))
+        written = {k: str(v) for k, v in (("onnx", onnx_path), ("encodings", encodings_path)) if v}
+        print(json.dumps({**doc, "path": str(path), **written}, indent=2))
         return
     print(format_allocation(alloc, top1))
     print(f"wrote           {path}")
+    for what, p in (("onnx", onnx_path), ("encodings", encodings_path)):
+        if p is not None:
+            print(f"{what:<15} {p}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -137,6 +167,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--front-points", type=int, default=6,
                    help="--compare: SQNR front points measured per scorer (plot)")  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/allocate-<model>)")
+    p.add_argument("--export-onnx", metavar="PATH",
+                   help="also write the allocation as a QDQ ONNX model (emq[deploy])")  # fmt: skip
+    p.add_argument("--encodings", metavar="PATH",
+                   help="also write its AIMET encodings JSON (format 0.6.1)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_allocate)
     return p
