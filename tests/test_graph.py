@@ -460,3 +460,12 @@ def test_subexpression_cache_reuses_small_results_exactly():
     tiny = SubexpressionCache(max_bytes=64)
     score_table(second, inputs, cache=tiny)
     assert tiny.nbytes <= 64
+
+
+def test_heap_threshold_is_fixed_so_freed_tensors_return_memory():
+    import sys
+
+    import emq
+
+    # On glibc (every Linux CI machine) mallopt accepts the fixed mmap threshold.
+    assert emq.bound_heap() is sys.platform.startswith("linux")
