@@ -133,16 +133,23 @@ def existing_path(text: str | Path) -> Path | None:
         return None
 
 
+def _is_integer(checker: object, instance: object) -> bool:
+    # Stricter than JSON Schema, where 1.0 is an integer: a count, index or bit-width
+    # written 1.0 is a mistake and would break indexing downstream.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 @cache
 def _validator(schema_json: str) -> jsonschema.protocols.Validator:
     schema = json.loads(schema_json)
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    cls.check_schema(schema)
-    return cls(schema)
+    base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    base.check_schema(schema)
+    checker = base.TYPE_CHECKER.redefine("integer", _is_integer)
+    return jsonschema.validators.extend(base, type_checker=checker)(schema)
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    text = json.dumps(value, default=repr) if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
