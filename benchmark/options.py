@@ -82,7 +82,10 @@ positive_int = int_range(1, MAX_COUNT, "an integer")
 nonneg_int = int_range(0, MAX_COUNT, "an integer")
 images = int_range(1, TRAIN_IMAGES, "a number of images")
 jobs = int_range(1, 1024, "a number of processes")
-fraction = float_range(0.0, 1.0, lo_open=True, what="a fraction")  # budgets
+fraction = float_range(0.0, 1.0, lo_open=True, what="a fraction")
+# Relative BOPs (vs W8A8): at most 4, W16A16 everywhere (the widest supported candidate);
+# the allocator then checks the budget against its groups' own range.
+relative_bops = float_range(0.0, 4.0, lo_open=True, what="a relative BOPs budget")
 percent = float_range(0.0, 100.0, what="a percentage")
 probability = float_range(0.0, 1.0, what="a probability")
 positive_float = float_range(0.0, math.inf, lo_open=True, what="a number")
@@ -141,12 +144,13 @@ def seed_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def fraction_list(text: str) -> tuple[float, ...]:
-    """Comma-separated fractions in (0, 1]: ``"0.25,0.35,0.5"``."""
+def budget_list(text: str) -> tuple[float, ...]:
+    """Comma-separated relative BOPs budgets in (0, 4]: ``"0.25,0.35,0.5"``."""
+    expected = "comma-separated relative BOPs budgets in (0, 4], e.g. 0.25,0.35,0.5"
     parts = [p for p in text.split(",") if p.strip()]
     if not parts or len(parts) > 1000:
-        raise _fail(text, "comma-separated fractions in (0, 1], e.g. 0.25,0.35,0.5")
+        raise _fail(text, expected)
     try:
-        return tuple(fraction(p) for p in parts)
+        return tuple(relative_bops(p) for p in parts)
     except argparse.ArgumentTypeError:
-        raise _fail(text, "comma-separated fractions in (0, 1], e.g. 0.25,0.35,0.5") from None
+        raise _fail(text, expected) from None

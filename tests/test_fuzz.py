@@ -177,7 +177,7 @@ def _repeated(values: st.SearchStrategy) -> st.SearchStrategy:
 
 OPTION_CASES = [
     (ALLOCATE, "--budget-bops", st.one_of(not_finite, st.floats(max_value=0).map(_num),
-                                          st.floats(min_value=1.0001, max_value=1e300).map(_num))),
+                                          st.floats(min_value=4.0001, max_value=1e300).map(_num))),
     (ALLOCATE, "--accuracy-target", st.one_of(not_finite, st.floats(max_value=-1e-9).map(_num),
                                               st.floats(min_value=100.001).map(_num))),
     (ALLOC, "--bits", st.one_of(
@@ -193,7 +193,7 @@ OPTION_CASES = [
         st.integers(max_value=-1).map(str), st.integers(min_value=2**32).map(str),
         st.floats(allow_nan=True).map(_num))),
     (["allocate", "--compare", "--model", "resnet20"], "--budgets", st.one_of(
-        st.lists(st.floats(min_value=1.0001, max_value=1e9), min_size=1, max_size=3).map(
+        st.lists(st.floats(min_value=4.0001, max_value=1e9), min_size=1, max_size=3).map(
             lambda b: ",".join(map(repr, b))), not_finite)),
     (["bench", "build", "--model", "resnet20", "--out", "b.sqlite"], "--configs", st.one_of(
         st.integers(max_value=-1).map(str), st.integers(min_value=10**6 + 1).map(str),

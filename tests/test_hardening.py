@@ -264,8 +264,9 @@ def test_bench_build_checks_before_any_work(tmp_path, capsys, argv, needles):
 @pytest.mark.parametrize(
     "extra, needles",
     [
-        (["--budget-bops", "1.5"], ["--budget-bops '1.5'", "(0, 1]"]),
+        (["--budget-bops", "4.5"], ["--budget-bops '4.5'", "(0, 4]"]),
         (["--budget-bops", "1e300"], ["--budget-bops"]),
+        (["--budget-bops", "-0.5"], ["--budget-bops"]),
         (["--budget-bops", "0"], ["--budget-bops"]),
         (["--accuracy-target", "nan"], ["--accuracy-target 'nan'", "[0, 100]"]),
         (["--accuracy-target", "150"], ["--accuracy-target"]),
@@ -277,6 +278,15 @@ def test_bench_build_checks_before_any_work(tmp_path, capsys, argv, needles):
 def test_allocate_options_are_range_checked(tmp_path, capsys, extra, needles):
     argv = ["allocate", "--model", "resnet20", "--method", "ilp", "--out", str(tmp_path / "o")]
     refused(argv + extra, capsys, *needles)
+    assert files(tmp_path) == []
+
+
+def test_budget_above_what_the_groups_can_cost_is_refused_before_phase1(tmp_path, capsys):
+    # 1.5 x W8A8 is more than the default W{2,3,4,8}A8 groups can cost (W8A8 = 1.0); wider
+    # groups (W8A16) may, so this is checked once the groups are known, before phase 1.
+    argv = ["allocate", "--model", "vgg", "--method", "ilp", "--scorer", "bops",
+            "--budget-bops", "1.5", "--out", str(tmp_path / "o")]  # fmt: skip
+    refused(argv, capsys, "budget 1.5 is above", "[0.25, 1]")
     assert files(tmp_path) == []
 
 

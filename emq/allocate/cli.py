@@ -117,7 +117,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="proxy JSON / run folder, baseline name, measured SQNR, or 'default' "
                    "(the shipped reference proxy; the default)")  # fmt: skip
     p.add_argument(
-        "--budget-bops", type=options.fraction, metavar="R", help="relative BOPs (vs W8A8)"
+        "--budget-bops", type=options.relative_bops, metavar="R", help="relative BOPs (vs W8A8)"
     )
     p.add_argument("--accuracy-target", type=options.percent, metavar="A",
                    help="top-1 %% on the validation images (SQNR method)")  # fmt: skip
@@ -150,7 +150,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--proxy", default="default",
                    help="best exported proxy for --compare")  # fmt: skip
     p.add_argument(
-        "--budgets", type=options.fraction_list, default="0.25,0.35,0.5", help="--compare budgets"
+        "--budgets", type=options.budget_list, default="0.25,0.35,0.5", help="--compare budgets"
     )
     p.add_argument("--front-points", type=options.positive_int, default=6,
                    help="--compare: SQNR front points measured per scorer (plot)")  # fmt: skip
