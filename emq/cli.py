@@ -285,7 +285,7 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
         names = [get_baseline(n.strip()).name for n in args.baselines.split(",") if n.strip()]
     benches = {m: Bench.open(shipped_bench(m)) for m in models}
     out = Path(args.out)
-    check_output_folder(out, "--out", ("transfer-plan.json",))
+    check_output_folder(out, "--out", ("transfer", "leave-"))
     out.mkdir(parents=True, exist_ok=True)
     with exclusive(run_folder_lock(out), f"transfer folder {out}"):
         result = run_transfer(

@@ -425,6 +425,21 @@ def test_second_evolve_is_refused_naming_the_pid(tmp_path, vgg_bench_copy, holde
     assert files(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", [["transfer", "--models", "vgg,resnext"], ["ablate"]])
+def test_second_transfer_or_ablate_is_refused(tmp_path, holder, capsys, command):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = holder(run_folder_lock(out))
+    refused([*command, "--out", str(out)], capsys, f"PID {proc.pid}", str(out))
+    assert files(out) == [".emq.lock", ".emq.lock.pid"]
+
+
+def test_output_folder_of_something_else_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    refused(["ablate", "--out", str(tmp_path)], capsys, "notes.txt", "another --out")
+    assert files(tmp_path) == ["notes.txt"]
+
+
 def test_second_bench_build_is_refused_naming_the_pid(tmp_path, holder, capsys):
     out = tmp_path / "b.sqlite"
     proc = holder(file_lock(out))
