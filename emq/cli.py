@@ -199,9 +199,8 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     read_best(Path(args.run))  # validated before anything is written
     out = Path(args.out or args.run)
-    if Path(args.run).is_dir():
-        out.mkdir(parents=True, exist_ok=True)
-    with exclusive(run_folder_lock(out), f"folder {out}") if out.is_dir() else _nothing():
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_folder_lock(out), f"folder {out}"):
         paths = export_run(args.run, args.out)
     for kind, path in paths.items():
         print(f"{kind:<8} {path}")
@@ -342,14 +341,6 @@ def check_output_folder(out: Path, option: str, ours: tuple[str, ...]) -> None:
                 f"{option} {out} holds other files ({', '.join(sorted(foreign)[:3])}); "
                 f"use another {option}"
             )
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
