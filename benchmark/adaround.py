@@ -374,16 +374,20 @@ class AdaRounder:
 
 def add_arguments(parser, default: str | None = "nearest", what: str = "") -> None:
     """``--rounding`` and the AdaRound knobs on an ``argparse`` parser."""
+    from benchmark import options
+
     d = AdaRoundSettings()
     parser.add_argument("--rounding", choices=ROUNDINGS, default=default,
                         help="weight rounding (AdaRound: learned per layer and bit)"
                         + (f"; default {default or what}"))  # fmt: skip
-    parser.add_argument("--adaround-iterations", type=int, default=d.iterations,
+    parser.add_argument("--adaround-iterations", type=options.positive_int, default=d.iterations,
                         help="AdaRound Adam steps per (layer, bit)")  # fmt: skip
-    parser.add_argument("--adaround-images", type=int, default=d.images,
+    parser.add_argument("--adaround-images", type=options.images, default=d.images,
                         help="AdaRound calibration images (training split)")  # fmt: skip
-    parser.add_argument("--adaround-lr", type=float, default=d.lr, help="AdaRound Adam rate")
-    parser.add_argument("--adaround-lambda", type=float, default=d.reg_weight,
+    parser.add_argument(
+        "--adaround-lr", type=options.positive_float, default=d.lr, help="AdaRound Adam rate"
+    )
+    parser.add_argument("--adaround-lambda", type=options.nonneg_float, default=d.reg_weight,
                         help="AdaRound rounding-regularizer weight")  # fmt: skip
 
 

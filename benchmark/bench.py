@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
 from benchmark.data import calibration_batch, data_fingerprint, load_split
+from benchmark.lock import exclusive, file_lock
 from benchmark.models import check_model_name, checkpoint_path, load_model
 from benchmark.ptq import (
     CLIP_GRID,
@@ -35,9 +36,16 @@ from benchmark.ptq import (
     layer_table,
     state_fingerprint,
 )
+from benchmark.schemas import (
+    MAX_ROWS,
+    SCHEMA_VERSION,
+    FileFormatError,
+    check_bench_meta,
+    check_bench_rows,
+    parse_json,
+)
 from emq.cluster import pool
 
-SCHEMA_VERSION = 1
 SHIPPED = Path(__file__).resolve().parent / "benches"
 # Meta keys that must agree before results may be added to an existing file.
 IDENTITY_KEYS = (
@@ -52,7 +60,7 @@ IDENTITY_KEYS = (
 )
 
 
-class BenchError(ValueError):
+class BenchError(FileFormatError):
     """A bench file is missing, corrupt, or does not match the requested settings."""
 
 
@@ -182,6 +190,26 @@ def measure(
     return config_key(w_bits, a_bits), top1, loss, time.perf_counter() - start
 
 
+# Random configurations are drawn with rejection of repeats: asking for (nearly) every
+# non-uniform configuration of a small space would take forever, so at most this fraction.
+MAX_SAMPLED_FRACTION = 0.5
+
+
+def check_config_count(num_layers: int, n: int, candidates: Sequence[int]) -> None:
+    """Refuse a ``--configs`` count the sampler cannot produce (before any work is done)."""
+    if n < 0:
+        raise ValueError(f"--configs must be >= 0, got {n}")
+    k = len(set(candidates))
+    available = k**num_layers - k  # exact integer arithmetic, no overflow
+    limit = int(available * MAX_SAMPLED_FRACTION) if available > 1000 else available
+    if n > limit:
+        raise ValueError(
+            f"--configs {n}: only {available} non-uniform configurations exist for "
+            f"{num_layers} layers and bits {sorted(set(candidates))}; the sampler draws at most "
+            f"{limit}"
+        )
+
+
 def sample_configs(
     num_layers: int, n: int, seed: int, candidates: Sequence[int] = DEFAULT_BITS
 ) -> list[tuple[int, ...]]:
@@ -190,12 +218,7 @@ def sample_configs(
     The sequence is prefix-stable: asking for more configurations extends it.
     """
     cands = np.asarray(sorted(candidates))
-    available = len(cands) ** num_layers - len(cands)
-    if n > available:
-        raise ValueError(
-            f"asked for {n} random configurations but only {available} non-uniform ones exist "
-            f"for {num_layers} layers and bits {cands.tolist()}"
-        )
+    check_config_count(num_layers, n, candidates)
     out = [tuple([int(b)] * num_layers) for b in cands]
     seen = set(out)
     rng = np.random.default_rng(seed)
@@ -238,8 +261,37 @@ def _check_is_bench(path: Path) -> None:
         raise BenchError(f"{path} is an SQLite file of something else; choose another --out")
 
 
-def _read_meta(con: sqlite3.Connection) -> dict:
-    return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta")}
+META_VALUE_BYTES = 4 * 2**20  # the largest meta value (the layer table) is a few kB
+
+
+def _read_meta(con: sqlite3.Connection, source: Path | str) -> dict:
+    """The meta table, each value strict JSON within limits (not yet schema-checked)."""
+    meta = {}
+    for key, value in con.execute("SELECT key, value FROM meta LIMIT 1000"):
+        where = f"{source} (meta table, key {str(key)[:60]!r})"
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise BenchError(f"{where}: expected a text key and a JSON text value")
+        meta[key] = parse_json(value, where, max_bytes=META_VALUE_BYTES)
+    return meta
+
+
+def _existing_meta(path: Path) -> dict:
+    """Meta of an existing bench file, read without changing it (``{}`` for an empty file)."""
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return {}
+    if not path.is_file():
+        raise BenchError(f"{path} is not a regular file; choose another --out")
+    _check_is_bench(path)
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+            meta = _read_meta(con, path) if "meta" in tables else {}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise BenchError(f"{path} is not a valid bench file ({exc}); choose another --out") from exc
+    return check_bench_meta(meta, str(path)) if meta else meta
 
 
 def _mismatch(old: dict, new: dict) -> list[str]:
@@ -284,6 +336,7 @@ def build_bench(
     )  # fmt: skip
     net = load_model(model, ckpt)
     layers = layer_table(net)
+    check_config_count(len(layers), n_configs, spec.candidates)  # before any file is written
     meta = {
         "schema_version": SCHEMA_VERSION,
         "model": model,
@@ -297,24 +350,38 @@ def build_bench(
         "test_images": 10000,
     }
     out = Path(out)
+    _check_extends(out, _existing_meta(out), meta, rounding)  # read-only, before the lock
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.is_file() and out.stat().st_size > 0:
-        _check_is_bench(out)
+    with exclusive(file_lock(out), f"bench file {out}"):
+        return _build_locked(out, spec, meta, layers, n_configs, seed, jobs, progress, client)
+
+
+def _check_extends(out: Path, old: dict, meta: dict, rounding: str) -> None:
+    """Refuse to add results to a bench file measured with other settings."""
+    bad = _mismatch(old, meta)
+    old_rounding = old.get("quantizer", {}).get("rounding", rounding)
+    if old_rounding != rounding:
+        raise BenchError(
+            f"{out} was built with --rounding {old_rounding}, not {rounding}; pass "
+            f"--rounding {old_rounding} to extend it, or use another --out"
+        )
+    if bad:
+        raise BenchError(
+            f"{out} was built with different {', '.join(bad)}; refusing to mix results "
+            "(use another --out, or the settings the file was built with)"
+        )
+
+
+def _build_locked(
+    out: Path, spec: BenchSpec, meta: dict, layers: list, n_configs: int, seed: int,
+    jobs: int, progress: bool, client: Any,
+) -> dict:  # fmt: skip
+    """``build_bench``'s work, run while this process holds the bench file's lock."""
+    model, rounding = spec.model, spec.rounding
+    _check_extends(out, _existing_meta(out), meta, rounding)  # again, now under the lock
     con = _connect(out)
     try:
-        old = _read_meta(con)
-        bad = _mismatch(old, meta)
-        old_rounding = old.get("quantizer", {}).get("rounding", rounding)
-        if old_rounding != rounding:
-            raise BenchError(
-                f"{out} was built with --rounding {old_rounding}, not {rounding}; pass "
-                f"--rounding {old_rounding} to extend it, or use another --out"
-            )
-        if bad:
-            raise BenchError(
-                f"{out} was built with different {', '.join(bad)}; refusing to mix results "
-                "(use another --out, or the settings the file was built with)"
-            )
+        old = _read_meta(con, out)
         rounder = None
         if rounding == "adaround":
             # Learn every (layer, bit) rounding here, once, before workers stitch them.
@@ -358,6 +425,12 @@ def build_bench(
                 bar.update(1)
         bar.close()
         total = con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        # A finished file in rollback-journal mode: readers (read-only) then leave no
+        # -wal/-shm files beside it. Skipped while another connection has it open.
+        try:
+            con.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.OperationalError:
+            pass
     finally:
         con.close()
     return {"path": str(out), "configs": total, "measured": len(todo)}
@@ -375,46 +448,54 @@ class Bench:
         self.meta = meta
         self.layers: list[dict] = meta["layers"]
         self.candidates: tuple[int, ...] = tuple(meta["candidates"])
-        keys = [r[0] for r in rows]
-        self.keys: tuple[str, ...] = tuple(keys)
-        w = [[int(b) for b in k.split("|")[0].split(",")] for k in keys]
-        a = [[int(b) for b in k.split("|")[1].split(",")] for k in keys]
-        n_layers = len(self.layers)
-        self.w_bits = np.asarray(w, dtype=np.int64).reshape(len(keys), n_layers)
-        self.a_bits = np.asarray(a, dtype=np.int64).reshape(len(keys), n_layers)
+        self.w_bits, self.a_bits = check_bench_rows(rows, meta, str(path))
+        self.keys: tuple[str, ...] = tuple(r[0] for r in rows)
         self.accuracy = np.asarray([r[2] for r in rows], dtype=np.float64)
         self.loss = np.asarray([r[3] for r in rows], dtype=np.float64)
         self.bops = np.asarray([r[4] for r in rows], dtype=np.float64)
         self.seconds = np.asarray([r[5] for r in rows], dtype=np.float64)
         for arr in (self.w_bits, self.a_bits, self.accuracy, self.loss, self.bops, self.seconds):
             arr.setflags(write=False)
-        self._index = {k: i for i, k in enumerate(keys)}
+        self._index = {k: i for i, k in enumerate(self.keys)}
 
     @classmethod
     def open(cls, path: Path | str) -> Bench:
-        """Load a bench file; a missing, corrupt or empty file is a clear ``BenchError``."""
+        """Load a bench file, its meta table and rows checked against the bench schema
+        (``benchmark.schemas``); a missing, corrupt, altered or empty file is a clear
+        ``BenchError`` naming the file and the field."""
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise BenchError(f"bench file {path} does not exist (build one with 'emq bench build')")
+        if not path.is_file():
+            raise BenchError(f"bench file {path} is not a regular file (a directory?)")
         try:
             con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
-                meta = _read_meta(con)
+                meta = _read_meta(con, path)
+                if meta.get("schema_version") != SCHEMA_VERSION or "layers" not in meta:
+                    raise BenchError(
+                        f"{path} has bench schema {meta.get('schema_version')!r}, expected "
+                        f"{SCHEMA_VERSION}: rebuild it with 'emq bench build'"
+                    )
+                check_bench_meta(meta, str(path))
+                (count,) = con.execute("SELECT COUNT(*) FROM results").fetchone()
+                if count > MAX_ROWS:
+                    raise BenchError(f"{path} holds {count:,} results, more than {MAX_ROWS:,}")
                 rows = con.execute(
                     "SELECT config, idx, top1, loss, bops, seconds FROM results ORDER BY idx"
                 ).fetchall()
             finally:
                 con.close()
-        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:
+        except sqlite3.DatabaseError as exc:
             raise BenchError(f"{path} is not a readable bench file: {exc}") from exc
-        if meta.get("schema_version") != SCHEMA_VERSION or "layers" not in meta:
-            raise BenchError(
-                f"{path} has bench schema {meta.get('schema_version')!r}, expected "
-                f"{SCHEMA_VERSION}: rebuild it with 'emq bench build'"
-            )
+        except FileFormatError as exc:
+            raise BenchError(str(exc)) from None
         if not rows:
             raise BenchError(f"{path} holds no measured configuration yet")
-        return cls(path, meta, rows)
+        try:
+            return cls(path, meta, rows)
+        except FileFormatError as exc:
+            raise BenchError(str(exc)) from None
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from benchmark.bench import Bench
-from emq.evolve import Campaign, CampaignSettings
+from emq.evolve import Campaign, CampaignSettings, read_checkpoint
 from emq.fitness import Evaluator
 
 VARIANTS = {
@@ -43,7 +42,7 @@ def run_ablation(
             settings = replace(base, seed=seed, **change)
             run = out / f"{variant}-seed{seed}"
             summary = Campaign(run, bench, evaluator, settings, jobs, progress).run_steps(steps)
-            last = json.loads((run / "checkpoint.json").read_text())["history"][-1]
+            last = read_checkpoint(run / "checkpoint.json", settings)["history"][-1]
             rows.append(
                 {
                     "variant": variant,

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from benchmark import options
 from benchmark.bench import Bench, default_bench
 from benchmark.ptq import (
     QuantSim,
@@ -683,8 +684,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--only", metavar="NAME[,NAME]", help=f"subset of: {', '.join(BASELINES)}")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/baselines-<bench>)")
     p.add_argument("--checkpoint", help="model state_dict the bench was built from")
-    p.add_argument("--batch", type=int, default=128, help="calibration images")
-    p.add_argument("--seed", type=int, default=0, help="split / calibration / baseline seed")
+    p.add_argument("--batch", type=options.images, default=128, help="calibration images")
+    p.add_argument("--seed", type=options.seed, default=0,
+                   help="split / calibration / baseline seed")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_baselines)
     return p

@@ -1,7 +1,10 @@
 """The ``emq`` command line. Each subcommand is one ``_cmd_*`` function.
 
-User mistakes (bad arguments, missing or mismatched files) print one line and exit 2;
-set ``EMQ_DEBUG=1`` to see the traceback.
+User mistakes (bad arguments, missing, malformed or mismatched files, a folder another
+process is writing) print one line ``emq: error: ...`` and exit 2, with nothing written:
+options are range-checked by the parser (``benchmark.options``), files against their
+schemas (``benchmark.schemas``, ``emq.schemas``) before any work. Set ``EMQ_DEBUG=1`` to see
+the traceback.
 """
 
 from __future__ import annotations
@@ -9,13 +12,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sqlite3
 import sys
 from pathlib import Path
 
 import numpy as np
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, sqlite3.DatabaseError)
+from benchmark import options
+
+# OSError: a path the user gave that cannot be read or written (a directory, permissions,
+# a name too long, a full disk). RecursionError: a safety net behind the depth limits.
+USER_ERRORS = (ValueError, KeyError, OSError, sqlite3.DatabaseError, RecursionError)
+MAX_MESSAGE = 2000
+
+
+CONFIG_COUNT = options.int_range(0, 1_000_000, "a number of configurations")
+POPULATION = options.int_range(4, 100_000, "a population size")
+
+
+class UsageError(Exception):
+    """A command line the parser refuses (unknown option, bad value)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` whose refusals are one ``emq: error:`` line (not usage + message)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        message = re.sub(r"^argument ([^:]+): ", r"\1 ", message)
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _print_json_or_table(obj: dict, as_json: bool) -> None:
@@ -45,13 +70,11 @@ def _cmd_bench_build(args: argparse.Namespace) -> None:
     from benchmark.adaround import settings_from_args
     from benchmark.bench import build_bench
     from emq.cluster import connected, scheduler_address
-    from emq.score import parse_int_list
 
-    cands = parse_int_list(args.bits, "--bits")
     with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
         result = build_bench(
             args.model, args.configs, args.seed, args.out, jobs=args.jobs,
-            checkpoint=args.checkpoint, candidates=cands, act_bits=args.act_bits,
+            checkpoint=args.checkpoint, candidates=args.bits, act_bits=args.act_bits,
             rounding=args.rounding, adaround=settings_from_args(args), client=client,
         )  # fmt: skip
     _print_json_or_table(result, args.json)
@@ -107,14 +130,11 @@ def _print_zoo(as_json: bool) -> None:
 
 def _cmd_evolve(args: argparse.Namespace) -> None:
     from benchmark.bench import Bench, default_bench
+    from benchmark.lock import exclusive, run_folder_lock
     from emq.cluster import connected, scheduler_address
-    from emq.evolve import settings_from_args
+    from emq.evolve import campaign_identity, check_run_folder, settings_from_args
     from emq.transfer import bench_campaign, parse_models, resolve_split
 
-    if args.steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {args.steps}")
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     if args.bench and args.models:
         raise ValueError("give --bench files or --models, not both")
     kw = vars(args)
@@ -140,13 +160,17 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
         benches = [Bench.open(default_bench(m)) for m in search]
         name = "zoo" if args.models is None else benches[0].model
     heldout = [Bench.open(default_bench(m)) for m in held]
+    run = Path(args.run or f"runs/{name}-seed{settings.seed}")
+    # The run folder's files are checked before the proxy inputs are computed.
+    check_run_folder(run, campaign_identity(settings, benches[0], tuple(benches[1:])), settings)
     with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
-        run = Path(args.run or f"runs/{name}-seed{settings.seed}")
-        campaign = bench_campaign(
-            run, benches, settings, checkpoint=args.checkpoint, heldout=heldout,
-            jobs=args.jobs, client=client,
-        )  # fmt: skip
-        summary = campaign.run_steps(args.steps)
+        run.mkdir(parents=True, exist_ok=True)
+        with exclusive(run_folder_lock(run), f"run folder {run}"):
+            campaign = bench_campaign(
+                run, benches, settings, checkpoint=args.checkpoint, heldout=heldout,
+                jobs=args.jobs, client=client,
+            )  # fmt: skip
+            summary = campaign.run_steps(args.steps)
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -170,9 +194,14 @@ def _cmd_evolve(args: argparse.Namespace) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from emq.export import export_run
+    from benchmark.lock import exclusive, run_folder_lock
+    from emq.export import export_run, read_best
 
-    paths = export_run(args.run, args.out)
+    read_best(Path(args.run))  # validated before anything is written
+    out = Path(args.out or args.run)
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_folder_lock(out), f"folder {out}"):
+        paths = export_run(args.run, args.out)
     for kind, path in paths.items():
         print(f"{kind:<8} {path}")
 
@@ -196,11 +225,11 @@ def _cmd_score(args: argparse.Namespace) -> None:
     from benchmark.ptq import quantizable_layers
     from emq.export import load_proxy, needed_inputs
     from emq.metrics import correlation_report
-    from emq.score import build_model, model_context, parse_configs, parse_int_list, score
+    from emq.score import build_model, model_context, parse_configs, score
 
     scorer = load_proxy(args.proxy)
     bench = Bench.open(args.bench) if args.bench else None
-    cands = bench.candidates if bench else parse_int_list(args.bits, "--bits")
+    cands = bench.candidates if bench else args.bits
     if args.rounding is None:
         args.rounding = bench.rounding if bench else "nearest"
     if bench is not None:
@@ -208,15 +237,15 @@ def _cmd_score(args: argparse.Namespace) -> None:
     ada = bench.adaround if bench is not None else settings_from_args(args)
     model = build_model(args.model, args.checkpoint)
     n_layers = len(quantizable_layers(model))
-    names = needed_inputs(scorer)  # only what the proxy reads (e.g. no Hessian)
-    ctx = model_context(
-        model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada, names=names
-    )
     configs = (
         parse_configs(args.configs, n_layers, cands) if args.configs else np.empty((0, n_layers))
     )
     if bench is not None and bench.num_layers != n_layers:
         raise ValueError(f"bench {bench.path} has {bench.num_layers} layers, model {n_layers}")
+    names = needed_inputs(scorer)  # only what the proxy reads (e.g. no Hessian)
+    ctx = model_context(
+        model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada, names=names
+    )
     start = time.perf_counter()
     table, scores = score(scorer, ctx, configs.astype(np.int64))
     out: dict = {
@@ -249,13 +278,11 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
 def _cmd_transfer(args: argparse.Namespace) -> None:
     from benchmark.bench import Bench
+    from benchmark.lock import exclusive, run_folder_lock
     from emq.evolve import settings_from_args
-    from emq.score import parse_int_list
     from emq.transfer import parse_models, run_transfer, shipped_bench, zoo_models_with_bench
 
-    if args.steps < 0 or args.jobs < 1:
-        raise ValueError("--steps must be >= 0 and --jobs >= 1")
-    seeds = parse_int_list(args.seeds, "--seeds", "0,1,2")
+    seeds = args.seeds
     models = parse_models(args.models, "--models") or zoo_models_with_bench()
     kw = {"population": args.population, "bench_agg": args.bench_agg}
     if args.inputs is not None:
@@ -267,9 +294,13 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
 
         names = [get_baseline(n.strip()).name for n in args.baselines.split(",") if n.strip()]
     benches = {m: Bench.open(shipped_bench(m)) for m in models}
-    result = run_transfer(
-        args.out, benches, seeds, args.steps, settings, baselines=names, jobs=args.jobs
-    )
+    out = Path(args.out)
+    check_output_folder(out, "--out", ("transfer", "leave-"))
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_folder_lock(out), f"transfer folder {out}"):
+        result = run_transfer(
+            out, benches, seeds, args.steps, settings, baselines=names, jobs=args.jobs
+        )
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -287,19 +318,40 @@ def _cmd_transfer(args: argparse.Namespace) -> None:
 
 def _cmd_ablate(args: argparse.Namespace) -> None:
     from benchmark.bench import Bench, default_bench
-    from emq.ablation import format_table, run_ablation
+    from benchmark.lock import exclusive, run_folder_lock
+    from emq.ablation import VARIANTS, format_table, run_ablation
     from emq.context import bench_evaluator
     from emq.evolve import CampaignSettings
-    from emq.score import parse_int_list
 
-    seeds = list(parse_int_list(args.seeds, "--seeds", "0,1,2"))
+    seeds = list(args.seeds)
     base = CampaignSettings(population=args.population, offspring=args.offspring)
     bench = Bench.open(args.bench or default_bench())
-    evaluator = bench_evaluator(bench, base.calib_images, base.calib_seed, base.split_seed)
     out = Path(args.out or f"runs/ablation-{bench.model}")
-    rows = run_ablation(bench, evaluator, base, args.steps, seeds, out, args.jobs)
+    check_output_folder(out, "--out", ("ablation.csv", "ablation.md", *VARIANTS))
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(run_folder_lock(out), f"ablation folder {out}"):
+        evaluator = bench_evaluator(bench, base.calib_images, base.calib_seed, base.split_seed)
+        rows = run_ablation(bench, evaluator, base, args.steps, seeds, out, args.jobs)
     print(format_table(rows))
     print(f"\nper-seed rows: {out / 'ablation.csv'}")
+
+
+def check_output_folder(out: Path, option: str, ours: tuple[str, ...]) -> None:
+    """Refuse an output path that is a file, or a folder of something else (read-only)."""
+    from benchmark.lock import is_lock_file
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is a file, not a folder; use another {option}")
+    if out.is_dir():
+        foreign = [
+            p.name for p in out.iterdir()
+            if not is_lock_file(p) and not any(p.name.startswith(o) for o in ours)
+        ]  # fmt: skip
+        if foreign:
+            raise ValueError(
+                f"{option} {out} holds other files ({', '.join(sorted(foreign)[:3])}); "
+                f"use another {option}"
+            )
 
 
 def _add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
@@ -316,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     from benchmark.models import MODELS
     from emq.fitness import AGGREGATES
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="emq",
         description="Evolve training-free proxies for mixed-precision quantization.",
     )
@@ -324,9 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a zoo model on Fashion-MNIST (seeded)")
     t.add_argument("--model", required=True, choices=sorted(MODELS))
-    t.add_argument("--epochs", type=int, help="default: the model's recipe (15 if none)")
-    t.add_argument("--batch-size", type=int, help="default: 128")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--epochs",
+        type=options.int_range(1, 10_000, "a number of epochs"),
+        help="default: the model's recipe (15 if none)",
+    )
+    t.add_argument("--batch-size", type=options.images, help="default: 128")
+    t.add_argument("--seed", type=options.seed, default=0)
     t.add_argument("--out", help="checkpoint path (default: the shipped checkpoint)")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_cmd_train)
@@ -335,14 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
     bb = bsub.add_parser("build", help="measure PTQ accuracy of sampled configurations")
     bb.add_argument("--model", required=True, help=f"one of {', '.join(sorted(MODELS))}")
-    bb.add_argument("--configs", type=int, required=True, help="number of random configs")
-    bb.add_argument("--seed", type=int, default=0, help="sampling seed")
+    bb.add_argument("--configs", type=CONFIG_COUNT, required=True, help="number of random configs")
+    bb.add_argument("--seed", type=options.seed, default=0, help="sampling seed")
     bb.add_argument("--out", required=True, help="SQLite bench file (resumed if it exists)")
-    bb.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    bb.add_argument("--jobs", type=options.jobs, default=1, help="parallel worker processes")
     _add_scheduler_argument(bb)
     bb.add_argument("--checkpoint", help="state_dict to load (default: shipped checkpoint)")
-    bb.add_argument("--bits", default="2,3,4,8", help="weight bit candidates")
-    bb.add_argument("--act-bits", type=int, default=8, help="activation bit-width")
+    bb.add_argument(
+        "--bits", type=options.bit_list, default="2,3,4,8", help="weight bit candidates"
+    )
+    bb.add_argument("--act-bits", type=options.bits, default=8, help="activation bit-width")
     add_rounding(bb)
     bb.add_argument("--json", action="store_true")
     bb.set_defaults(func=_cmd_bench_build)
@@ -373,14 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "('min') or mean minus standard deviation of their Spearman@topk")  # fmt: skip
     e.add_argument("--run", help="run folder (default: runs/zoo-seed<seed>, or "
                    "runs/<first model>-seed<seed>)")  # fmt: skip
-    e.add_argument("--steps", type=int, default=150, help="evolution steps")
-    e.add_argument("--population", type=int, help="population size (default 48)")
-    e.add_argument("--seed", type=int, help="campaign seed (default 0)")
-    e.add_argument("--jobs", type=int, default=1, help="parallel evaluation processes")
+    e.add_argument("--steps", type=options.nonneg_int, default=150, help="evolution steps")
+    e.add_argument("--population", type=POPULATION, help="population size (default 48)")
+    e.add_argument("--seed", type=options.seed, help="campaign seed (default 0)")
+    e.add_argument("--jobs", type=options.jobs, default=1, help="parallel evaluation processes")
     _add_scheduler_argument(e)
     e.add_argument("--checkpoint", help="weights the bench was built from (default: shipped)")
     e.add_argument("--mode", choices=["steady", "generational"], help="default: steady")
-    e.add_argument("--offspring", type=int, help="offspring per steady-state step (default 8)")
+    e.add_argument(
+        "--offspring", type=options.positive_int, help="offspring per steady-state step (default 8)"
+    )
     e.add_argument("--generator", choices=["branched", "tree"], help="default: tree")
     e.add_argument("--init", metavar="FILE|literature|none",
                    help="seed the initial population: a file of formulas (one per line), "
@@ -399,11 +459,13 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ablate", help="OSP/DPS ablation over several seeds")
     a.add_argument("--bench", help="bench file (default: shipped ResNet-20 bench)")
     a.add_argument("--out", help="output folder (default: runs/ablation-<model>)")
-    a.add_argument("--steps", type=int, default=20)
-    a.add_argument("--population", type=int, default=32)
-    a.add_argument("--offspring", type=int, default=8)
-    a.add_argument("--seeds", default="0,1,2", help="comma-separated campaign seeds")
-    a.add_argument("--jobs", type=int, default=1)
+    a.add_argument("--steps", type=options.nonneg_int, default=20)
+    a.add_argument("--population", type=POPULATION, default=32)
+    a.add_argument("--offspring", type=options.positive_int, default=8)
+    a.add_argument(
+        "--seeds", type=options.seed_list, default="0,1,2", help="comma-separated campaign seeds"
+    )
+    a.add_argument("--jobs", type=options.jobs, default=1)
     a.set_defaults(func=_cmd_ablate)
 
     x = sub.add_parser("export", help="export a campaign's best proxy (.py, .json, formula)")
@@ -431,9 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="state_dict for the model")
     s.add_argument("--configs", help='file, or inline "b1,b2,...[;b1,b2,...]"')
     s.add_argument("--bench", help="also correlate with this bench's measured accuracy")
-    s.add_argument("--bits", default="2,3,4,8", help="bit candidates (without --bench)")
-    s.add_argument("--batch", type=int, default=128, help="calibration images")
-    s.add_argument("--seed", type=int, default=0, help="calibration batch seed")
+    s.add_argument(
+        "--bits", type=options.bit_list, default="2,3,4,8", help="bit candidates (without --bench)"
+    )
+    s.add_argument("--batch", type=options.images, default=128, help="calibration images")
+    s.add_argument("--seed", type=options.seed, default=0, help="calibration batch seed")
     add_rounding(s, default=None, what="the bench's, else nearest")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_score)
@@ -446,9 +510,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M1,M2,...",
         help="zoo models to leave out in turn (default: every model with a bench)",
     )
-    tr.add_argument("--seeds", default="0", help="comma-separated campaign seeds (default 0)")
-    tr.add_argument("--steps", type=int, default=40, help="steps per campaign (default 40)")
-    tr.add_argument("--population", type=int, default=32, help="population (default 32)")
+    tr.add_argument(
+        "--seeds",
+        type=options.seed_list,
+        default="0",
+        help="comma-separated campaign seeds (default 0)",
+    )
+    tr.add_argument(
+        "--steps", type=options.nonneg_int, default=40, help="steps per campaign (default 40)"
+    )
+    tr.add_argument("--population", type=POPULATION, default=32, help="population (default 32)")
     tr.add_argument("--bench-agg", choices=list(AGGREGATES), help="default: mean")
     tr.add_argument("--inputs", metavar="A,W,...", help="proxy inputs (default: all but H)")
     tr.add_argument(
@@ -456,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME,...",
         help="baselines to compare with (default: every registered baseline)",
     )
-    tr.add_argument("--jobs", type=int, default=1, help="parallel evaluation processes")
+    tr.add_argument("--jobs", type=options.jobs, default=1, help="parallel evaluation processes")
     tr.add_argument("--out", default="runs/transfer", help="output folder (resumable)")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=_cmd_transfer)
@@ -470,21 +541,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``emq`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _one_line(exc: BaseException) -> str:
+    """The message of a user error, on one line, naming the file of an OSError."""
+    if isinstance(exc, KeyError) and exc.args:
+        msg = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.strerror:
+        name = str(exc.filename or "")
+        name = name if len(name) <= 120 else name[:117] + "..."
+        msg = f"{exc.strerror}: {name}" if name else exc.strerror
+    elif isinstance(exc, RecursionError):
+        msg = "the input is nested too deeply"
+    else:
+        msg = str(exc) or type(exc).__name__
+    msg = " ".join(msg.split())
+    return msg if len(msg) <= MAX_MESSAGE else msg[: MAX_MESSAGE - 3] + "..."
+
+
+def _stdout_gone() -> int:
+    """stdout was closed by its reader (``emq ... | head``): stop quietly, as the Python
+    docs recommend (``signal`` docs, "Note on SIGPIPE"): point stdout at devnull so the
+    interpreter's final flush does not fail again."""
     try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``emq`` console script; returns the exit status.
+
+    0 on success; 2 and one ``emq: error: ...`` line on stderr for any bad input (the
+    command line, a file, a locked folder); 130 on Ctrl-C; 1 (quietly) when stdout's
+    reader went away. ``--help`` exits 0 through ``SystemExit``.
+    """
+    try:
+        args = build_parser().parse_args(argv)
         args.func(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         print("emq: interrupted; finished results are saved, rerun the command to resume",
               file=sys.stderr)  # fmt: skip
         return 130
+    except BrokenPipeError:
+        return _stdout_gone()
+    except UsageError as exc:
+        print(f"emq: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except USER_ERRORS as exc:
         if os.environ.get("EMQ_DEBUG"):
             raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"emq: error: {msg}", file=sys.stderr)
+        print(f"emq: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -25,12 +25,14 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from benchmark.bench import Bench
+from benchmark.lock import exclusive, is_lock_file, run_folder_lock
 from emq import __version__
 from emq.cluster import pool
 from emq.fitness import AGGREGATES, Evaluator, evaluate_text
 from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names
 from emq.osp import OperationSampler
+from emq.schemas import CAMPAIGN_SCHEMA, CHECKPOINT_SCHEMA, read_document
 from emq.screen import STAGES, Screener, validity_rate
 from emq.seeds import LITERATURE, fitting
 from primitives.inputs import BIT_DEPENDENT, INPUT_NAMES
@@ -116,6 +118,81 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def campaign_identity(
+    settings: CampaignSettings, bench: Bench, extra_benches: tuple[Bench, ...] = ()
+) -> dict:
+    """What must match for a run folder to be resumed (not the bench's path), as JSON."""
+    fields_ = asdict(settings)
+    for key, value in LEGACY_VALUES.items():  # run folders predating the field resume
+        if fields_[key] == value:
+            del fields_[key]
+    ident = {"settings": fields_, "bench_fingerprint": bench.fingerprint}
+    if extra_benches:  # single-bench run folders keep their identity
+        ident["extra_bench_fingerprints"] = [b.fingerprint for b in extra_benches]
+    return json.loads(json.dumps(ident))  # tuples as the file has them
+
+
+def read_checkpoint(path: Path, settings: CampaignSettings) -> dict:
+    """A run folder's ``checkpoint.json``, validated against ``CHECKPOINT_SCHEMA`` and the
+    campaign's settings (a clear error naming the file and field, before any work)."""
+    state = read_document(path, CHECKPOINT_SCHEMA, "checkpoint")
+    where = f"checkpoint {path}"
+    if len(state["population"]) > settings.population:
+        raise ValueError(
+            f"{where}: field 'population' holds {len(state['population'])} genomes; expected at "
+            f"most the campaign's population of {settings.population}"
+        )
+    if len(state["hall_of_fame"]) > settings.hof_size:
+        raise ValueError(
+            f"{where}: field 'hall_of_fame' holds {len(state['hall_of_fame'])} records; expected "
+            f"at most {settings.hof_size}"
+        )
+    for field in ("population", "hall_of_fame"):
+        for i, rec in enumerate(state[field]):
+            try:
+                from_string(rec["genome"])
+                from_string(rec["formula"])
+            except ValueError as exc:
+                raise ValueError(f"{where}: field '{field}[{i}]': {exc}") from None
+    if len(state["history"]) != state["step"] + 1 or state["history"][-1]["step"] != state["step"]:
+        raise ValueError(
+            f"{where}: field 'history' has {len(state['history'])} rows ending at step "
+            f"{state['history'][-1]['step']}; expected one row per step 0..{state['step']}"
+        )
+    return state
+
+
+def check_run_folder(run: Path, identity: dict, settings: CampaignSettings) -> bool:
+    """Read-only check that ``run`` is new, empty, or this campaign's folder with valid
+    ``campaign.json`` and ``checkpoint.json``. True if there is a checkpoint to resume."""
+    run = Path(run)
+    meta = run / "campaign.json"
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"--run {run} is a file, not a folder; use another --run")
+    if not meta.exists() and not meta.is_symlink():
+        if run.exists() and any(not is_lock_file(p) for p in run.iterdir()):
+            raise ValueError(f"{run} exists and is not a campaign folder; use another --run")
+        return False
+    old = read_document(meta, CAMPAIGN_SCHEMA, "campaign file")
+    # Every identity key either side has (not the display-only bench path, version).
+    keys = [k for k in {**old, **identity} if k not in ("bench", "version")]
+    diff = [k for k in keys if old.get(k) != identity.get(k)]
+    if diff:
+        detail = ""
+        if "settings" in diff:
+            keys = [k for k, v in identity["settings"].items() if old["settings"].get(k) != v]
+            detail = f" ({', '.join(keys)})"
+        raise ValueError(
+            f"run folder {run} belongs to a campaign with different "
+            f"{', '.join(diff)}{detail}; use another --run or the original settings"
+        )
+    ckpt = run / "checkpoint.json"
+    if ckpt.exists() or ckpt.is_symlink():
+        read_checkpoint(ckpt, settings)
+        return True
+    return False
+
+
 def _rng_state_to_json(state: tuple) -> list:
     return [state[0], list(state[1]), state[2]]
 
@@ -163,43 +240,21 @@ class Campaign:
     # ------------------------------------------------------------------ run folder
 
     def identity(self) -> dict:
-        """What must match for a run folder to be resumed (not the bench's path)."""
-        settings = asdict(self.settings)
-        for key, value in LEGACY_VALUES.items():  # run folders predating the field resume
-            if settings[key] == value:
-                del settings[key]
-        ident = {"settings": settings, "bench_fingerprint": self.bench.fingerprint}
-        if self.extra_benches:  # single-bench run folders keep their identity
-            ident["extra_bench_fingerprints"] = [b.fingerprint for b in self.extra_benches]
-        return ident
+        """What must match for a run folder to be resumed (``campaign_identity``)."""
+        return campaign_identity(self.settings, self.bench, self.extra_benches)
 
     def open_folder(self) -> bool:
-        """Create the run folder or check it belongs to this campaign. True if resuming."""
-        meta = self.run / "campaign.json"
-        if meta.exists():
-            try:
-                old = json.loads(meta.read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{meta} is corrupt ({exc}); use another --run") from exc
-            mine = json.loads(json.dumps(self.identity()))  # tuples as the file has them
-            # Every identity key either side has (not the display-only bench path, version).
-            keys = [k for k in {**old, **mine} if k not in ("bench", "version")]
-            diff = [k for k in keys if old.get(k) != mine.get(k)]
-            if diff:
-                detail = ""
-                if "settings" in diff:
-                    keys = [k for k, v in mine["settings"].items() if old["settings"].get(k) != v]
-                    detail = f" ({', '.join(keys)})"
-                raise ValueError(
-                    f"run folder {self.run} belongs to a campaign with different "
-                    f"{', '.join(diff)}{detail}; use another --run or the original settings"
-                )
-            return (self.run / "checkpoint.json").exists()
-        if self.run.exists() and any(self.run.iterdir()):
-            raise ValueError(f"{self.run} exists and is not a campaign folder; use another --run")
+        """Create the run folder or check it belongs to this campaign. True if resuming.
+
+        Call with the folder's lock held (``run_steps`` does).
+        """
+        if check_run_folder(self.run, self.identity(), self.settings):
+            return True
+        if (self.run / "campaign.json").exists():
+            return False
         self.run.mkdir(parents=True, exist_ok=True)
         info = {**self.identity(), "bench": _display(self.bench.path), "version": __version__}
-        _atomic_write(meta, json.dumps(info, indent=2))
+        _atomic_write(self.run / "campaign.json", json.dumps(info, indent=2))
         return False
 
     def _genome_record(self, g: Genome) -> dict:
@@ -238,8 +293,8 @@ class Campaign:
 
     def load(self) -> None:
         path = self.run / "checkpoint.json"
+        state = read_checkpoint(path, self.settings)
         try:
-            state = json.loads(path.read_text())
             self.step, self.evaluations = state["step"], state["evaluations"]
             self.eval_seconds = state["eval_seconds"]
             self.rng.setstate(_rng_state_from_json(state["rng"]))
@@ -247,7 +302,7 @@ class Campaign:
             self.hof, self.history = state["hall_of_fame"], state["history"]
             self.screener.load_state(state["screener"])
             self.sampler.load_state(state["osp"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(
                 f"checkpoint {path} is corrupt ({type(exc).__name__}: {exc}); "
                 "delete the run folder or use another --run"
@@ -366,7 +421,17 @@ class Campaign:
         )
 
     def run_steps(self, steps: int) -> dict:
-        """Run (or resume) until ``steps`` steps are done; returns the summary."""
+        """Run (or resume) until ``steps`` steps are done; returns the summary.
+
+        The run folder is checked before anything is written, then locked: a second
+        process writing the same folder is refused (``benchmark.lock``).
+        """
+        check_run_folder(self.run, self.identity(), self.settings)
+        self.run.mkdir(parents=True, exist_ok=True)
+        with exclusive(run_folder_lock(self.run), f"run folder {self.run}"):
+            return self._run_steps(steps)
+
+    def _run_steps(self, steps: int) -> dict:
         resumed = self.open_folder()
         if resumed:
             self.load()
@@ -449,7 +514,7 @@ class Campaign:
         }
         if self.heldout_report is not None:
             out["heldout_models"] = self.heldout_report(expr)
-        _atomic_write(self.run / "best.json", json.dumps(out, indent=2))
+        _atomic_write(self.run / "best.json", json.dumps(_finite(out), indent=2))
         from emq.export import export_run
         from emq.plots import plot_campaign
 
@@ -478,6 +543,18 @@ class Campaign:
     @staticmethod
     def screener_expr(g: Genome):
         return canonical(from_string(g.canonical))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN/infinite floats as None: files are strict JSON (read back by
+    ``emq.schemas``), and an undefined correlation is null there."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _display(path: Path) -> str:

@@ -16,9 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.schemas import existing_path
 from emq import __version__
 from emq.genome import from_names
 from emq.graph import Expr, canonical, expr_str, leaves, ops_used, prefix_names, score_table
+from emq.schemas import (
+    BEST_SCHEMA,
+    PROXY_FORMAT,
+    PROXY_FORMAT_VERSION,
+    PROXY_SCHEMA,
+    check_document,
+    read_document,
+)
 from emq.scoring import ScoreContext, reduce_to_bits
 from primitives import operations
 from primitives.inputs import INPUT_DOCS, INPUT_NAMES
@@ -28,8 +37,8 @@ from primitives.operations import OPS
 # best proxy of the reference campaign (runs/reference), shipped inside the package so it is
 # found from any working directory.
 DEFAULT_PROXY = Path(__file__).resolve().parent / "default_proxy.json"
-FORMAT = "emq-proxy"
-FORMAT_VERSION = 1
+FORMAT = PROXY_FORMAT
+FORMAT_VERSION = PROXY_FORMAT_VERSION
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,8 @@ def proxy_document(expr: Expr, **extra) -> dict:
 
 
 def load_proxy_document(doc: dict, source: str = "proxy") -> ProxyScorer:
-    """Validate a JSON document and build its scorer (clear errors, no eval)."""
+    """Validate a JSON document (``emq.schemas.PROXY_SCHEMA``, then every name against the
+    registry) and build its scorer (clear errors, no eval)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"{source} is not an EMQ proxy file (missing format '{FORMAT}')")
     if doc.get("format_version") != FORMAT_VERSION:
@@ -71,10 +81,12 @@ def load_proxy_document(doc: dict, source: str = "proxy") -> ProxyScorer:
             f"{source} has proxy format version {doc.get('format_version')!r}, "
             f"this EMQ reads version {FORMAT_VERSION}"
         )
-    names = doc.get("genome")
-    if not isinstance(names, list) or not names:
-        raise ValueError(f"{source}: 'genome' must be a non-empty list of names")
-    return ProxyScorer(str(doc.get("name", source)), canonical(from_names(names)))
+    check_document(doc, PROXY_SCHEMA, source)
+    try:
+        tree = from_names(doc["genome"])
+    except ValueError as exc:
+        raise type(exc)(f"{source}: field 'genome': {exc}") from None
+    return ProxyScorer(str(doc.get("name", source)), canonical(tree))
 
 
 def needed_inputs(scorer: object) -> tuple[str, ...]:
@@ -91,30 +103,59 @@ def load_proxy(spec: str | Path):
     ``"default"`` (the shipped reference proxy, ``DEFAULT_PROXY``)."""
     from emq.baselines import BASELINES, get_baseline
 
-    path = DEFAULT_PROXY if spec == "default" else Path(spec)
     if isinstance(spec, str) and spec in BASELINES:
         return get_baseline(spec)
-    if path.is_dir():
-        path = path / "best.json"
-    if not path.is_file():
+    path = DEFAULT_PROXY if spec == "default" else existing_path(spec)
+    if path is not None and path.is_dir():
+        return _best_proxy(path / "best.json")
+    if path is None or not path.is_file():
+        shown = str(spec) if len(str(spec)) <= 80 else str(spec)[:77] + "..."
         raise ValueError(
-            f"proxy {spec!r} is neither a file nor a baseline name "
+            f"proxy {shown!r} is neither a file nor a baseline name "
             f"(baselines: {', '.join(sorted(BASELINES))})"
         )
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"proxy file {path} is not valid JSON: {exc}") from exc
+    from benchmark.schemas import read_json
+
+    doc = read_json(path, "proxy file")
     if isinstance(doc, dict) and "format" not in doc and "genome_names" in doc:
-        # a campaign's best.json: its canonical genome is under genome_names
-        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "genome": doc["genome_names"]}
-    return load_proxy_document(doc, str(path))
+        return _best_proxy(path, doc)
+    return load_proxy_document(doc, f"proxy file {path}")
+
+
+def _read_best(path: Path, doc: dict | None = None) -> dict:
+    """A campaign's ``best.json``, validated (``emq.schemas.BEST_SCHEMA``, then its genome
+    against the registry)."""
+    if doc is None:
+        doc = read_document(path, BEST_SCHEMA, "best proxy file")
+    else:
+        check_document(doc, BEST_SCHEMA, f"best proxy file {path}")
+    try:
+        from_names(doc["genome_names"])
+    except ValueError as exc:
+        raise type(exc)(f"best proxy file {path}: field 'genome_names': {exc}") from None
+    return doc
+
+
+def read_best(run: Path) -> dict:
+    """A run folder's validated ``best.json`` (a clear error if it has none)."""
+    best = run / "best.json"
+    if not best.exists() and not best.is_symlink():
+        raise ValueError(f"{run} has no best.json: run 'emq evolve --run {run}' first")
+    return _read_best(best)
+
+
+def _best_proxy(path: Path, doc: dict | None = None) -> ProxyScorer:
+    """The proxy of a campaign's ``best.json`` (its canonical genome is under genome_names)."""
+    info = _read_best(path, doc)
+    proxy = {"format": FORMAT, "format_version": FORMAT_VERSION, "genome": info["genome_names"]}
+    return load_proxy_document(proxy, f"best proxy file {path}")
 
 
 # --------------------------------------------------------------------------- python module
 
 _HELPERS = ("_slots", "_samples", "_aligned", "_zero_where", "_as_matrix")
 _PRELUDE = '''\
+import json
 import math
 
 import numpy as np
@@ -169,6 +210,8 @@ def python_module(expr: Expr, doc: dict) -> str:
     helpers = "\n\n\n".join(_source(getattr(operations, h)) for h in _HELPERS)
     body, result = _expr_code(expr)
     inputs = ", ".join(f"{n} ({INPUT_DOCS[n]})" for n in doc["inputs"])
+    # Metadata (any JSON value: null, nested reports, paths) reaches the module as one string
+    # literal parsed at import, never as Python source.
     meta = json.dumps({k: doc[k] for k in doc if k not in ("genome",)}, indent=1)
     return f'''"""EMQ proxy, exported by emq {__version__}. Needs only torch and numpy.
 
@@ -184,7 +227,7 @@ a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate)
 
 FORMULA = {doc["formula"]!r}
 INPUTS = {tuple(doc["inputs"])!r}
-METADATA = {meta}
+METADATA = json.loads({meta!r})
 
 
 {helpers}
@@ -247,15 +290,8 @@ def export_proxy(expr: Expr, out: Path | str, name: str = "proxy", **extra) -> d
 
 def export_run(run: Path | str, out: Path | str | None = None) -> dict[str, Path]:
     """Export the best proxy of a campaign folder (default: into the run folder)."""
-    run = Path(run)
-    best = run / "best.json"
-    if not best.is_file():
-        raise ValueError(f"{run} has no best.json: run 'emq evolve --run {run}' first")
-    try:
-        info = json.loads(best.read_text())
-        tree = from_names(info["genome_names"])
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise ValueError(f"{best} is corrupt: {exc}") from exc
+    info = read_best(Path(run))
+    run, tree = Path(run), from_names(info["genome_names"])
     extra = {
         "fitness_search": info.get("fitness_search"),
         "heldout": info.get("heldout"),

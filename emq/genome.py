@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from deap import base, gp
 
 from emq.osp import OperationSampler
+from emq.schemas import MAX_GENOME_HEIGHT, MAX_GENOME_NODES
 from primitives.inputs import INPUT_NAMES
 from primitives.operations import OPS
 
@@ -28,7 +29,8 @@ class UnknownNameError(ValueError):
 
 def _unknown(name: object, where: str) -> UnknownNameError:
     return UnknownNameError(
-        f"unknown operation or input {name!r} in {where}: inputs are {', '.join(INPUT_NAMES)}; "
+        f"unknown operation or input {_clip(repr(name))} in {where}: inputs are "
+        f"{', '.join(INPUT_NAMES)}; "
         f"operations are {', '.join(sorted(OPS))}"
     )
 
@@ -73,8 +75,26 @@ PSET = _build_pset()
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[(),]|\s+|.")
 
 
+def _check_size(tree: Genome, where: str) -> Genome:
+    """Refuse genomes too large or too deep for the recursive canonical form."""
+    if len(tree) > MAX_GENOME_NODES or tree.height > MAX_GENOME_HEIGHT:
+        raise ValueError(
+            f"{where} has {len(tree)} nodes and height {tree.height}; EMQ takes genomes of at "
+            f"most {MAX_GENOME_NODES} nodes and height {MAX_GENOME_HEIGHT}"
+        )
+    return tree
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def from_string(text: str) -> Genome:
     """Parse ``"mul(sqrt(W), b)"`` into a genome; unknown names are a clear error."""
+    if not isinstance(text, str):
+        raise ValueError(f"a genome must be a formula string, got {type(text).__name__}")
+    if len(text) > 16 * MAX_GENOME_NODES:
+        raise ValueError(f"genome {_clip(text)!r} is {len(text)} characters long; too large")
     nodes, stack = [], []  # stack: remaining argument counts of open primitives
     for tok in _TOKEN.findall(text):
         if tok.isspace() or tok in "(),":
@@ -84,9 +104,9 @@ def from_string(text: str) -> Genome:
         elif tok in INPUT_NAMES:
             node = PSET.mapping[tok]
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tok):
-            raise _unknown(tok, f"genome {text!r}")
+            raise _unknown(tok, f"genome {_clip(text)!r}")
         else:
-            raise ValueError(f"unexpected character {tok!r} in genome {text!r}")
+            raise ValueError(f"unexpected character {tok!r} in genome {_clip(text)!r}")
         if stack:
             stack[-1] -= 1
         nodes.append(node)
@@ -95,15 +115,17 @@ def from_string(text: str) -> Genome:
         while stack and stack[-1] == 0:
             stack.pop()
     if not nodes or stack:
-        raise ValueError(f"genome {text!r} is incomplete")
+        raise ValueError(f"genome {_clip(text)!r} is incomplete")
     tree = Genome(nodes)
     if str(tree).replace(" ", "") != re.sub(r"\s+", "", text):
-        raise ValueError(f"genome {text!r} is malformed (parsed as {tree})")
-    return tree
+        raise ValueError(f"genome {_clip(text)!r} is malformed (parsed as {_clip(str(tree))})")
+    return _check_size(tree, f"genome {_clip(text)!r}")
 
 
 def from_names(names: Sequence[str]) -> Genome:
     """Build a genome from its prefix list of operation/input names (the JSON form)."""
+    if len(names) > MAX_GENOME_NODES:
+        raise ValueError(f"genome has {len(names)} names; at most {MAX_GENOME_NODES} are taken")
     nodes = []
     for name in names:
         if not isinstance(name, str) or name not in PSET.mapping:
@@ -112,13 +134,15 @@ def from_names(names: Sequence[str]) -> Genome:
     open_slots = 1  # a prefix expression fills exactly one slot, and only at its end
     for i, node in enumerate(nodes):
         if open_slots == 0:
-            raise ValueError(f"genome {list(names)} is not a valid prefix expression")
+            raise ValueError(f"genome {_clip(str(list(names)))} is not a valid prefix expression")
         open_slots += node.arity - 1
         if open_slots == 0 and i != len(nodes) - 1:
-            raise ValueError(f"genome {list(names)} is not a valid prefix expression")
+            raise ValueError(f"genome {_clip(str(list(names)))} is not a valid prefix expression")
     if open_slots != 0:
-        raise ValueError(f"genome {list(names)} is not a valid prefix expression (incomplete)")
-    return Genome(nodes)
+        raise ValueError(
+            f"genome {_clip(str(list(names)))} is not a valid prefix expression (incomplete)"
+        )
+    return _check_size(Genome(nodes), "genome")
 
 
 def to_names(tree: gp.PrimitiveTree) -> list[str]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
-import json
+import inspect
+import re
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,36 +15,83 @@ from torch import nn
 from benchmark.adaround import AdaRoundSettings
 from benchmark.data import calibration_batch
 from benchmark.models import MODELS, load_model, load_state
+from benchmark.schemas import existing_path, parse_json, read_text
+from emq.schemas import CONFIGS_SCHEMA, check_document
 from emq.scoring import ScoreContext, bits_to_index, config_scores
 from primitives.inputs import InputSettings
+
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_ATTR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FACTORY_HELP = (
+    "a model factory is module.path:name, a Python function or torch.nn.Module subclass "
+    "that takes no arguments and returns a torch.nn.Module"
+)
 
 
 def build_model(spec: str, checkpoint: Path | str | None = None) -> nn.Module:
     """A zoo model by name, or ``module.path:factory`` (called with no arguments).
 
-    A user model's ``checkpoint`` (a state_dict) is loaded with ``weights_only=True``.
+    The factory is checked before it is called (a Python function, ``functools.partial`` or
+    ``nn.Module`` subclass whose signature takes no arguments: not a builtin such as
+    ``os:system``), and what it returns must be an ``nn.Module``; anything it raises,
+    ``SystemExit`` included, is one clear error. A user model's ``checkpoint`` (a
+    state_dict) is loaded with ``weights_only=True``.
     """
     if spec in MODELS:
         return load_model(spec, checkpoint)
-    if ":" not in spec:
+    module_name, colon, attr = spec.partition(":")
+    if not colon or not _MODULE.match(module_name) or not _ATTR.match(attr):
+        shown = spec if len(spec) <= 80 else spec[:77] + "..."
         raise ValueError(
-            f"model {spec!r} is neither a zoo model ({', '.join(sorted(MODELS))}) "
+            f"--model {shown!r} is neither a zoo model ({', '.join(sorted(MODELS))}) "
             "nor an import path of the form module.path:factory"
         )
-    module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's path
-        raise ValueError(f"cannot import module {module_name!r} for --model: {exc}") from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any import failure (even exit) is the user's
+        raise ValueError(
+            f"--model {spec}: cannot import module {module_name!r} ({type(exc).__name__}: {exc})"
+        ) from None
     factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"module {module_name!r} has no callable {attr!r}")
-    model = factory()
+    if factory is None:
+        raise ValueError(f"--model {spec}: module {module_name!r} has no {attr!r}")
+    _check_factory(spec, factory)
+    try:
+        model = factory()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the factory is user code
+        raise ValueError(
+            f"--model {spec}: the factory raised {type(exc).__name__}: {exc}"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ValueError(
+            f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module; "
+            + FACTORY_HELP
+        )
     if checkpoint is not None:
         load_state(model, checkpoint)
     return model.eval()
+
+
+def _check_factory(spec: str, factory: object) -> None:
+    """Refuse what is not a no-argument Python function or nn.Module class, uncalled."""
+    is_module_class = inspect.isclass(factory) and issubclass(factory, nn.Module)
+    if not (inspect.isfunction(factory) or is_module_class or isinstance(factory, partial)):
+        kind = "class" if inspect.isclass(factory) else type(factory).__name__
+        raise ValueError(f"--model {spec}: {kind} {spec.partition(':')[2]!r} is not a model "
+                         f"factory; {FACTORY_HELP}")  # fmt: skip
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        raise ValueError(
+            f"--model {spec}: {spec.partition(':')[2]}{inspect.signature(factory)} needs "
+            f"arguments; {FACTORY_HELP}"
+        ) from None
+    except ValueError:  # no signature available
+        raise ValueError(f"--model {spec}: cannot inspect the factory; {FACTORY_HELP}") from None
 
 
 def parse_int_list(text: str, option: str, example: str = "2,3,4,8") -> tuple[int, ...]:
@@ -52,25 +101,33 @@ def parse_int_list(text: str, option: str, example: str = "2,3,4,8") -> tuple[in
     except ValueError:
         values = ()
     if not values:
-        raise ValueError(f"{option} {text!r}: expected comma-separated integers, e.g. {example}")
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise ValueError(f"{option} {shown!r}: expected comma-separated integers, e.g. {example}")
     return values
+
+
+MAX_CONFIGS = 1_000_000
 
 
 def parse_configs(text: str, num_layers: int, candidates: tuple[int, ...]) -> np.ndarray:
     """Configurations from a file (one per line, or a JSON list of lists) or inline text
-    ``"b1,b2,...;b1,b2,..."``; validated against the layer count and the candidates."""
-    path = Path(text)
-    if path.is_file():
-        raw = path.read_text()
+    ``"b1,b2,...;b1,b2,..."``; validated against the layer count and the candidates.
+
+    ``text`` is a file only if such a file exists (inline text of any length is safe).
+    """
+    path = existing_path(text)
+    if path is not None:
+        raw = read_text(path, "config file")
         if raw.lstrip().startswith("["):
-            try:
-                rows = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"config file {path} is not valid JSON: {exc}") from exc
+            rows = check_document(
+                parse_json(raw, f"config file {path}"), CONFIGS_SCHEMA, f"config file {path}"
+            )
         else:
             rows = [line.split(",") for line in raw.splitlines() if line.strip()]
     else:
         rows = [chunk.split(",") for chunk in text.split(";") if chunk.strip()]
+    if len(rows) > MAX_CONFIGS:
+        raise ValueError(f"{len(rows)} configurations given; at most {MAX_CONFIGS:,} at once")
     try:
         configs = [[int(str(b).strip()) for b in row] for row in rows]
     except ValueError as exc:
@@ -83,9 +140,10 @@ def parse_configs(text: str, num_layers: int, candidates: tuple[int, ...]) -> np
                 f"configuration {i + 1} has {len(row)} bit-widths but the model has "
                 f"{num_layers} quantizable layers"
             )
-    arr = np.asarray(configs, dtype=np.int64)
-    bits_to_index(arr, candidates)  # clear error for bits outside the candidates
-    return arr
+    bad = sorted({b for row in configs for b in row} - {int(c) for c in candidates})
+    if bad:
+        raise ValueError(f"bit-width(s) {bad[:10]} not among the candidates {list(candidates)}")
+    return np.asarray(configs, dtype=np.int64)
 
 
 def model_context(

@@ -9,8 +9,8 @@ starts from random genomes only.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
+from benchmark.schemas import existing_path, read_text
 from emq.genome import from_string
 from emq.graph import canonical, leaves
 
@@ -40,11 +40,19 @@ def load_seeds(spec: str, inputs: Iterable[str] | None = None) -> tuple[str, ...
     a file's formulas are all kept (one outside ``--inputs`` is an error later)."""
     if spec in BUILTIN:
         return BUILTIN[spec] if inputs is None else fitting(BUILTIN[spec], inputs)
-    path = Path(spec)
-    if not path.is_file():
+    path = existing_path(spec)
+    if path is None or not path.is_file():
+        shown = spec if len(spec) <= 80 else spec[:77] + "..."
         raise ValueError(
-            f"--init {spec}: no such file (one proxy formula per line) and not a built-in "
+            f"--init {shown}: no such file (one proxy formula per line) and not a built-in "
             f"seed set ({', '.join(BUILTIN)})"
         )
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    return tuple(ln for ln in lines if ln and not ln.startswith("#"))
+    raw = read_text(path, "--init file")
+    lines = [ln.strip() for ln in raw.splitlines()]
+    formulas = tuple(ln for ln in lines if ln and not ln.startswith("#"))
+    for i, text in enumerate(formulas):
+        try:
+            from_string(text)
+        except ValueError as exc:
+            raise ValueError(f"--init file {path}, formula {i + 1}: {exc}") from None
+    return formulas

@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmark.bench import Bench, default_bench
 from benchmark.models import HELDOUT_MODELS, MODELS, check_model_name, search_models
+from benchmark.schemas import read_json
 from emq.context import bench_evaluator
 from emq.evolve import Campaign, CampaignSettings
 from emq.fitness import MultiEvaluator
@@ -172,7 +173,7 @@ def transfer_baselines(
 
     done = out / "baselines.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return read_json(done, "baselines file")
     rows = run_baselines(bench, split="all", out_dir=out, names=names, progress=progress)
     rows = [
         {"proxy": r["baseline"], "kind": r["kind"], **{k: r[k] for k in CORR_KEYS}} for r in rows
@@ -216,7 +217,7 @@ def run_transfer(
             "settings": json.loads(json.dumps(settings.__dict__, default=list))}  # fmt: skip
     plan_path = out / "transfer-plan.json"
     if plan_path.is_file():
-        old = json.loads(plan_path.read_text())
+        old = read_json(plan_path, "transfer plan")
         if {k: old.get(k) for k in plan} != plan:
             raise ValueError(
                 f"{out} holds a transfer run of other models, seeds, steps or settings; "
@@ -252,7 +253,7 @@ def run_transfer(
                         "fitness_search": summary["fitness_search"], **_clean(report),
                     },
                 )  # fmt: skip
-            evolved[left, seed] = json.loads(result.read_text())
+            evolved[left, seed] = read_json(result, "transfer result")
     rows: list[dict] = []
     for left in models:
         log(f"[{left}] baselines on all {len(benches[left])} configurations")

@@ -6,10 +6,13 @@ file) is built once per session and reused; tests must not modify what they rece
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+
 import pytest
 import torch
 
-from benchmark.bench import build_bench
+from benchmark.bench import build_bench, default_bench
 from benchmark.data import calibration_batch, load_split
 from benchmark.models import load_model
 from benchmark.ptq import QuantSim
@@ -76,3 +79,18 @@ def small_bench(tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("bench") / "resnet20.sqlite"
     result = build_bench("resnet20", BENCH_CONFIGS, BENCH_SEED, path, progress=False)
     return {"path": path, "result": result, "n_configs": BENCH_CONFIGS, "seed": BENCH_SEED}
+
+
+@pytest.fixture(scope="session")
+def vgg_bench_copy(tmp_path_factory):
+    """A 12-row copy of the shipped VGG bench (no build needed), in rollback-journal mode so
+    read-only opens leave no -wal/-shm files beside it. Tests copy it before changing it."""
+    path = tmp_path_factory.mktemp("vggbench") / "vgg.sqlite"
+    shutil.copy(default_bench("vgg"), path)
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("DELETE FROM results WHERE idx >= 12")
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.execute("VACUUM")
+    con.close()
+    return path

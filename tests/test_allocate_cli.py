@@ -92,8 +92,10 @@ def test_accuracy_target_reports_evaluations(capsys, tmp_path):
     [
         (["--method", "sqnr", "--scorer", "sqnr-measured", "--budget-bops", "0.1"],
          "below the lowest candidates"),
-        (["--method", "sqnr", "--scorer", "sqnr-measured", "--accuracy-target", "101"],
+        (["--method", "sqnr", "--scorer", "sqnr-measured", "--accuracy-target", "99.99"],
          "above the full-precision accuracy"),
+        (["--method", "sqnr", "--scorer", "sqnr-measured", "--accuracy-target", "101"],
+         "--accuracy-target '101': expected a percentage in [0, 100]"),
         (["--method", "smpq", "--scorer", "bops", "--accuracy-target", "5"], "needs a BOPs"),
         (["--method", "ilp", "--scorer", "bops", "--accuracy-target", "5"], "ILP allocator needs"),
         (["--method", "sqnr", "--scorer", "no_such_proxy", "--budget-bops", "0.5"],
@@ -191,16 +193,15 @@ def test_compare_rounding_table(capsys, tmp_path):
 
 
 def test_bad_rounding_is_rejected(capsys):
-    with pytest.raises(SystemExit):
-        main([*BASE, "--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5",
-              "--rounding", "up"])  # fmt: skip
-    assert "invalid choice: 'up'" in capsys.readouterr().err
+    code, _, err = run([*BASE, "--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5",
+                        "--rounding", "up"], capsys)  # fmt: skip
+    assert_user_error(code, err, "invalid choice: 'up'")
     code, _, err = run([*BASE, "--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5",
                         *ADA[:4], "--adaround-images", "8"], capsys)  # fmt: skip
     assert_user_error(code, err, "--adaround-images")
     code, _, err = run([*BASE, "--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5",
                         *ADA, "--adaround-lr", "0"], capsys)  # fmt: skip
-    assert_user_error(code, err, "lr > 0")
+    assert_user_error(code, err, "--adaround-lr '0'")
 
 
 def test_compare_runs_every_method_and_scorer(capsys, tmp_path):

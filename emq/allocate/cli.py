@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmark import options
 from benchmark.adaround import add_arguments as add_rounding
 from benchmark.adaround import settings_from_args
 from emq.allocate.groups import candidate_name
@@ -32,9 +33,9 @@ def default_out(model: str) -> Path:
 
 def build_problem(args: argparse.Namespace, cache: object = None) -> AllocationProblem:
     """The allocation problem of the command's ``--model``/``--checkpoint``/``--groups``."""
-    from emq.score import build_model, parse_int_list
+    from emq.score import build_model
 
-    bits = parse_int_list(args.bits, "--bits")
+    bits = args.bits
     model = build_model(args.model, args.checkpoint)
     return AllocationProblem.for_model(
         args.model, model, args.groups, bits, cache=cache,
@@ -78,6 +79,10 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         raise ValueError("--method is required (or use --compare)")
     if (args.budget_bops is None) == (args.accuracy_target is None):
         raise ValueError("give exactly one of --budget-bops R or --accuracy-target A")
+    if args.groups:  # the file's schema, before the model is built (layer names: later)
+        from emq.schemas import GROUPS_SCHEMA, read_document
+
+        read_document(args.groups, GROUPS_SCHEMA, "groups file")
     onnx_path = encodings_path = None
     if args.export_onnx or args.encodings:  # checked before the allocation runs
         from emq.deploy import check_output_path, require_deploy
@@ -141,21 +146,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--scorer", metavar="PROXY|BASELINE|" + MEASURED, default="default",
                    help="proxy JSON / run folder, baseline name, measured SQNR, or 'default' "
                    "(the shipped reference proxy; the default)")  # fmt: skip
-    p.add_argument("--budget-bops", type=float, metavar="R", help="relative BOPs (vs W8A8)")
-    p.add_argument("--accuracy-target", type=float, metavar="A",
+    p.add_argument(
+        "--budget-bops", type=options.relative_bops, metavar="R", help="relative BOPs (vs W8A8)"
+    )
+    p.add_argument("--accuracy-target", type=options.percent, metavar="A",
                    help="top-1 %% on the validation images (SQNR method)")  # fmt: skip
     p.add_argument("--groups", metavar="FILE", help="quantizer groups JSON")
-    p.add_argument("--bits", default="2,3,4,8", help="weight candidates of the default groups")
+    p.add_argument(
+        "--bits",
+        type=options.bit_list,
+        default="2,3,4,8",
+        help="weight candidates of the default groups",
+    )
     p.add_argument("--search", choices=SEARCHES, default="interpolation",
                    help="accuracy-target search over the Pareto front")  # fmt: skip
     p.add_argument("--smpq-value", choices=("table", "accuracy"), default="table",
                    help="SMPQ value: scorer table or measured validation accuracy")  # fmt: skip
-    p.add_argument("--lam", type=float, help="SMPQ BOPs penalty (default: tuned to the budget)")
-    p.add_argument("--permutations", type=int, default=PERMUTATIONS, help="SMPQ M")
-    p.add_argument("--threshold", type=float, default=THRESHOLD, help="SMPQ truncation")
-    p.add_argument("--beta", type=float, default=BETA, help="SMPQ momentum")
-    p.add_argument("--xi", type=float, default=XI, help="SMPQ step size")
-    p.add_argument("--seed", type=int, default=0, help="SMPQ permutation seed")
+    p.add_argument(
+        "--lam", type=options.nonneg_float, help="SMPQ BOPs penalty (default: tuned to the budget)"
+    )
+    p.add_argument("--permutations", type=options.positive_int, default=PERMUTATIONS, help="SMPQ M")
+    p.add_argument(
+        "--threshold", type=options.nonneg_float, default=THRESHOLD, help="SMPQ truncation"
+    )
+    p.add_argument("--beta", type=options.probability, default=BETA, help="SMPQ momentum")
+    p.add_argument("--xi", type=options.positive_float, default=XI, help="SMPQ step size")
+    p.add_argument("--seed", type=options.seed, default=0, help="SMPQ permutation seed")
     add_rounding(p)
     p.add_argument("--compare", action="store_true",
                    help="every method x scorer at relative BOPs 0.25, 0.35, 0.5")  # fmt: skip
@@ -163,8 +179,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="nearest vs AdaRound: fixed and SQNR-mixed precision")  # fmt: skip
     p.add_argument("--proxy", default="default",
                    help="best exported proxy for --compare")  # fmt: skip
-    p.add_argument("--budgets", default="0.25,0.35,0.5", help="--compare budgets")
-    p.add_argument("--front-points", type=int, default=6,
+    p.add_argument(
+        "--budgets", type=options.budget_list, default="0.25,0.35,0.5", help="--compare budgets"
+    )
+    p.add_argument("--front-points", type=options.positive_int, default=6,
                    help="--compare: SQNR front points measured per scorer (plot)")  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/allocate-<model>)")
     p.add_argument("--export-onnx", metavar="PATH",

@@ -42,8 +42,10 @@ def check_proxy(spec: str) -> str:
     )
 
 
-def parse_budgets(text: str) -> list[float]:
-    """``"0.25,0.35,0.5"`` as floats (clear error otherwise)."""
+def parse_budgets(text: str | Sequence[float]) -> list[float]:
+    """``"0.25,0.35,0.5"`` (or the parsed ``--budgets``) as floats (clear error otherwise)."""
+    if not isinstance(text, str):
+        return [float(b) for b in text]
     try:
         budgets = [float(b) for b in text.split(",") if b.strip()]
     except ValueError:

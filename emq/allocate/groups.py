@@ -14,7 +14,6 @@ file may set ``"default_candidates"``). Every layer belongs to exactly one group
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -147,14 +146,13 @@ def load_groups(
     path: Path | str, layer_names: Sequence[str], fallback: Sequence[Candidate] | None = None
 ) -> list[QuantizerGroup]:
     """Quantizer groups from a JSON file, validated against the model's layer names."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"groups file {path} does not exist")
+    from emq.schemas import GROUPS_SCHEMA, read_document
+
+    spec = read_document(path, GROUPS_SCHEMA, "groups file")
     try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"groups file {path} is not valid JSON: {exc}") from exc
-    return groups_from_spec(spec, layer_names, fallback)
+        return groups_from_spec(spec, layer_names, fallback)
+    except ValueError as exc:
+        raise ValueError(f"groups file {path}: {exc}") from None
 
 
 def layer_bits(

@@ -67,10 +67,10 @@ def format_table(rows: list[dict]) -> str:
 def run_rounding_compare(args: argparse.Namespace) -> dict:
     """Both roundings on ``--model``: table, CSV and JSON under ``--out``."""
     from emq.allocate.cli import default_out
-    from emq.score import build_model, parse_int_list
+    from emq.score import build_model
 
     budgets = parse_budgets(args.budgets)
-    bits = parse_int_list(args.bits, "--bits")
+    bits = args.bits
     model = build_model(args.model, args.checkpoint)
     ada = settings_from_args(argparse.Namespace(**{**vars(args), "rounding": "adaround"}))
     rows, timing = [], {}

@@ -124,8 +124,10 @@ class _JsonCache:
         if path is not None and path.is_file():
             try:
                 self.data = json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError, OSError):  # JSON, UTF-8, depth, a directory
                 self.data = {}  # a torn or foreign file: recompute rather than fail
+            if not isinstance(self.data, dict):
+                self.data = {}
 
     def put(self, key: str, value: object) -> None:
         self.data[key] = value

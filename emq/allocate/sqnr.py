@@ -116,6 +116,13 @@ def check_bops_budget(budget: float, groups: Sequence[QuantizerGroup], macs: Seq
             f"BOPs budget {budget:g} is below the lowest candidates' relative BOPs {floor:.4g}: "
             "no configuration can meet it"
         )
+    ceiling = float(sum(c.max() for c in group_costs(groups, macs)))
+    if budget > ceiling + EPS:
+        raise ValueError(
+            f"BOPs budget {budget:g} is above the highest candidates' relative BOPs "
+            f"{ceiling:.4g} (every group at its top candidate); give a budget in "
+            f"[{floor:.4g}, {ceiling:.4g}]"
+        )
 
 
 def choose_by_bops(points: Sequence[ParetoPoint], budget: float) -> ParetoPoint:
