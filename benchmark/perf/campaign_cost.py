@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> None:
             run = root / f"run-{len(rows)}"
             res = run_campaign(["--run", str(run), "--steps", str(args.steps), *args.extra], env)
             rows.append((label, res))
+            print(f"{label}: {res['seconds']:.1f} s, peak RSS {res['peak_rss'] / 1e9:.2f} GB, "
+                  f"{res['evaluations']} evaluations", flush=True)  # fmt: skip
     first = rows[0][1]
     benches = [first["bench"], *first.get("extra_benches", [])]
     print(f"default campaign, {args.steps} steps, {len(benches)} search benches: "
