@@ -9,6 +9,9 @@ identifies equivalent genomes.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -250,7 +253,37 @@ def score_table(
         # Inputs are cast on first access: a genome found in the cache touches none.
         lazy = _LazyFloat64(inputs.tensors[i], names)
         rows.append(reduce_to_bits(evaluate(expr, lazy, cache, i), nbits))
+    release_heap()
     return torch.stack(rows).numpy()
+
+
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def release_heap() -> bool:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim``; False elsewhere).
+
+    A score table allocates intermediates of 1-30 MB per layer. glibc serves them from its
+    heap once its adaptive mmap threshold has grown, and over thousands of genomes the freed
+    blocks fragment it: a leave-one-out campaign over 7 benches grew from 3 to 21 GB of RSS
+    and was OOM-killed. Trimming after each table keeps RSS at the live set and costs less
+    than giving every large tensor its own mmap (measured: 5.4 s vs 9.2 s for the same 24
+    tables; 6.0 s without either, but unbounded).
+    """
+    if _LIBC is None:
+        return False
+    _LIBC.malloc_trim(0)
+    return True
 
 
 class _LazyFloat64(dict):
