@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score bit configurations with a proxy or baseline")
     s.add_argument("--proxy", default="default",
                    help="proxy JSON, run folder, baseline name, or 'default' (the shipped "
-                   "reference proxy; the default)")  # fmt: skip
+                   "default proxy, evolved on the zoo; the default)")  # fmt: skip
     s.add_argument("--model", required=True, help="zoo model name or module.path:factory")
     s.add_argument("--checkpoint", help="state_dict for the model")
     s.add_argument("--configs", help='file, or inline "b1,b2,...[;b1,b2,...]"')

@@ -100,7 +100,7 @@ def needed_inputs(scorer: object) -> tuple[str, ...]:
 
 def load_proxy(spec: str | Path):
     """A Scorer from a proxy JSON file, a run folder (its ``best.json``), a baseline name, or
-    ``"default"`` (the shipped reference proxy, ``DEFAULT_PROXY``)."""
+    ``"default"`` (the shipped default proxy, evolved on the zoo: ``DEFAULT_PROXY``)."""
     from emq.baselines import BASELINES, get_baseline
 
     if isinstance(spec, str) and spec in BASELINES:

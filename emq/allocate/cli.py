@@ -145,7 +145,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="SQNR greedy Pareto, SMPQ Shapley, or ILP (exact, HAWQ-V3)")  # fmt: skip
     p.add_argument("--scorer", metavar="PROXY|BASELINE|" + MEASURED, default="default",
                    help="proxy JSON / run folder, baseline name, measured SQNR, or 'default' "
-                   "(the shipped reference proxy; the default)")  # fmt: skip
+                   "(the shipped default proxy, evolved on the zoo; the default)")  # fmt: skip
     p.add_argument(
         "--budget-bops", type=options.relative_bops, metavar="R", help="relative BOPs (vs W8A8)"
     )
