@@ -24,6 +24,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
+from benchmark.cluster import pool
 from benchmark.data import calibration_batch, data_fingerprint, load_split
 from benchmark.lock import exclusive, file_lock
 from benchmark.models import check_model_name, checkpoint_path, load_model
@@ -44,7 +45,6 @@ from benchmark.schemas import (
     check_bench_rows,
     parse_json,
 )
-from emq.cluster import pool
 
 SHIPPED = Path(__file__).resolve().parent / "benches"
 # Meta keys that must agree before results may be added to an existing file.

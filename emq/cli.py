@@ -69,7 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_bench_build(args: argparse.Namespace) -> None:
     from benchmark.adaround import settings_from_args
     from benchmark.bench import build_bench
-    from emq.cluster import connected, scheduler_address
+    from benchmark.cluster import connected, scheduler_address
 
     with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
         result = build_bench(
@@ -130,8 +130,8 @@ def _print_zoo(as_json: bool) -> None:
 
 def _cmd_evolve(args: argparse.Namespace) -> None:
     from benchmark.bench import Bench, default_bench
+    from benchmark.cluster import connected, scheduler_address
     from benchmark.lock import exclusive, run_folder_lock
-    from emq.cluster import connected, scheduler_address
     from emq.evolve import campaign_identity, check_run_folder, settings_from_args
     from emq.transfer import bench_campaign, parse_models, resolve_split
 

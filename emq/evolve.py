@@ -25,9 +25,9 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from benchmark.bench import Bench
+from benchmark.cluster import pool
 from benchmark.lock import exclusive, is_lock_file, run_folder_lock
 from emq import __version__
-from emq.cluster import pool
 from emq.fitness import AGGREGATES, Evaluator, evaluate_text
 from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names

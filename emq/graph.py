@@ -9,9 +9,6 @@ identifies equivalent genomes.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import sys
 import warnings
 from collections.abc import Sequence
 
@@ -20,6 +17,7 @@ import numpy as np
 import torch
 from deap import gp
 
+from benchmark.cluster import libc
 from emq.scoring import reduce_to_bits
 from primitives.inputs import BIT_DEPENDENT, LayerInputs
 from primitives.operations import OPS
@@ -257,19 +255,6 @@ def score_table(
     return torch.stack(rows).numpy()
 
 
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-
-
 def release_heap() -> bool:
     """Give the heap's free pages back to the OS (glibc ``malloc_trim``; False elsewhere).
 
@@ -280,9 +265,10 @@ def release_heap() -> bool:
     than giving every large tensor its own mmap (measured: 5.4 s vs 9.2 s for the same 24
     tables; 6.0 s without either, but unbounded).
     """
-    if _LIBC is None:
+    c = libc()
+    if c is None or not hasattr(c, "malloc_trim"):
         return False
-    _LIBC.malloc_trim(0)
+    c.malloc_trim(0)
     return True
 
 

@@ -22,8 +22,8 @@ from distributed import Client, LocalCluster, get_task_stream
 from joblib import Parallel, delayed
 
 from benchmark.bench import Bench, build_bench, sample_configs
+from benchmark.cluster import ClusterError, connect, connected, pool, scheduler_address
 from emq.cli import main
-from emq.cluster import ClusterError, connect, connected, pool, scheduler_address
 from emq.context import bench_evaluator
 from emq.evolve import Campaign, CampaignSettings
 

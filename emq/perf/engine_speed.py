@@ -5,7 +5,7 @@
    as EMQ does), with the two score vectors compared.
 2. Genome evaluations per second in a short campaign with 1 and 2 jobs.
 
-    python benchmark/perf/engine_speed.py [--bench PATH] [--genomes 3] [--steps 4]
+    python emq/perf/engine_speed.py [--bench PATH] [--genomes 3] [--steps 4]
 """
 
 from __future__ import annotations

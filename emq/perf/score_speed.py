@@ -1,7 +1,7 @@
 """Scoring speed: configurations scored per second from a cached score table, next to the
 one-time cost of the proxy inputs (cold, then from the cache), measured in one run.
 
-    python benchmark/perf/score_speed.py [--model resnet20] [--configs 1000000]
+    python emq/perf/score_speed.py [--model resnet20] [--configs 1000000]
 """
 
 from __future__ import annotations

@@ -159,11 +159,17 @@ def raise_mmap_threshold() -> None:
     mapped, page-faulted and unmapped anew, and a bench configuration took 3.5x as long on
     a worker as in a plain process. 32 MiB is glibc's largest threshold.
     """
+    if (c := libc()) is not None:
+        c.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+@cache
+def libc() -> ctypes.CDLL | None:
+    """The C library (glibc on Linux), or None where it cannot be loaded."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 @cache

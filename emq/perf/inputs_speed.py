@@ -5,7 +5,7 @@ empty cache folder (computes every input and writes the ``.npz``), once more (re
 Uses the model's shipped checkpoint when present, else a seeded random init (and says so).
 Prints the figures; asserts nothing.
 
-    python -m benchmark.perf.inputs_speed [--model resnet20] [--batch 128] [--cache-dir DIR]
+    python -m emq.perf.inputs_speed [--model resnet20] [--batch 128] [--cache-dir DIR]
                                           [--threads N]
 """
 

@@ -2,7 +2,7 @@
 images, next to the simulator's, and how many predictions differ.
 
     python -m emq.cli allocate --model resnet20 --method ilp --budget-bops 0.35 --out DIR
-    python benchmark/perf/onnx_agreement.py DIR/ilp-default-bops0.35.json [MORE.json ...]
+    python emq/perf/onnx_agreement.py DIR/ilp-default-bops0.35.json [MORE.json ...]
 """
 
 from __future__ import annotations

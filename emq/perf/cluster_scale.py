@@ -7,7 +7,7 @@ Rates are wall clock of the whole call, one-time costs included (the coordinator
 and loading; shipping inputs to workers); the cluster's own start-up is printed apart.
 Every setup must give the same results, which is checked and printed.
 
-    python benchmark/perf/cluster_scale.py [--configs 8] [--steps 4]
+    python emq/perf/cluster_scale.py [--configs 8] [--steps 4]
 """
 
 from __future__ import annotations
