@@ -90,9 +90,12 @@ def data_fingerprint(split: str) -> str:
 
 def calibration_batch(n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random batch of ``n`` training images and labels (never test images)."""
-    x, y = load_split("train")
-    if not 0 < n <= len(x):
-        raise ValueError(f"calibration batch size must be in 1..{len(x)}, got {n}")
+    images, labels = _load_raw("train", str(data_dir()))
+    if not 0 < n <= len(images):
+        raise ValueError(f"calibration batch size must be in 1..{len(images)}, got {n}")
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(x), generator=g)[:n]
-    return x[idx].clone(), y[idx].clone()
+    idx = torch.randperm(len(images), generator=g)[:n].numpy()
+    # Normalized after indexing (element-wise, so the values of ``load_split``'s), not all
+    # 60,000 images for every batch.
+    x = torch.from_numpy(images[idx].astype(np.float32) / 255.0).unsqueeze(1)
+    return (x - MEAN) / STD, torch.from_numpy(labels[idx].astype(np.int64))

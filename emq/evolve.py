@@ -320,15 +320,18 @@ class Campaign:
         start = time.perf_counter()
         texts = [expr_str(e) for e in exprs]
         if self._parallel is None or len(texts) == 1:
-            results = [self.evaluator.evaluate(e) for e in exprs]
+            batches = ([self.evaluator.evaluate(e)] for e in exprs)
         else:
             tasks = (
                 delayed(evaluate_texts)(self._task_evaluator, batch)
                 for batch in task_batches(texts, self._workers)
             )
-            results = [r for batch in self._parallel(tasks) for r in batch]
-        if self.startup_seconds is None:
-            self.startup_seconds = time.perf_counter() - self._started
+            batches = self._parallel(tasks)  # a generator: batches in order, as they finish
+        results = []
+        for batch in batches:
+            if self.startup_seconds is None:
+                self.startup_seconds = time.perf_counter() - self._started
+            results += batch
         self.eval_seconds += time.perf_counter() - start
         self.evaluations += len(exprs)
         return results
@@ -451,7 +454,7 @@ class Campaign:
         shipped, self._workers = self._task_setup()
         with (
             pool(self.client, self.jobs, scatter=[shipped]) as n_jobs,
-            Parallel(n_jobs=n_jobs) if n_jobs != 1 else _NoParallel() as parallel,
+            _parallel(n_jobs) as parallel,
         ):
             self._parallel, self._task_evaluator = parallel, shipped
             if not self.population:
@@ -537,8 +540,6 @@ class Campaign:
             **self._extra_summary(expr),
             "version": __version__,
         }
-        if self.startup_seconds is not None:
-            out["startup_seconds"] = round(self.startup_seconds, 3)
         if self.heldout_report is not None:
             out["heldout_models"] = self.heldout_report(expr)
         _atomic_write(self.run / "best.json", json.dumps(_finite(out), indent=2))
@@ -547,6 +548,8 @@ class Campaign:
 
         plot_campaign(self.run, self.history, self.evaluator, expr, best.canonical)
         export_run(self.run)
+        if self.startup_seconds is not None:  # a timing: printed (--json), not in best.json
+            out["startup_seconds"] = round(self.startup_seconds, 3)
         return out
 
     def _extra_summary(self, expr) -> dict:
@@ -590,6 +593,12 @@ def _display(path: Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _parallel(n_jobs: int) -> Any:
+    """joblib ``Parallel`` yielding each task's result in order as it comes (start-up is
+    the first one), or nothing for one job (evaluated in this process)."""
+    return Parallel(n_jobs=n_jobs, return_as="generator") if n_jobs != 1 else _NoParallel()
 
 
 class _NoParallel:

@@ -1,7 +1,7 @@
 """Cost of the proxy inputs of a zoo model: computed cold against read from the cache.
 
 Times ``primitives.inputs.get_inputs`` on a seeded calibration batch twice: once with an
-empty cache folder (computes every input and writes the ``.npz``), once more (reads it back).
+empty cache folder (computes every input and writes the cache file), once more (maps it).
 Uses the model's shipped checkpoint when present, else a seeded random init (and says so).
 Prints the figures; asserts nothing.
 
@@ -22,7 +22,7 @@ import torch
 
 from benchmark.data import calibration_batch
 from benchmark.models import MODELS, check_model_name, checkpoint_path, load_model
-from primitives.inputs import InputSettings, cache_key, get_inputs
+from primitives.inputs import SUFFIX, InputSettings, cache_key, get_inputs
 
 
 def peak_rss_mb() -> float:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = InputSettings()
     folder = args.cache_dir or Path(tempfile.mkdtemp(prefix="emq-inputs-"))
-    path = folder / f"{cache_key(model, x, y, settings)}.npz"
+    path = folder / f"{cache_key(model, x, y, settings)}{SUFFIX}"
     if path.exists():
         p.error(f"{path} already exists: pass an empty --cache-dir for a cold run")
     try:
