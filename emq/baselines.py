@@ -49,12 +49,8 @@ from tqdm import tqdm
 
 from benchmark import options
 from benchmark.bench import Bench, default_bench
-from benchmark.ptq import (
-    QuantSim,
-    fold_bn,
-    layer_table,
-    quantizable_layers,
-)
+from benchmark.ptq import QuantSim, fold_bn, layer_table
+from benchmark.quantizers import quantizable_layers
 from emq.metrics import correlation_report
 from emq.scoring import ScoreContext, config_scores, reduce_to_bits
 from primitives.operations import apply

@@ -222,7 +222,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
     from benchmark.adaround import settings_from_args
     from benchmark.bench import Bench
-    from benchmark.ptq import quantizable_layers
+    from benchmark.quantizers import quantizable_layers
     from emq.export import load_proxy, needed_inputs
     from emq.metrics import correlation_report
     from emq.score import build_model, model_context, parse_configs, score

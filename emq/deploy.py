@@ -38,13 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.ptq import (
-    QuantSim,
-    act_qparams,
-    mse_weight_scales,
-    quantizable_layers,
-    weight_qrange,
-)
+from benchmark.ptq import QuantSim
+from benchmark.quantizers import act_qparams, mse_weight_scales, quantizable_layers, weight_qrange
 
 OPSET = 21  # int4 DequantizeLinear (ONNX 1.16+, onnxruntime 1.18+)
 TRACE_OPSET = 20  # the newest opset torch's TorchScript exporter writes; 20 -> 21 adds types

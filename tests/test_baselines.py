@@ -19,7 +19,7 @@ from torch import nn
 from benchmark.bench import Bench, build_bench
 from benchmark.data import calibration_batch
 from benchmark.models import MODELS, load_model
-from benchmark.ptq import quantize_weight
+from benchmark.quantizers import quantize_weight
 from emq.baselines import (
     BASELINES,
     CORR_KEYS,
