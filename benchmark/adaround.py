@@ -42,6 +42,7 @@ from platformdirs import user_cache_dir
 from torch import nn
 from tqdm import tqdm
 
+from benchmark import options
 from benchmark.data import calibration_batch
 from benchmark.quantizers import (
     mse_weight_scales,
@@ -368,10 +369,15 @@ class AdaRounder:
         return {"learned": len(todo), "seconds": time.perf_counter() - start}
 
 
+# ----------------------------------------------------------------- compatibility, to be removed
+# The command line's rounding options are ``emq.commands.common.add_rounding_arguments`` and
+# ``adaround_settings``. emq/allocate (being edited in parallel) still imports these two
+# from here; delete them once it imports the command-layer ones (this bottom floor then
+# parses no arguments).
+
+
 def add_arguments(parser, default: str | None = "nearest", what: str = "") -> None:
     """``--rounding`` and the AdaRound knobs on an ``argparse`` parser."""
-    from benchmark import options
-
     d = AdaRoundSettings()
     parser.add_argument("--rounding", choices=ROUNDINGS, default=default,
                         help="weight rounding (AdaRound: learned per layer and bit)"
