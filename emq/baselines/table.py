@@ -164,21 +164,14 @@ def run_baselines(
     names: Sequence[str] | None = None,
     seed: int = 0,
     cache: Path | str | None | bool = None,
-    *,
-    checkpoint: Path | str | None = None,
-    batch: int = 128,
-    context: ScoreContext | None = None,
-    options: Mapping[str, Mapping[str, Any]] | None = None,
-    progress: bool = False,
+    **keywords: Any,
 ) -> list[dict]:
-    """``evaluate_baselines`` (arguments and costs there), written into ``out_dir`` as
-    ``baselines.csv``, ``baselines.png`` and ``tables.npz`` (``emq.reports.baselines``;
-    default ``runs/baselines-<bench file stem>/``, created). Returns the rows.
+    """``evaluate_baselines`` (the same arguments, keyword ones included; costs there),
+    written into ``out_dir`` as ``baselines.csv``, ``baselines.png`` and ``tables.npz``
+    (``emq.reports.baselines``; default ``runs/baselines-<bench file stem>/``, created).
+    Returns the rows.
     """
-    result = evaluate_baselines(
-        bench, split, names, seed, cache, checkpoint=checkpoint, batch=batch,
-        context=context, options=options, progress=progress,
-    )  # fmt: skip
+    result = evaluate_baselines(bench, split, names, seed, cache, **keywords)
     out = Path(out_dir) if out_dir is not None else default_out_dir(bench)
     write_baselines(
         out, result.rows, result.tables, result.scores, result.accuracy, bench.candidates,
