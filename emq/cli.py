@@ -1,6 +1,7 @@
-"""The ``emq`` command line: builds the parser from ``emq.commands`` and dispatches.
+"""The ``emq`` command line: builds the parser from ``COMMANDS`` and dispatches.
 
-Each subcommand is one module of ``emq.commands`` (``register`` its options, ``run`` it).
+Each subcommand is one module of ``emq.commands`` (``register`` its options, ``run`` it),
+listed in ``COMMANDS``.
 
 User mistakes (bad arguments, missing, malformed or mismatched files, a folder another
 process is writing) print one line ``emq: error: ...`` and exit 2, with nothing written:
@@ -17,12 +18,27 @@ import re
 import sqlite3
 import sys
 
-from emq.commands import COMMANDS
+from emq.commands import (
+    ablate,
+    allocate,
+    baselines,
+    bench,
+    evolve,
+    export,
+    export_model,
+    score,
+    train,
+    transfer,
+)
 
 # OSError: a path the user gave that cannot be read or written (a directory, permissions,
 # a name too long, a full disk). RecursionError: a safety net behind the depth limits.
 USER_ERRORS = (ValueError, KeyError, OSError, sqlite3.DatabaseError, RecursionError)
 MAX_MESSAGE = 2000
+
+# The subcommands, in the order ``emq --help`` lists them.
+COMMANDS = (train, bench, evolve, ablate, export, export_model, score, transfer, baselines,
+            allocate)  # fmt: skip
 
 
 class UsageError(Exception):
