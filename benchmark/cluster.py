@@ -115,6 +115,49 @@ def connected(address: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator
         client.close()
 
 
+def check_workers(client: Any, package: str, expected: str | None) -> None:
+    """Refuse a cluster whose workers lack ``package`` or run another version of it.
+
+    The probe is sent by value (a closure), so it runs on a worker where the package
+    cannot even be imported; a mismatch would otherwise surface as an unpickling error
+    deep in a task, or as results computed by other code.
+    """
+
+    def probe() -> str | None:
+        import importlib.metadata
+
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    for worker, version in sorted(client.run(probe).items()):
+        if version is None:
+            raise ClusterError(
+                f"Dask worker {worker} does not have {package} installed: run "
+                f"'pip install -e .' (this checkout) in the worker's environment"
+            )
+        if version != expected:
+            raise ClusterError(
+                f"Dask worker {worker} runs {package} {version}, this process {expected}: "
+                "install the same version on every worker"
+            )
+
+
+def workers_can_read(client: Any, paths: Sequence[str]) -> bool:
+    """Whether every worker sees each of ``paths`` as a file of the size it has here."""
+    sizes = {p: os.path.getsize(p) for p in paths if os.path.isfile(p)}
+    if len(sizes) != len(paths):
+        return False
+
+    def probe() -> dict[str, int]:
+        import os
+
+        return {p: os.path.getsize(p) for p in sizes if os.path.isfile(p)}
+
+    return all(seen == sizes for seen in client.run(probe).values())
+
+
 @contextmanager
 def pool(client: Any, jobs: int = 1, scatter: Sequence[object] = ()) -> Iterator[int]:
     """Where ``joblib.Parallel`` calls in the block run; yields the ``n_jobs`` to give them.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import itertools
 import json
 import os
 import random
@@ -25,11 +26,11 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from benchmark.bench import Bench
-from benchmark.cluster import pool
+from benchmark.cluster import check_workers, pool, workers_can_read
 from benchmark.lock import exclusive, is_lock_file, run_folder_lock
 from emq import __version__
 from emq.export import export_run
-from emq.fitness import AGGREGATES, Evaluator, evaluate_text
+from emq.fitness import AGGREGATES, Evaluator, evaluate_texts
 from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names
 from emq.osp import OperationSampler
@@ -236,6 +237,11 @@ class Campaign:
         self.evaluations = 0
         self.eval_seconds = 0.0
         self._parallel: Parallel | None = None
+        self._workers = jobs
+        self._started = 0.0
+        # seconds from the start of ``run_steps`` to the first evaluation result (workers
+        # started, inputs mapped): the start-up cost of this invocation
+        self.startup_seconds: float | None = None
         self._seeds: list[Genome] = []  # ``settings.init``, consumed by the first population
         self._task_evaluator = evaluator
 
@@ -318,8 +324,13 @@ class Campaign:
         if self._parallel is None or len(texts) == 1:
             results = [self.evaluator.evaluate(e) for e in exprs]
         else:
-            tasks = (delayed(_worker_eval)(self._task_evaluator, t) for t in texts)
-            results = self._parallel(tasks)
+            tasks = (
+                delayed(evaluate_texts)(self._task_evaluator, batch)
+                for batch in task_batches(texts, self._workers)
+            )
+            results = [r for batch in self._parallel(tasks) for r in batch]
+        if self.startup_seconds is None:
+            self.startup_seconds = time.perf_counter() - self._started
         self.eval_seconds += time.perf_counter() - start
         self.evaluations += len(exprs)
         return results
@@ -434,13 +445,12 @@ class Campaign:
             return self._run_steps(steps)
 
     def _run_steps(self, steps: int) -> dict:
+        self._started = time.perf_counter()
         resumed = self.open_folder()
         if resumed:
             self.load()
         wall0 = time.perf_counter() - (self.history[-1]["seconds"] if self.history else 0.0)
-        # Local workers reload the inputs from the cache file; cluster workers may not see
-        # it, so there the evaluator carries them, sent once to each worker.
-        shipped = self.evaluator.portable() if self.client is not None else self.evaluator
+        shipped, self._workers = self._task_setup()
         with (
             pool(self.client, self.jobs, scatter=[shipped]) as n_jobs,
             Parallel(n_jobs=n_jobs) if n_jobs != 1 else _NoParallel() as parallel,
@@ -471,6 +481,21 @@ class Campaign:
             bar.close()
         self._parallel, self._task_evaluator = None, self.evaluator
         return self.summary()
+
+    def _task_setup(self) -> tuple[Any, int]:
+        """The evaluator tasks receive, and how many workers share the tasks.
+
+        Workers map the inputs from their cache files when they can read them (local
+        workers always can; cluster workers with a shared cache folder); otherwise the
+        evaluator carries the inputs, sent once to each worker.
+        """
+        if self.client is None:
+            return self.evaluator, self.jobs
+        check_workers(self.client, "emq", _installed_version())
+        paths = [p.inputs_path for p in getattr(self.evaluator, "parts", [self.evaluator])]
+        readable = workers_can_read(self.client, paths)
+        shipped = self.evaluator if readable else self.evaluator.portable()
+        return shipped, max(1, sum(self.client.nthreads().values()))
 
     def _fresh(self) -> Genome:
         if self._seeds:
@@ -514,6 +539,8 @@ class Campaign:
             **self._extra_summary(expr),
             "version": __version__,
         }
+        if self.startup_seconds is not None:
+            out["startup_seconds"] = round(self.startup_seconds, 3)
         if self.heldout_report is not None:
             out["heldout_models"] = self.heldout_report(expr)
         _atomic_write(self.run / "best.json", json.dumps(_finite(out), indent=2))
@@ -572,11 +599,28 @@ class _NoParallel:
         return False
 
 
-def _worker_eval(evaluator: Evaluator, text: str) -> dict:
-    import torch
+def _installed_version() -> str | None:
+    import importlib.metadata
 
-    torch.set_num_threads(1)
-    return evaluate_text(evaluator, text)
+    try:
+        return importlib.metadata.version("emq")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def task_batches(texts: list[str], workers: int) -> list[list[str]]:
+    """``texts`` in order, cut into about two batches per worker.
+
+    A genome costs milliseconds to seconds; one task per genome spends a round trip (the
+    evaluator pickled, a result sent back) on each, one task per worker leaves a worker idle
+    behind the other's slow genome. Two per worker balances the two.
+    """
+    n = max(1, min(len(texts), 2 * max(1, workers)))
+    size, extra = divmod(len(texts), n)
+    bounds = [0]
+    for i in range(n):
+        bounds.append(bounds[-1] + size + (i < extra))
+    return [texts[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 __all__ = ["Campaign", "CampaignSettings"]

@@ -1,17 +1,20 @@
 """Fitness of a genome: its score table's Spearman@topk on the bench's search split.
 
 ``Evaluator`` holds the proxy inputs and the bench arrays. It pickles without the tensors:
-a worker process reloads them once from the inputs cache file (``lru_cache``), so large
-inputs cross to each worker once, not per task. On a cluster, whose workers may not see
-that file, ``portable()`` gives a copy that carries them (sent once per worker).
+a worker process maps them from the inputs cache file (``primitives.inputs.load_inputs``)
+the first time it sees that file and keeps the mapping, and its subexpression cache, for
+every later task; workers on one machine so share one copy of the inputs (the OS page
+cache) instead of each holding its own. On a cluster whose workers cannot read that file,
+``portable()`` gives a copy that carries them (sent once per worker). A task evaluates a
+batch of genomes given as formula text (``evaluate_texts``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +32,36 @@ INVALID = -1.0  # fitness of rejected genomes: below every valid Spearman value
 FITNESS_DIGITS = 6
 
 
-@lru_cache(maxsize=2)
-def _load_inputs(path: str) -> LayerInputs:
-    return load_inputs(Path(path))
+# Per process: the inputs mapped from each cache file (keyed by path and the file's
+# identity, so a file written anew is mapped anew) and one subexpression cache per file.
+# Mappings cost address space, not memory, so every file a campaign reads stays mapped.
+_MAPPED: dict[str, tuple[tuple[int, int, int], LayerInputs]] = {}
+_CACHES: dict[str, SubexpressionCache] = {}
+
+
+def mapped_inputs(path: str) -> LayerInputs:
+    """The inputs of cache file ``path``, mapped once per process (``load_inputs``)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ValueError(
+            f"input cache file {path} cannot be read ({exc.strerror}): run the command again "
+            "on this machine to recompute it, or give cluster workers a shared cache folder"
+        ) from None
+    ident = (st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _MAPPED.get(path)
+    if hit is None or hit[0] != ident:
+        hit = _MAPPED[path] = (ident, load_inputs(Path(path)))
+        _CACHES.pop(path, None)
+    return hit[1]
+
+
+def shared_cache(path: str) -> SubexpressionCache:
+    """This process's subexpression cache for the inputs of cache file ``path``."""
+    cache = _CACHES.get(path)
+    if cache is None:
+        cache = _CACHES[path] = SubexpressionCache()
+    return cache
 
 
 @dataclass
@@ -84,14 +114,20 @@ class Evaluator:
     @property
     def inputs(self) -> LayerInputs:
         if self._inputs is None:
-            self._inputs = _load_inputs(self.inputs_path)
+            self._inputs = mapped_inputs(self.inputs_path)
         return self._inputs
 
     @property
     def cache(self) -> SubexpressionCache:
-        """Small subexpression results shared by the genomes this evaluator scores."""
+        """Small subexpression results shared by the genomes this evaluator scores (in a
+        worker, by every task on the same inputs: ``shared_cache``)."""
         if self._cache is None:
-            self._cache = SubexpressionCache()
+            own = self._inputs
+            from_file = own is None or str(own.path) == self.inputs_path
+            if from_file and not self.ship_inputs:
+                self._cache = shared_cache(self.inputs_path)
+            else:  # inputs held in memory (shipped, or not from the cache file)
+                self._cache = SubexpressionCache()
         return self._cache
 
     def shapes(self) -> list[dict[str, tuple[int, ...]]]:
@@ -159,12 +195,21 @@ def rank_fingerprint(scores: np.ndarray) -> str:
     return hashlib.sha1(order.astype(np.int32).tobytes()).hexdigest()[:16]
 
 
-def evaluate_text(evaluator: Evaluator, text: str) -> dict:
-    """Worker entry point: evaluate a canonical formula given as text."""
+def evaluate_text(evaluator: Evaluator | MultiEvaluator, text: str) -> dict:
+    """Evaluate a canonical formula given as text."""
     from emq.genome import from_string
     from emq.graph import canonical
 
     return evaluator.evaluate(canonical(from_string(text)))
+
+
+def evaluate_texts(evaluator: Evaluator | MultiEvaluator, texts: list[str]) -> list[dict]:
+    """Worker entry point: a batch of formulas, evaluated in order with one torch thread
+    (workers share the cores; one thread each is their fastest setting)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return [evaluate_text(evaluator, t) for t in texts]
 
 
 def naive_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Proxy inputs (the terminals of a proxy graph), computed per quantizable layer.
 
-Every input is a float32 tensor whose axis 0 is the bit axis: size ``B`` (one slice per bit
+Every input is a tensor whose axis 0 is the bit axis: size ``B`` (one slice per bit
 candidate) for the quantization-aware inputs ``Wq``, ``E``, ``D`` and ``b``, size 1 for the
-others (they broadcast). All computation happens on a BN-folded private copy of the model,
-so the caller's model, its gradients and its train/eval mode are never touched.
+others (they broadcast). They are computed in float32 and served from the on-disk cache as
+float64 memory maps (``load_inputs``), the precision score tables are computed in. All
+computation happens on a BN-folded private copy of the model, so the caller's model, its
+gradients and its train/eval mode are never touched.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import copy
 import hashlib
 import json
 import os
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from benchmark.ptq import (
     state_fingerprint,
 )
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: mapped float64 (``save_inputs``); 1 was an .npz of float32
 INPUT_DOCS = {
     "A": "layer output activation on the calibration batch",
     "W": "BN-folded weight",
@@ -301,38 +302,86 @@ def cache_key(
     return h.hexdigest()[:24]
 
 
+# On-disk layout (version 2): ``MAGIC``, the header length (uint64, little-endian), a JSON
+# header (candidates, layers, and every tensor's name, shape and offset), then the tensors
+# as little-endian float64, each aligned to ``ALIGN`` bytes. Loading maps the file
+# copy-on-write: processes that read one cache file share its pages (the OS page cache)
+# instead of each holding a copy, and a score table reads float64 without casting.
+MAGIC = b"EMQINPUT"
+SUFFIX = ".f64"
+ALIGN = 64
+DTYPE = np.dtype("<f8")
+
+
 def save_inputs(inputs: LayerInputs, path: Path) -> None:
-    """Write inputs as an ``.npz`` (no pickle) atomically."""
-    arrays = {f"{i}/{k}": v.numpy() for i, t in enumerate(inputs.tensors) for k, v in t.items()}
-    meta = {
+    """Write inputs in the mapped float64 layout (no pickle), atomically."""
+    entries, offset = [], 0
+    for i, t in enumerate(inputs.tensors):
+        for k, v in t.items():
+            entries.append({"layer": i, "name": k, "shape": list(v.shape), "offset": offset})
+            nbytes = v.numel() * DTYPE.itemsize
+            offset += -(-nbytes // ALIGN) * ALIGN
+    header = {
         "version": CACHE_VERSION,
         "candidates": list(inputs.candidates),
         "layers": [layer.to_dict() for layer in inputs.layers],
+        "tensors": entries,
+        "data_bytes": offset,
     }
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    raw = json.dumps(header).encode()
+    start = -(-(len(MAGIC) + 8 + len(raw)) // ALIGN) * ALIGN
+    raw = raw.ljust(start - len(MAGIC) - 8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + len(raw).to_bytes(8, "little") + raw)
+            values = (v for layer in inputs.tensors for v in layer.values())
+            for entry, value in zip(entries, values, strict=True):
+                f.seek(start + entry["offset"])
+                f.write(np.ascontiguousarray(value.detach().numpy(), dtype=DTYPE).tobytes())
+            f.truncate(start + offset)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_inputs(path: Path) -> LayerInputs:
-    """Read inputs written by ``save_inputs`` (``allow_pickle=False``)."""
+    """Map inputs written by ``save_inputs``: float64 tensors backed by the file's pages.
+
+    The mapping is copy-on-write (a write would stay private to the process), and the
+    file's size is checked against its header, so a truncated file is refused, not misread.
+    """
+    path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(bytes(data["__meta__"]).decode())
-            layers = [
-                LayerInfo(**{**d, "weight_shape": tuple(d["weight_shape"])}) for d in meta["layers"]
-            ]
-            tensors: list[dict[str, torch.Tensor]] = [{} for _ in layers]
-            for k in data.files:
-                if k != "__meta__":
-                    i, name = k.split("/")
-                    tensors[int(i)][name] = torch.from_numpy(data[k].copy())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC) + 8)
+            if len(head) < len(MAGIC) + 8 or head[: len(MAGIC)] != MAGIC:
+                raise ValueError("not an EMQ input cache file")
+            size = int.from_bytes(head[len(MAGIC) :], "little")
+            if size > 1 << 26:
+                raise ValueError(f"header of {size} bytes")
+            header = json.loads(f.read(size).decode())
+        if header.get("version") != CACHE_VERSION:
+            raise ValueError(f"format version {header.get('version')}, expected {CACHE_VERSION}")
+        start = len(MAGIC) + 8 + size
+        expected = start + int(header["data_bytes"])
+        actual = path.stat().st_size
+        if actual != expected:
+            raise ValueError(f"{actual} bytes where the header promises {expected}: truncated")
+        layers = [
+            LayerInfo(**{**d, "weight_shape": tuple(d["weight_shape"])}) for d in header["layers"]
+        ]
+        tensors: list[dict[str, torch.Tensor]] = [{} for _ in layers]
+        if header["data_bytes"]:
+            data = np.memmap(path, dtype=np.uint8, mode="c", offset=start)
+            for e in header["tensors"]:
+                count = int(np.prod(e["shape"], dtype=np.int64))
+                flat = data[e["offset"] : e["offset"] + count * DTYPE.itemsize].view(DTYPE)
+                tensors[e["layer"]][e["name"]] = torch.from_numpy(flat.reshape(e["shape"]))
+    except (OSError, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"input cache file {path} is corrupt ({exc}); delete it") from exc
-    return LayerInputs(layers, tuple(meta["candidates"]), tensors)
+    return LayerInputs(layers, tuple(header["candidates"]), tensors, path.stem, path)
 
 
 def get_inputs(
@@ -354,12 +403,14 @@ def get_inputs(
     _check_batch(x, y, bool(set(settings.names) & NEEDS_LABELS))
     key = cache_key(model, x, y, settings)
     folder = cache_dir() if cache is None or cache is True else Path(cache)
-    path = folder / f"{key}.npz"
+    path = folder / f"{key}{SUFFIX}"
     if path.is_file():
         inputs = load_inputs(path)
         inputs.key, inputs.path, inputs.from_cache = key, path, True
         return inputs
-    inputs = compute_inputs(model, x, y, settings, quantizer)
-    save_inputs(inputs, path)
+    save_inputs(compute_inputs(model, x, y, settings, quantizer), path)
+    # Served from the file just written, as every later call is: the same float64 values,
+    # in pages shared with other processes that map the file.
+    inputs = load_inputs(path)
     inputs.key, inputs.path = key, path
     return inputs

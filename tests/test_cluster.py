@@ -22,7 +22,15 @@ from distributed import Client, LocalCluster, get_task_stream
 from joblib import Parallel, delayed
 
 from benchmark.bench import Bench, build_bench, sample_configs
-from benchmark.cluster import ClusterError, connect, connected, pool, scheduler_address
+from benchmark.cluster import (
+    ClusterError,
+    check_workers,
+    connect,
+    connected,
+    pool,
+    scheduler_address,
+    workers_can_read,
+)
 from emq.cli import main
 from emq.context import bench_evaluator
 from emq.evolve import Campaign, CampaignSettings
@@ -196,7 +204,7 @@ def test_campaign_on_cluster_equals_local_campaign(client, evaluator, tmp_path):
     with get_task_stream(client) as stream:
         camp = Campaign(tmp_path / "cluster", bench, ev, SETTINGS, progress=False, client=client)
         camp.run_steps(3)
-    assert _ran_on_workers(stream.data, "_worker_eval")  # not run in this process
+    assert _ran_on_workers(stream.data, "evaluate_texts")  # not run in this process
     assert _campaign_state(tmp_path / "cluster") == _campaign_state(tmp_path / "local")
     best = [json.loads((tmp_path / r / "best.json").read_text()) for r in ("cluster", "local")]
     assert best[0] == best[1]
@@ -234,3 +242,31 @@ def test_killed_worker_loses_no_committed_result(client, small_bench, tmp_path):
     assert outcome["result"]["configs"] == len(after) == total
     assert {k: after[k] for k in before} == before  # committed rows untouched
     assert _measured(Bench.open(out)) == _measured(Bench.open(small_bench["path"]))
+
+
+# ---------------------------------------------------------------- worker checks
+
+
+def test_workers_without_the_project_or_of_another_version_are_refused(client):
+    import importlib.metadata
+
+    here = importlib.metadata.version("emq")
+    check_workers(client, "emq", here)  # the same install: accepted
+    with pytest.raises(ClusterError, match=r"runs emq .* this process 0\.0\.0-other"):
+        check_workers(client, "emq", "0.0.0-other")
+    with pytest.raises(ClusterError, match="does not have no-such-emq-package installed"):
+        check_workers(client, "no-such-emq-package", None)
+
+
+def test_workers_that_see_the_inputs_file_get_the_path_not_the_tensors(client, tmp_path):
+    from benchmark.bench import default_bench
+
+    bench = Bench.open(default_bench("resnet20"))
+    ev = bench_evaluator(bench, SETTINGS.calib_images, cache=tmp_path)
+    assert workers_can_read(client, [ev.inputs_path])
+    camp = Campaign(tmp_path / "run", bench, ev, SETTINGS, progress=False, client=client)
+    shipped, workers = camp._task_setup()
+    assert shipped is ev and not shipped.ship_inputs  # workers map the shared file
+    assert workers == sum(client.nthreads().values())
+    other = tmp_path / "elsewhere.f64"
+    assert not workers_can_read(client, [ev.inputs_path, str(other)])

@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from benchmark.bench import Bench, default_bench
 from emq.context import bench_evaluator
-from emq.evolve import Campaign, CampaignSettings
+from emq.evolve import Campaign, CampaignSettings, task_batches
 from emq.seeds import LITERATURE, fitting
 from primitives.inputs import INPUT_NAMES
 
@@ -95,6 +97,41 @@ def test_resume_continues_where_it_stopped(tmp_path, bench, evaluator, reference
 def test_parallel_jobs_give_the_same_result(tmp_path, bench, evaluator, reference):
     _run(tmp_path / "par", bench, evaluator, 3, jobs=2)
     assert _state(tmp_path / "par") == _state(reference[0])
+
+
+def test_tasks_are_about_two_batches_per_worker_in_order():
+    texts = [f"g{i}" for i in range(9)]
+    for workers in (1, 2, 3, 8):
+        batches = task_batches(texts, workers)
+        assert [t for b in batches for t in b] == texts
+        assert len(batches) == min(len(texts), 2 * workers)
+        assert max(map(len, batches)) - min(map(len, batches)) <= 1
+    assert task_batches(texts, 2) == [texts[0:3], texts[3:5], texts[5:7], texts[7:9]]
+    assert task_batches(["a"], 4) == [["a"]]
+
+
+def test_a_truncated_inputs_file_stops_a_parallel_campaign_and_it_resumes(
+    tmp_path, bench, evaluator, reference
+):
+    """Workers refuse the cut file (one clear error), no step is recorded from it, and after
+    the file is recomputed the campaign resumes to the uninterrupted result."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    src = Path(evaluator.inputs_path)
+    shutil.copyfile(src, cache / src.name)
+    ev = bench_evaluator(bench, cache=cache)
+    assert ev.inputs_path == str(cache / src.name)
+    run = tmp_path / "run"
+    _run(run, bench, ev, 1, jobs=2)
+    cut = tmp_path / "cut"
+    cut.write_bytes((cache / src.name).read_bytes()[:-4096])
+    os.replace(cut, cache / src.name)  # a new file: the main process keeps its old mapping
+    with pytest.raises(ValueError, match="corrupt.*truncated.*delete it"):
+        _run(run, bench, ev, 3, jobs=2)
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 1
+    (cache / src.name).unlink()  # what the error says
+    _run(run, bench, bench_evaluator(bench, cache=cache), 3, jobs=2)
+    assert _state(run) == _state(reference[0])
 
 
 def test_killed_cli_run_resumes_to_the_same_result(tmp_path, cache_dir, reference):

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmark.bench import Bench, default_bench
 from emq.context import bench_evaluator
-from emq.fitness import INVALID, Evaluator, naive_scores, rank_fingerprint
+from emq.fitness import (
+    INVALID,
+    Evaluator,
+    evaluate_texts,
+    mapped_inputs,
+    naive_scores,
+    rank_fingerprint,
+    shared_cache,
+)
 from emq.genome import from_string
-from emq.graph import canonical
+from emq.graph import canonical, expr_str
 from emq.metrics import spearman_at_topk
 from emq.scoring import config_scores
 
@@ -124,3 +136,39 @@ def test_multi_bench_invalid_anywhere_is_invalid(multi):
     clone = pickle.loads(pickle.dumps(multi.portable()))
     expr = canonical(from_string(PROXIES[3]))
     assert clone.evaluate(expr)["fitness"] == multi.evaluate(expr)["fitness"]
+
+
+# ---------------------------------------------------------------- in a worker process
+
+
+def test_a_worker_maps_each_inputs_file_once_and_keeps_its_cache(evaluator):
+    """Every task unpickles a fresh evaluator; the mapping and subexpression cache stay."""
+    first, second = (pickle.loads(pickle.dumps(evaluator)) for _ in range(2))
+    assert first.inputs is second.inputs is mapped_inputs(evaluator.inputs_path)
+    assert first.cache is second.cache is shared_cache(evaluator.inputs_path)
+    expr = canonical(from_string("revert(abs(sum(mul(Ga, D))))"))
+    assert evaluate_texts(first, [expr_str(expr)]) == [
+        {**evaluator.evaluate(expr), "seconds": pytest.approx(0, abs=60)}
+    ]
+
+
+def test_a_truncated_inputs_file_is_refused_never_misread(evaluator, tmp_path):
+    src = Path(evaluator.inputs_path)
+    copy = tmp_path / src.name
+    shutil.copyfile(src, copy)
+    ev = replace(evaluator, inputs_path=str(copy), _inputs=None, _cache=None)
+    text = "revert(frobenius_norm(D))"
+    assert (
+        evaluate_texts(ev, [text])[0]["fitness"]
+        == evaluator.evaluate(canonical(from_string(text)))["fitness"]
+    )
+    # A new, truncated file in its place (a copy cut short): the worker maps it anew.
+    cut = tmp_path / "cut"
+    cut.write_bytes(copy.read_bytes()[:-4096])
+    os.replace(cut, copy)
+    clone = pickle.loads(pickle.dumps(ev))
+    with pytest.raises(ValueError, match=f"{copy}.*corrupt.*truncated"):
+        evaluate_texts(clone, [text])
+    copy.unlink()
+    with pytest.raises(ValueError, match="cannot be read"):
+        evaluate_texts(pickle.loads(pickle.dumps(ev)), [text])

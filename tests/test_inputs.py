@@ -151,8 +151,8 @@ def assert_same_tensors(a, b) -> None:
     for ta, tb in zip(a.tensors, b.tensors, strict=True):
         assert ta.keys() == tb.keys()
         for name in ta:
-            assert ta[name].dtype == tb[name].dtype, name
-            assert torch.equal(ta[name], tb[name]), name
+            # computed in float32, served from the cache as float64: the same values
+            assert torch.equal(ta[name].double(), tb[name].double()), name
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -477,14 +477,14 @@ def test_hutchinson_estimate_is_reproducible_by_seed(batch):
 # ----------------------------------------------------------------------------- cache
 
 
-def test_cache_stores_an_npz_and_returns_it_without_computing(batch, tmp_path, monkeypatch):
+def test_cache_stores_a_file_and_returns_it_without_computing(batch, tmp_path, monkeypatch):
     x, y = batch
     model = tiny_model()
     settings = InputSettings(hutchinson_samples=2)
     first = get_inputs(model, x, y, settings, cache=tmp_path)
     assert not first.from_cache
     assert first.key == cache_key(model, x, y, settings)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{first.key}.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{first.key}.f64"]
 
     def no_compute(*args, **kwargs):
         raise AssertionError("compute_inputs called on a cache hit")
@@ -498,13 +498,27 @@ def test_cache_stores_an_npz_and_returns_it_without_computing(batch, tmp_path, m
     assert_same_tensors(first, compute_inputs(model, x, y, settings))
 
 
-def test_cache_file_loads_without_pickle(batch, tmp_path):
+def test_cached_inputs_are_float64_maps_of_the_file(batch, tmp_path):
+    """Processes reading one cache file share its pages: the tensors map the file."""
     x, y = batch
     inputs = get_inputs(tiny_model(), x, y, InputSettings(hutchinson_samples=2), cache=tmp_path)
-    with np.load(tmp_path / f"{inputs.key}.npz", allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    assert all(a.dtype != object for a in arrays.values())
-    assert len(arrays) == 1 + sum(len(t) for t in inputs.tensors)
+    again = inputs_module.load_inputs(tmp_path / f"{inputs.key}.f64")
+    maps = []  # (start, end) of every mapping of the cache file in this process
+    for line in open("/proc/self/maps").read().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(inputs.path.resolve()):
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            maps.append((start, end))
+    assert maps
+    for t in (*inputs.tensors, *again.tensors):
+        for v in t.values():
+            assert v.dtype == torch.float64
+            assert any(a <= v.data_ptr() < b for a, b in maps)
+    # copy-on-write: a write stays in this process, the file keeps its values
+    w = again.tensors[0]["W"]
+    before = w.clone()
+    w.add_(1.0)
+    assert torch.equal(inputs_module.load_inputs(inputs.path).tensors[0]["W"], before)
 
 
 def test_cache_key_changes_with_model_batch_labels_candidates_and_settings(batch):
@@ -550,7 +564,7 @@ def test_a_changed_model_is_computed_again(batch, tmp_path):
     again = get_inputs(model, x, y, settings, cache=tmp_path)
     assert not again.from_cache
     assert torch.equal(again.tensors[1]["W"][0], model.fc.weight)
-    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert len(list(tmp_path.glob("*.f64"))) == 2
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
@@ -559,9 +573,9 @@ def test_a_corrupt_cache_file_raises_value_error_naming_it(batch, tmp_path, dama
     model = tiny_model()
     settings = InputSettings(names=("W", "b"))
     inputs = get_inputs(model, x, y, settings, cache=tmp_path)
-    path = tmp_path / f"{inputs.key}.npz"
+    path = tmp_path / f"{inputs.key}.f64"
     raw = path.read_bytes()
-    damaged = {"garbage": b"not an npz file" * 8, "truncated": raw[: len(raw) // 2], "empty": b""}
+    damaged = {"garbage": b"not an input file" * 8, "truncated": raw[:-8], "empty": b""}
     path.write_bytes(damaged[damage])
     with pytest.raises(ValueError, match="corrupt") as info:
         get_inputs(model, x, y, settings, cache=tmp_path)
@@ -573,7 +587,7 @@ def test_emq_cache_selects_the_cache_folder(batch, tmp_path, monkeypatch):
     monkeypatch.setenv("EMQ_CACHE", str(tmp_path))
     assert cache_dir() == tmp_path / "inputs"
     inputs = get_inputs(tiny_model(), x, y, InputSettings(names=("W",)))
-    assert [p.name for p in (tmp_path / "inputs").iterdir()] == [f"{inputs.key}.npz"]
+    assert [p.name for p in (tmp_path / "inputs").iterdir()] == [f"{inputs.key}.f64"]
     monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "other"))
     assert cache_dir() == tmp_path / "other" / "inputs"
 
@@ -583,7 +597,7 @@ def test_cache_true_uses_the_default_folder(batch, tmp_path, monkeypatch):
     x, y = batch
     monkeypatch.setenv("EMQ_CACHE", str(tmp_path))
     inputs = get_inputs(tiny_model(), x, y, InputSettings(names=("W",)), cache=True)
-    assert (tmp_path / "inputs" / f"{inputs.key}.npz").is_file()
+    assert (tmp_path / "inputs" / f"{inputs.key}.f64").is_file()
 
 
 def test_cache_false_writes_nothing(batch, tmp_path, monkeypatch):

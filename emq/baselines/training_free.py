@@ -196,9 +196,10 @@ def emq_proxy(ctx: ScoreContext) -> np.ndarray:
     """
     rows = []
     for t in ctx.inputs.tensors:
-        b = t["b"]
-        left = apply("softmax", apply("abslog", apply("mul", t["V"], b)))
-        right = apply("sqrt", apply("relu", apply("mul", t["W"], b)))
+        # In float32, as published (cached inputs are float64 maps).
+        v, w, b = t["V"].float(), t["W"].float(), t["b"].float()
+        left = apply("softmax", apply("abslog", apply("mul", v, b)))
+        right = apply("sqrt", apply("relu", apply("mul", w, b)))
         out = apply("mul", left, right)
         rows.append(reduce_to_bits(out, len(ctx.candidates)).double().numpy())
     return np.stack(rows)
