@@ -38,7 +38,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from platformdirs import user_cache_dir
 from torch import nn
+from tqdm import tqdm
+
+from benchmark import options
+from benchmark.data import calibration_batch
+from benchmark.quantizers import (
+    mse_weight_scales,
+    quantizable_layers,
+    state_fingerprint,
+    weight_qrange,
+)
 
 ZETA, GAMMA = 1.1, -0.1
 SHIPPED = Path(__file__).resolve().parent / "checkpoints"
@@ -202,8 +213,6 @@ def settings_key(fingerprint: str, calib: torch.Tensor, clip_grid: int, settings
 
 
 def cache_dir() -> Path:
-    from platformdirs import user_cache_dir
-
     return Path(os.environ.get("EMQ_CACHE") or user_cache_dir("emq")) / "adaround"
 
 
@@ -281,8 +290,6 @@ def layer_inputs(model: nn.Module, layers: Sequence[nn.Module], x: torch.Tensor)
 
 def calibration_images(settings: AdaRoundSettings) -> torch.Tensor:
     """AdaRound's calibration images: ``settings.images`` seeded training images."""
-    from benchmark.data import calibration_batch
-
     return calibration_batch(settings.images, settings.seed)[0]
 
 
@@ -304,8 +311,6 @@ class AdaRounder:
         """``fingerprint``: content hash of the model *before* BN folding (its checkpoint
         bytes), which keys the cache the same on every CPU; folded weights can differ in
         their last bits between CPUs. Default: the folded model's own fingerprint."""
-        from benchmark.ptq import quantizable_layers, state_fingerprint
-
         self.settings = settings or AdaRoundSettings()
         self.clip_grid = clip_grid
         self.model = copy.deepcopy(folded).eval()
@@ -329,14 +334,10 @@ class AdaRounder:
         return self._inputs
 
     def scale(self, layer: int, bits: int) -> torch.Tensor:
-        from benchmark.ptq import mse_weight_scales
-
         return mse_weight_scales(self.layers[layer].weight, bits, self.clip_grid)
 
     def mask(self, layer: int, bits: int) -> torch.Tensor:
         """Round-up mask of ``layer`` at ``bits`` (learned and saved on first use)."""
-        from benchmark.ptq import weight_qrange
-
         key = (int(layer), int(bits))
         if key not in self.cache:
             x = self._layer_inputs()[layer]
@@ -349,8 +350,6 @@ class AdaRounder:
 
     def weight(self, layer: int, bits: int) -> torch.Tensor:
         """The AdaRounded fake-quantized weight of ``layer`` at ``bits``."""
-        from benchmark.ptq import weight_qrange
-
         w = self.layers[layer].weight.detach()
         up = self.mask(layer, bits).to(w.dtype)
         return rounded_weight(w, self.scale(layer, bits), weight_qrange(int(bits)), up)
@@ -363,8 +362,6 @@ class AdaRounder:
 
     def prepare(self, bits: Sequence[int], progress: bool = True) -> dict:
         """Learn every missing (layer, bit) of ``bits``; returns timing figures."""
-        from tqdm import tqdm
-
         todo = self.missing(bits)
         start = time.perf_counter()
         for layer, b in tqdm(todo, desc="adaround", unit="layer-bit", disable=not progress):
@@ -372,10 +369,15 @@ class AdaRounder:
         return {"learned": len(todo), "seconds": time.perf_counter() - start}
 
 
+# ----------------------------------------------------------------- compatibility, to be removed
+# The command line's rounding options are ``emq.commands.common.add_rounding_arguments`` and
+# ``adaround_settings``. emq/allocate (being edited in parallel) still imports these two
+# from here; delete them once it imports the command-layer ones (this bottom floor then
+# parses no arguments).
+
+
 def add_arguments(parser, default: str | None = "nearest", what: str = "") -> None:
     """``--rounding`` and the AdaRound knobs on an ``argparse`` parser."""
-    from benchmark import options
-
     d = AdaRoundSettings()
     parser.add_argument("--rounding", choices=ROUNDINGS, default=default,
                         help="weight rounding (AdaRound: learned per layer and bit)"

@@ -28,15 +28,8 @@ from benchmark.cluster import pool
 from benchmark.data import calibration_batch, data_fingerprint, load_split
 from benchmark.lock import exclusive, file_lock
 from benchmark.models import check_model_name, checkpoint_path, load_model
-from benchmark.ptq import (
-    CLIP_GRID,
-    DEFAULT_BITS,
-    QuantSim,
-    bops,
-    check_bits,
-    layer_table,
-    state_fingerprint,
-)
+from benchmark.ptq import DEFAULT_BITS, QuantSim, bops, check_bits, layer_table
+from benchmark.quantizers import CLIP_GRID, state_fingerprint
 from benchmark.schemas import (
     MAX_ROWS,
     SCHEMA_VERSION,

@@ -12,7 +12,7 @@ import argparse
 import math
 from collections.abc import Callable
 
-from benchmark.ptq import SUPPORTED_BITS
+from benchmark.quantizers import SUPPORTED_BITS
 
 MAX_SEED = 2**32 - 1  # numpy, torch and random all take it
 MAX_COUNT = 10**9

@@ -1,19 +1,21 @@
 """Post-training quantization: the ground truth every proxy is judged against.
 
+``QuantSim`` evaluates bit configurations of a model, built on the fake quantizers of
+``benchmark.quantizers``:
+
 * BatchNorm is folded into the preceding convolution.
-* Weights: per output channel, symmetric (narrow range ``[-(2^(b-1)-1), 2^(b-1)-1]``), the
-  clipping range of each channel chosen by MSE over a grid of clip ratios, vectorized over
-  channels and ratios. ``Q_b(W)`` is computed once per (layer, bit) and reused.
+* Weights: per output channel, symmetric, MSE-clipped (``benchmark.quantizers``).
+  ``Q_b(W)`` is computed once per (layer, bit) and reused.
 * Weight rounding: nearest, or AdaRound (``benchmark.adaround``) learned once per
   (layer, bit) and stitched into any configuration.
 * Activations (the input of each quantizable layer): per tensor, asymmetric, the range
   calibrated once (min/max over a calibration set of training images).
-"""
+
+Also here: the layer table (parameters, MACs per image) and BOPs."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,49 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
+from benchmark.quantizers import (
+    CLIP_GRID,
+    SUPPORTED_BITS,
+    act_qparams,
+    fake_quant_per_tensor,
+    quantizable_layers,
+    quantize_weight,
+    state_fingerprint,
+)
 
 DEFAULT_BITS = (2, 3, 4, 8)
-CLIP_GRID = 100  # number of clip ratios in (0, 1] searched per channel
-SUPPORTED_BITS = range(2, 17)
-
-
-def unsupported_layers(model: nn.Module) -> list[tuple[str, str]]:
-    """``(name, type)`` of every torch layer with a weight matrix that is not quantized here.
-
-    Only ``Conv2d`` and ``Linear`` are quantized; a ``Conv1d``, a transposed conv, an
-    ``Embedding`` or an ``nn.MultiheadAttention`` (whose projections are raw parameters,
-    not called ``Linear`` modules) would silently stay full precision, so they are refused.
-    Parameters of the user's own modules (e.g. a position embedding) are not layers.
-    """
-    bad = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) or not type(m).__module__.startswith("torch.nn"):
-            continue
-        if any(p.ndim >= 2 for p in m.parameters(recurse=False)) or isinstance(
-            m, nn.MultiheadAttention
-        ):
-            bad.append((name or "<model>", type(m).__name__))
-    return bad
-
-
-def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every ``Conv2d`` and ``Linear`` of ``model``, in module order.
-
-    Raises a clear error naming the first layer the PTQ cannot handle (never skipped).
-    """
-    bad = unsupported_layers(model)
-    if bad:
-        name, kind = bad[0]
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ValueError(
-            f"layer {name!r} ({kind}){more} cannot be quantized: EMQ quantizes Conv2d and "
-            "Linear layers only; rewrite it with those (e.g. attention with nn.Linear "
-            "projections)"
-        )
-    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if not layers:
-        raise ValueError(f"model {type(model).__name__} has no Conv2d or Linear layer to quantize")
-    return layers
 
 
 def fold_bn(model: nn.Module, check_input: torch.Tensor | None = None) -> nn.Module:
@@ -111,65 +81,6 @@ def check_bits(bits: Sequence[int], candidates: Sequence[int], what: str = "bit-
     bad = sorted({int(b) for b in bits} - {int(c) for c in candidates})
     if bad:
         raise ValueError(f"{what} {bad} not among the candidates {sorted(candidates)}")
-
-
-def weight_qrange(bits: int) -> int:
-    """Largest integer level of the narrow symmetric range at ``bits``."""
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"bit-width {bits} unsupported: expected 2..16")
-    return 2 ** (bits - 1) - 1
-
-
-def fake_quant_per_channel(w: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
-    """Symmetric per-output-channel fake quantization (zero point 0, levels ``±qmax``).
-
-    Matches ``torch.fake_quantize_per_channel_affine(w, scale, 0, 0, -qmax, qmax)``.
-    """
-    s = scale.reshape(-1, *([1] * (w.ndim - 1)))
-    return torch.clamp(torch.round(w * (1.0 / s)), -qmax, qmax) * s
-
-
-def mse_weight_scales(w: torch.Tensor, bits: int, grid: int = CLIP_GRID) -> torch.Tensor:
-    """Per-channel scales whose clip ratio minimizes the quantization MSE.
-
-    All channels and all ``grid`` clip ratios are evaluated at once (no Python loop).
-    """
-    qmax = weight_qrange(bits)
-    flat = w.detach().reshape(w.shape[0], -1)
-    maxabs = flat.abs().amax(1).clamp_min(1e-12)  # [C]
-    ratios = torch.linspace(1.0 / grid, 1.0, grid, dtype=flat.dtype)  # [R]
-    scales = ratios[:, None] * maxabs[None, :] / qmax  # [R, C]
-    q = torch.clamp(torch.round(flat[None] * (1.0 / scales[..., None])), -qmax, qmax)
-    err = ((q * scales[..., None] - flat[None]) ** 2).sum(-1)  # [R, C]
-    best = err.argmin(0)  # first (smallest) ratio on ties: deterministic
-    return scales.gather(0, best[None]).squeeze(0)
-
-
-def quantize_weight(w: torch.Tensor, bits: int, grid: int = CLIP_GRID) -> torch.Tensor:
-    """``Q_b(W)``: MSE-clipped per-channel symmetric fake quantization of ``w``."""
-    return fake_quant_per_channel(w.detach(), mse_weight_scales(w, bits, grid), weight_qrange(bits))
-
-
-def act_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
-    """Scale and zero point of the asymmetric per-tensor range ``[lo, hi]`` at ``bits``."""
-    if bits not in SUPPORTED_BITS:
-        raise ValueError(f"activation bit-width {bits} unsupported: expected 2..16")
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    qmax = 2**bits - 1
-    scale = max((hi - lo) / qmax, 1e-8)
-    zero_point = int(np.clip(round(-lo / scale), 0, qmax))
-    return float(np.float32(scale)), zero_point
-
-
-def fake_quant_per_tensor(x: torch.Tensor, scale: float, zero_point: int, bits: int):
-    """Asymmetric per-tensor fake quantization to ``[0, 2^bits - 1]``.
-
-    Matches ``torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 2^bits-1)``.
-    """
-    inv = 1.0 / torch.tensor(scale, dtype=torch.float32)
-    q = x * inv  # a new tensor: the in-place steps below never touch x (fewer allocations)
-    q.round_().add_(zero_point).clamp_(0, 2**bits - 1).sub_(zero_point)
-    return q.mul_(torch.tensor(scale, dtype=torch.float32))
 
 
 @dataclass(frozen=True)
@@ -349,13 +260,3 @@ class QuantSim:
                 loss += F.cross_entropy(out, y[i : i + batch], reduction="sum").item()
                 correct += (out.argmax(1) == y[i : i + batch]).sum().item()
         return 100.0 * correct / len(x), loss / len(x)
-
-
-def state_fingerprint(model: nn.Module) -> str:
-    """Content hash of a model's state_dict (names, shapes and values)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

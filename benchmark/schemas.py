@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-from benchmark.ptq import SUPPORTED_BITS
+from benchmark.quantizers import SUPPORTED_BITS
 
 # Limits applied before parsing: far above anything EMQ writes (a 150-step checkpoint is
 # 0.4 MB and 4 levels deep), far below what would exhaust memory or the recursion limit.

@@ -38,13 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.ptq import (
-    QuantSim,
-    act_qparams,
-    mse_weight_scales,
-    quantizable_layers,
-    weight_qrange,
-)
+from benchmark.adaround import AdaRoundSettings
+from benchmark.ptq import QuantSim
+from benchmark.quantizers import act_qparams, mse_weight_scales, quantizable_layers, weight_qrange
+from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset
+from emq.score import build_model
 
 OPSET = 21  # int4 DequantizeLinear (ONNX 1.16+, onnxruntime 1.18+)
 TRACE_OPSET = 20  # the newest opset torch's TorchScript exporter writes; 20 -> 21 adds types
@@ -477,10 +475,6 @@ def save_exported(exported: Exported, onnx_path: Path | None, encodings_path: Pa
 def allocation_simulator(doc: dict, checkpoint: Path | str | None = None) -> QuantSim:
     """The simulator ``emq allocate`` measured an allocation with: its model, checkpoint and
     rounding, calibrated on the bench's calibration batch; its layers checked."""
-    from benchmark.adaround import AdaRoundSettings
-    from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset
-    from emq.score import build_model
-
     rounding = doc.get("rounding", "nearest")
     adaround = doc.get("adaround")
     model = build_model(doc["model"], checkpoint or doc.get("checkpoint"))

@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,12 @@ from benchmark.bench import Bench
 from benchmark.cluster import check_workers, pool, workers_can_read
 from benchmark.lock import exclusive, is_lock_file, run_folder_lock
 from emq import __version__
+from emq.export import export_run
 from emq.fitness import AGGREGATES, Evaluator, evaluate_texts
 from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names
 from emq.osp import OperationSampler
+from emq.plots import plot_campaign
 from emq.schemas import CAMPAIGN_SCHEMA, CHECKPOINT_SCHEMA, read_document
 from emq.screen import STAGES, Screener, validity_rate
 from emq.seeds import LITERATURE, fitting
@@ -543,9 +545,6 @@ class Campaign:
         if self.heldout_report is not None:
             out["heldout_models"] = self.heldout_report(expr)
         _atomic_write(self.run / "best.json", json.dumps(_finite(out), indent=2))
-        from emq.export import export_run
-        from emq.plots import plot_campaign
-
         plot_campaign(self.run, self.history, self.evaluator, expr, best.canonical)
         export_run(self.run)
         if self.startup_seconds is not None:  # a timing: printed (--json), not in best.json
@@ -633,9 +632,4 @@ def task_batches(texts: list[str], workers: int) -> list[list[str]]:
     return [texts[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
-def settings_from_args(**kw) -> CampaignSettings:
-    names = {f.name for f in fields(CampaignSettings)}
-    return CampaignSettings(**{k: v for k, v in kw.items() if k in names and v is not None})
-
-
-__all__ = ["Campaign", "CampaignSettings", "settings_from_args"]
+__all__ = ["Campaign", "CampaignSettings"]

@@ -1,9 +1,9 @@
-"""Export a proxy as a standalone Python module, a JSON form and a formula; load it back.
+"""Export a proxy as a standalone Python module, a JSON form and a formula.
 
 The Python module needs only torch and numpy: the source of each operation the proxy uses
 is copied from the registry, so exported and in-engine scores are computed by the same
-code and agree exactly. The JSON form names operations and inputs; loading validates every
-name against the registry and never ``eval``s file text.
+code and agree exactly. The JSON form names operations and inputs (``emq.proxy`` reads it
+back; ``emq.scorers.resolve_scorer`` turns any name or path into a Scorer).
 """
 
 from __future__ import annotations
@@ -11,145 +11,22 @@ from __future__ import annotations
 import inspect
 import json
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from benchmark.schemas import existing_path
 from emq import __version__
 from emq.genome import from_names
-from emq.graph import Expr, canonical, expr_str, leaves, ops_used, prefix_names, score_table
-from emq.schemas import (
-    BEST_SCHEMA,
-    PROXY_FORMAT,
-    PROXY_FORMAT_VERSION,
-    PROXY_SCHEMA,
-    check_document,
-    read_document,
-)
-from emq.scoring import ScoreContext, reduce_to_bits
+from emq.graph import Expr, canonical, expr_str, ops_used
+from emq.proxy import proxy_document, read_best
+from emq.scorers import resolve_scorer as load_proxy  # noqa: F401 - see below
+from emq.scoring import reduce_to_bits
+from emq.scoring import scorer_inputs as needed_inputs  # noqa: F401 - see below
 from primitives import operations
-from primitives.inputs import INPUT_DOCS, INPUT_NAMES
+from primitives.inputs import INPUT_DOCS
 from primitives.operations import OPS
 
-# The proxy ``emq score`` and ``emq allocate`` use unless told otherwise ("default"): the
-# best proxy of the reference campaign (runs/reference), shipped inside the package so it is
-# found from any working directory.
-DEFAULT_PROXY = Path(__file__).resolve().parent / "default_proxy.json"
-FORMAT = PROXY_FORMAT
-FORMAT_VERSION = PROXY_FORMAT_VERSION
-
-
-@dataclass(frozen=True)
-class ProxyScorer:
-    """A Scorer for an evolved proxy: ``scorer(ctx) -> S[l, b]``."""
-
-    name: str
-    expr: Expr
-    measured: bool = False
-
-    @property
-    def formula(self) -> str:
-        return expr_str(self.expr)
-
-    def __call__(self, ctx: ScoreContext) -> np.ndarray:
-        return score_table(self.expr, ctx.inputs)
-
-
-def proxy_document(expr: Expr, **extra) -> dict:
-    """The JSON form of a proxy."""
-    names = prefix_names(expr)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "library_version": __version__,
-        "formula": expr_str(expr),
-        "genome": names,
-        "inputs": sorted({n for n in names if n in INPUT_DOCS}),
-        **extra,
-    }
-
-
-def load_proxy_document(doc: dict, source: str = "proxy") -> ProxyScorer:
-    """Validate a JSON document (``emq.schemas.PROXY_SCHEMA``, then every name against the
-    registry) and build its scorer (clear errors, no eval)."""
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"{source} is not an EMQ proxy file (missing format '{FORMAT}')")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{source} has proxy format version {doc.get('format_version')!r}, "
-            f"this EMQ reads version {FORMAT_VERSION}"
-        )
-    check_document(doc, PROXY_SCHEMA, source)
-    try:
-        tree = from_names(doc["genome"])
-    except ValueError as exc:
-        raise type(exc)(f"{source}: field 'genome': {exc}") from None
-    return ProxyScorer(str(doc.get("name", source)), canonical(tree))
-
-
-def needed_inputs(scorer: object) -> tuple[str, ...]:
-    """Proxy inputs a scorer reads, so only those are computed (all when unknown)."""
-    expr = getattr(scorer, "expr", None)
-    names = leaves(expr) if expr is not None else getattr(scorer, "inputs", None)
-    if names is None:
-        return INPUT_NAMES
-    return tuple(n for n in INPUT_NAMES if n in set(names)) or ("W",)
-
-
-def load_proxy(spec: str | Path):
-    """A Scorer from a proxy JSON file, a run folder (its ``best.json``), a baseline name, or
-    ``"default"`` (the shipped default proxy, evolved on the zoo: ``DEFAULT_PROXY``)."""
-    from emq.baselines import BASELINES, get_baseline
-
-    if isinstance(spec, str) and spec in BASELINES:
-        return get_baseline(spec)
-    path = DEFAULT_PROXY if spec == "default" else existing_path(spec)
-    if path is not None and path.is_dir():
-        return _best_proxy(path / "best.json")
-    if path is None or not path.is_file():
-        shown = str(spec) if len(str(spec)) <= 80 else str(spec)[:77] + "..."
-        raise ValueError(
-            f"proxy {shown!r} is neither a file nor a baseline name "
-            f"(baselines: {', '.join(sorted(BASELINES))})"
-        )
-    from benchmark.schemas import read_json
-
-    doc = read_json(path, "proxy file")
-    if isinstance(doc, dict) and "format" not in doc and "genome_names" in doc:
-        return _best_proxy(path, doc)
-    return load_proxy_document(doc, f"proxy file {path}")
-
-
-def _read_best(path: Path, doc: dict | None = None) -> dict:
-    """A campaign's ``best.json``, validated (``emq.schemas.BEST_SCHEMA``, then its genome
-    against the registry)."""
-    if doc is None:
-        doc = read_document(path, BEST_SCHEMA, "best proxy file")
-    else:
-        check_document(doc, BEST_SCHEMA, f"best proxy file {path}")
-    try:
-        from_names(doc["genome_names"])
-    except ValueError as exc:
-        raise type(exc)(f"best proxy file {path}: field 'genome_names': {exc}") from None
-    return doc
-
-
-def read_best(run: Path) -> dict:
-    """A run folder's validated ``best.json`` (a clear error if it has none)."""
-    best = run / "best.json"
-    if not best.exists() and not best.is_symlink():
-        raise ValueError(f"{run} has no best.json: run 'emq evolve --run {run}' first")
-    return _read_best(best)
-
-
-def _best_proxy(path: Path, doc: dict | None = None) -> ProxyScorer:
-    """The proxy of a campaign's ``best.json`` (its canonical genome is under genome_names)."""
-    info = _read_best(path, doc)
-    proxy = {"format": FORMAT, "format_version": FORMAT_VERSION, "genome": info["genome_names"]}
-    return load_proxy_document(proxy, f"best proxy file {path}")
-
+# ``load_proxy`` and ``needed_inputs`` are the names emq/allocate/problem.py (being edited
+# in parallel) still imports from here; the resolver is ``emq.scorers.resolve_scorer`` and
+# the inputs of a scorer ``emq.scoring.scorer_inputs``. Remove both lines once it does.
 
 # --------------------------------------------------------------------------- python module
 

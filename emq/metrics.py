@@ -11,6 +11,9 @@ from scipy import stats
 RATIOS = (0.2, 0.5, 1.0)
 CONVENTIONS = ("predicted", "true")
 
+# The correlation columns of reports (keys of ``correlation_report``).
+CORR_KEYS = ("spearman@20%", "spearman@50%", "spearman@100%", "spearman@topk", "kendall")
+
 
 def _finite_corr(value: float) -> float:
     return float(value) if math.isfinite(value) else float("nan")

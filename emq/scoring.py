@@ -2,6 +2,10 @@
 
 A configuration's score is ``sum_l S[l, b_l]`` - a gather and a sum - so scoring N
 configurations costs L graph evaluations, not N x L.
+
+``ScoreContext`` is what a scorer looks at; ``Scorer`` is the contract every scorer meets
+(an evolved proxy, ``emq.proxy.ProxyScorer``; a baseline, ``emq.baselines.Baseline``);
+``emq.scorers.resolve_scorer`` turns a name or path into one.
 """
 
 from __future__ import annotations
@@ -9,11 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from primitives.inputs import InputSettings, LayerInputs, get_inputs
+from primitives.inputs import INPUT_NAMES, InputSettings, LayerInputs, get_inputs
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -109,3 +114,34 @@ class ScoreContext:
                 self.model, self.x, self.y, self.settings, self.cache, self.quantizer
             )
         return self._inputs
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A scorer: ``scorer(ctx) -> S[L, B]``, float64, higher = expected more accurate.
+
+    ``name``: how it is called (a baseline name, a proxy file's name); ``measured``: it runs
+    the quantized network (L x B forward passes) instead of reading cached inputs;
+    ``inputs``: the proxy inputs (``primitives.inputs.INPUT_NAMES``) it reads from
+    ``ctx.inputs``, so only those are computed (empty: none).
+    """
+
+    name: str
+    measured: bool
+    inputs: tuple[str, ...]
+
+    def __call__(self, ctx: ScoreContext) -> np.ndarray: ...
+
+
+def scorer_inputs(scorer: Callable[[ScoreContext], np.ndarray]) -> tuple[str, ...]:
+    """Proxy inputs to compute for ``scorer``: what a ``Scorer`` declares (at least ``W``,
+    which every layer has), or all of them for a plain callable that declares nothing."""
+    names = getattr(scorer, "inputs", None)  # a plain function may stand in for a Scorer
+    if names is None:
+        return INPUT_NAMES
+    return tuple(n for n in INPUT_NAMES if n in set(names)) or ("W",)
+
+
+def scorer_label(scorer: Scorer) -> str:
+    """What reports call a scorer: an evolved proxy's formula, else its name."""
+    return getattr(scorer, "formula", None) or scorer.name

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from emq.fitness import INVALID
 from emq.graph import Expr, canonical, dag_hash, depends_on_bits, infer_shape
 from primitives.operations import ShapeError
 
@@ -66,8 +67,6 @@ class Screener:
         return Verdict(expr, key, None)
 
     def _reject(self, expr: Expr, key: str, stage: str) -> Verdict:
-        from emq.fitness import INVALID
-
         result = {"status": stage, "fitness": INVALID}
         self.cache[key] = result
         return Verdict(expr, key, stage, result)

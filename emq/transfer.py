@@ -10,10 +10,7 @@ model in turn in a leave-one-architecture-out run.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,14 +21,14 @@ import numpy as np
 from benchmark.bench import Bench, default_bench
 from benchmark.models import HELDOUT_MODELS, MODELS, check_model_name, search_models
 from benchmark.schemas import read_json
+from emq.baselines.table import run_baselines
 from emq.context import bench_evaluator
 from emq.evolve import Campaign, CampaignSettings
 from emq.fitness import MultiEvaluator
 from emq.graph import Expr
-
-CORR_KEYS = ("spearman@20%", "spearman@50%", "spearman@100%", "spearman@topk", "kendall")
-EVOLVED = "evolved"
-
+from emq.metrics import CORR_KEYS
+from emq.reports.common import clean, number, write_json
+from emq.reports.transfer import EVOLVED, write_transfer
 
 # --------------------------------------------------------------------------- the zoo's benches
 
@@ -146,31 +143,10 @@ def bench_campaign(
 # --------------------------------------------------------------------------- leave one out
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_safe))
-    os.replace(tmp, path)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _clean(row: dict) -> dict:
-    return {k: _json_safe(v) for k, v in row.items()}
-
-
 def transfer_baselines(
     bench: Bench, out: Path, names: Sequence[str] | None = None, progress: bool = False
 ) -> list[dict]:
     """Every baseline's correlation on all of ``bench``'s configurations (cached in ``out``)."""
-    from emq.baselines import run_baselines
-
     done = out / "baselines.json"
     if done.is_file():
         return read_json(done, "baselines file")
@@ -178,7 +154,7 @@ def transfer_baselines(
     rows = [
         {"proxy": r["baseline"], "kind": r["kind"], **{k: r[k] for k in CORR_KEYS}} for r in rows
     ]
-    _atomic_json(done, [_clean(r) for r in rows])
+    write_json(done, [clean(r) for r in rows])
     return rows
 
 
@@ -200,7 +176,8 @@ def run_transfer(
 
     Resumable: each campaign continues from its checkpoint, each finished (model, seed) and
     each model's baselines are kept as JSON, and a rerun does only what is missing.
-    Writes ``transfer.csv``, ``transfer.json`` and ``transfer.png`` (proxy x left-out model).
+    Writes ``transfer.csv``, ``transfer.json`` and ``transfer.png`` (proxy x left-out model;
+    ``emq.reports.transfer``).
     """
     out = Path(out)
     models = tuple(benches)
@@ -224,7 +201,7 @@ def run_transfer(
                 "use another --out or the original options"
             )
     else:
-        _atomic_json(plan_path, plan)
+        write_json(plan_path, plan)
 
     # Campaigns first, then the baselines: the (costly, measured) baselines of a model wait
     # until every evolved result is in, so a run cut short still has all of those.
@@ -246,11 +223,11 @@ def run_transfer(
                 )
                 summary = campaign.run_steps(steps)
                 (report,) = summary["heldout_models"]
-                _atomic_json(
+                write_json(
                     result,
                     {
                         "left_out": left, "seed": seed, "formula": summary["formula"],
-                        "fitness_search": summary["fitness_search"], **_clean(report),
+                        "fitness_search": summary["fitness_search"], **clean(report),
                     },
                 )  # fmt: skip
             evolved[left, seed] = read_json(result, "transfer result")
@@ -267,7 +244,7 @@ def run_transfer(
                  "formula": res["formula"], **{k: res[k] for k in CORR_KEYS}}
             )  # fmt: skip
     summary = summarize(rows, models)
-    write_outputs(out, rows, summary)
+    write_transfer(out, rows, summary)
     return {"rows": rows, "summary": summary}
 
 
@@ -283,7 +260,7 @@ def summarize(rows: Sequence[dict], models: Sequence[str]) -> list[dict]:
             r for r in mine
             if r["proxy"] != EVOLVED and r["kind"] == "training-free" and r["proxy"] != "random"
         ]  # fmt: skip
-        best = max(free, key=lambda r: _num(r["spearman@topk"]), default=None)
+        best = max(free, key=lambda r: number(r["spearman@topk"]), default=None)
         mean = float(np.mean(evolved)) if evolved else float("nan")
         out.append(
             {
@@ -291,62 +268,10 @@ def summarize(rows: Sequence[dict], models: Sequence[str]) -> list[dict]:
                 "evolved_mean_topk": mean,
                 "evolved_min_topk": float(np.min(evolved)) if evolved else float("nan"),
                 "best_baseline": best["proxy"] if best else None,
-                "best_baseline_topk": _num(best["spearman@topk"]) if best else float("nan"),
+                "best_baseline_topk": number(best["spearman@topk"]) if best else float("nan"),
                 "evolved_is_best": bool(evolved)
                 and best is not None
-                and min(evolved) > _num(best["spearman@topk"]),
+                and min(evolved) > number(best["spearman@topk"]),
             }
         )
     return out
-
-
-def _num(v: Any) -> float:
-    return float("nan") if v is None else float(v)
-
-
-def write_outputs(out: Path, rows: Sequence[dict], summary: Sequence[dict]) -> None:
-    """``transfer.csv`` (one row per left-out model, seed and proxy), ``transfer.json``
-    (rows and per-model summary) and ``transfer.png`` (heatmap of S@topk)."""
-    cols = ["left_out", "seed", "proxy", "kind", *CORR_KEYS, "formula"]
-    tmp = out / f"transfer.csv.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r.get(k, "") for k in cols})
-    os.replace(tmp, out / "transfer.csv")
-    _atomic_json(out / "transfer.json", {"rows": [_clean(r) for r in rows],
-                                          "summary": [_clean(s) for s in summary]})  # fmt: skip
-    plot_heatmap(rows, out / "transfer.png")
-
-
-def plot_heatmap(rows: Sequence[dict], path: Path) -> None:
-    """Proxy x left-out model heatmap of S@topk (the evolved proxy: mean over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(r["left_out"] for r in rows))
-    proxies = list(dict.fromkeys(r["proxy"] for r in rows))
-    grid = np.full((len(proxies), len(models)), np.nan)
-    for i, p in enumerate(proxies):
-        for j, m in enumerate(models):
-            vals = [
-                _num(r["spearman@topk"]) for r in rows if r["proxy"] == p and r["left_out"] == m
-            ]
-            if vals:
-                grid[i, j] = np.nanmean(vals) if np.isfinite(vals).any() else np.nan
-    fig, ax = plt.subplots(figsize=(1.1 * len(models) + 3, 0.42 * len(proxies) + 1.5))
-    im = ax.imshow(grid * 100, cmap="RdYlGn", vmin=-40, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
-    ax.set_yticks(range(len(proxies)), proxies)
-    for i in range(len(proxies)):
-        for j in range(len(models)):
-            if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j] * 100:.0f}", ha="center", va="center", fontsize=7)
-    ax.set_title("S@topk (%) on the left-out model (evolved: mean over seeds)")
-    fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -18,10 +18,8 @@ from benchmark.adaround import (
 )
 from benchmark.bench import Bench, BenchError, build_bench
 from benchmark.data import calibration_batch
-from benchmark.ptq import (
-    DEFAULT_BITS,
-    QuantSim,
-    fold_bn,
+from benchmark.ptq import DEFAULT_BITS, QuantSim, fold_bn
+from benchmark.quantizers import (
     mse_weight_scales,
     quantize_weight,
     state_fingerprint,

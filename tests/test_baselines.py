@@ -19,15 +19,11 @@ from torch import nn
 from benchmark.bench import Bench, build_bench
 from benchmark.data import calibration_batch
 from benchmark.models import MODELS, load_model
-from benchmark.ptq import quantize_weight
-from emq.baselines import (
-    BASELINES,
-    CORR_KEYS,
-    UnknownBaselineError,
-    get_baseline,
-    run_baselines,
-)
+from benchmark.quantizers import quantize_weight
+from emq.baselines import BASELINES, UnknownBaselineError, get_baseline
+from emq.baselines.table import run_baselines
 from emq.cli import main
+from emq.metrics import CORR_KEYS
 from emq.scoring import ScoreContext
 from primitives.inputs import InputSettings
 

@@ -25,7 +25,8 @@ from benchmark.bench import (
 )
 from benchmark.data import data_fingerprint
 from benchmark.models import MODELS, checkpoint_path, load_model
-from benchmark.ptq import bops, layer_table, state_fingerprint
+from benchmark.ptq import bops, layer_table
+from benchmark.quantizers import state_fingerprint
 
 L = 20  # quantizable layers of ResNet-20
 

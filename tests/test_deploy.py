@@ -17,7 +17,8 @@ from onnx import TensorProto, numpy_helper  # noqa: E402
 
 from benchmark.data import load_split  # noqa: E402
 from benchmark.models import load_model  # noqa: E402
-from benchmark.ptq import QuantSim, act_qparams, mse_weight_scales, weight_qrange  # noqa: E402
+from benchmark.ptq import QuantSim  # noqa: E402
+from benchmark.quantizers import act_qparams, mse_weight_scales, weight_qrange  # noqa: E402
 from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset  # noqa: E402
 from emq.cli import main  # noqa: E402
 from emq.deploy import export_allocation, onnx_logits  # noqa: E402

@@ -13,9 +13,11 @@ import torch
 
 from benchmark.data import calibration_batch
 from benchmark.models import MODELS
-from emq.export import export_proxy, load_proxy, load_proxy_document
+from emq.export import export_proxy
 from emq.genome import UnknownNameError, from_string
 from emq.graph import canonical, score_table
+from emq.proxy import load_proxy_document
+from emq.scorers import resolve_scorer
 from primitives.inputs import InputSettings, compute_inputs, load_inputs
 
 GENOMES = [
@@ -55,7 +57,7 @@ def test_exported_module_equals_engine_exactly(tmp_path, inputs, text):
     configs = np.array([[2] * 20, [8] * 20, [4, 3] * 10])
     expected = module.score_configs(table, np.searchsorted([2, 3, 4, 8], configs))
     np.testing.assert_array_equal(module.score_bits(table, configs, [2, 3, 4, 8]), expected)
-    assert load_proxy(str(paths["json"])).formula == module.FORMULA
+    assert resolve_scorer(str(paths["json"])).formula == module.FORMULA
 
 
 def test_json_is_validated_against_the_registry(tmp_path):
@@ -70,10 +72,10 @@ def test_json_is_validated_against_the_registry(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        load_proxy(str(bad))
+        resolve_scorer(str(bad))
     with pytest.raises(ValueError, match="neither a file nor a baseline"):
-        load_proxy("no_such_proxy")
-    assert load_proxy("hawq_v3").name == "hawq_v3"
+        resolve_scorer("no_such_proxy")
+    assert resolve_scorer("hawq_v3").name == "hawq_v3"
 
 
 USER_MODEL = """

@@ -18,7 +18,8 @@ from torch import nn
 
 from benchmark.data import calibration_batch
 from benchmark.models import resnet20
-from benchmark.ptq import DEFAULT_BITS, quantize_weight
+from benchmark.ptq import DEFAULT_BITS
+from benchmark.quantizers import quantize_weight
 from emq.scoring import config_scores, reduce_to_bits
 from primitives.inputs import InputSettings, LayerInputs, compute_inputs
 from primitives.operations import apply

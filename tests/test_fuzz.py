@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 from benchmark.bench import Bench
 from emq.cli import main
-from emq.evolve import campaign_identity, settings_from_args
+from emq.commands.common import campaign_settings
+from emq.evolve import campaign_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "runs" / "reference"
@@ -338,7 +339,7 @@ def fuzz_bench(vgg_bench_copy) -> Path:
 @pytest.fixture(scope="module")
 def run_files(fuzz_bench) -> dict:
     """A valid run folder's campaign.json and checkpoint.json for ``emq evolve --bench``."""
-    settings_ = settings_from_args()
+    settings_ = campaign_settings()
     ident = campaign_identity(settings_, Bench.open(fuzz_bench))
     campaign = {**ident, "bench": str(fuzz_bench), "version": "0.1.0"}
     checkpoint = json.loads((REFERENCE / "checkpoint.json").read_text())
@@ -355,8 +356,8 @@ def test_the_uncorrupted_run_folder_is_accepted(run_files, fuzz_bench, tmp_path)
 
     for name, doc in run_files.items():
         (tmp_path / name).write_text(json.dumps(doc))
-    ident = campaign_identity(settings_from_args(), Bench.open(fuzz_bench))
-    assert check_run_folder(tmp_path, ident, settings_from_args()) is True
+    ident = campaign_identity(campaign_settings(), Bench.open(fuzz_bench))
+    assert check_run_folder(tmp_path, ident, campaign_settings()) is True
 
 
 GENOME = "mul(W, b)"

@@ -20,7 +20,8 @@ import pytest
 from benchmark.bench import Bench
 from benchmark.lock import LockedError, exclusive, file_lock, run_folder_lock
 from emq.cli import main
-from emq.evolve import campaign_identity, settings_from_args
+from emq.commands.common import campaign_settings
+from emq.evolve import campaign_identity
 from emq.export import python_module
 from emq.genome import from_string
 from emq.graph import canonical
@@ -84,7 +85,7 @@ def test_keyboard_interrupt_is_one_line(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("emq.cli._cmd_bench_info", interrupted)
+    monkeypatch.setattr("emq.commands.bench.run_info", interrupted)
     assert main(["bench", "info"]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
@@ -135,7 +136,7 @@ def run_folder(tmp_path, vgg_bench_copy):
     """A valid run folder for ``emq evolve --bench <vgg copy>`` (reference checkpoint)."""
     run = tmp_path / "run"
     run.mkdir()
-    ident = campaign_identity(settings_from_args(), Bench.open(vgg_bench_copy))
+    ident = campaign_identity(campaign_settings(), Bench.open(vgg_bench_copy))
     (run / "campaign.json").write_text(json.dumps({**ident, "bench": "x", "version": "0.1.0"}))
     shutil.copy(REFERENCE / "checkpoint.json", run / "checkpoint.json")
     return run
@@ -196,8 +197,8 @@ def test_run_folder_files_are_validated(run_folder, vgg_bench_copy, capsys, file
 def test_valid_run_folder_passes_the_checks(run_folder, vgg_bench_copy):
     from emq.evolve import check_run_folder
 
-    ident = campaign_identity(settings_from_args(), Bench.open(vgg_bench_copy))
-    assert check_run_folder(run_folder, ident, settings_from_args()) is True
+    ident = campaign_identity(campaign_settings(), Bench.open(vgg_bench_copy))
+    assert check_run_folder(run_folder, ident, campaign_settings()) is True
 
 
 # --------------------------------------------------------------------------- export

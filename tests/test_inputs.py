@@ -20,7 +20,8 @@ from torch.func import functional_call
 import primitives.inputs as inputs_module
 from benchmark.data import calibration_batch
 from benchmark.models import resnet20
-from benchmark.ptq import fold_bn, quantizable_layers, quantize_weight
+from benchmark.ptq import fold_bn
+from benchmark.quantizers import quantizable_layers, quantize_weight
 from primitives.inputs import (
     BIT_DEPENDENT,
     INPUT_NAMES,
@@ -741,7 +742,7 @@ def test_linear_layers_on_token_tensors_without_batchnorm():
     checked against a forward pass with that weight swapped in.
     """
     from benchmark.models import MODELS
-    from benchmark.ptq import quantizable_layers
+    from benchmark.quantizers import quantizable_layers
 
     torch.manual_seed(0)
     model = MODELS["vit"]().eval()

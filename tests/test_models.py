@@ -19,7 +19,7 @@ from benchmark.models import (
     load_model,
     load_state,
 )
-from benchmark.ptq import quantizable_layers
+from benchmark.quantizers import quantizable_layers
 from benchmark.train import augment, evaluate
 
 PAD = 2
@@ -243,7 +243,8 @@ NEW_FAMILIES = {
 @pytest.mark.parametrize("name", sorted(NEW_FAMILIES))
 def test_new_zoo_families_fold_and_quantize(name):
     """Every zoo model folds its BatchNorms (if any) exactly and has quantizable layers."""
-    from benchmark.ptq import fold_bn, quantizable_layers
+    from benchmark.ptq import fold_bn
+    from benchmark.quantizers import quantizable_layers
 
     torch.manual_seed(0)
     model = MODELS[name]().eval()

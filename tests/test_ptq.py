@@ -8,18 +8,14 @@ import torch
 from torch import nn
 
 from benchmark.models import MODELS
-from benchmark.ptq import (
-    QuantSim,
+from benchmark.ptq import QuantSim, bops, fold_bn, layer_table, relative_bops
+from benchmark.quantizers import (
     act_qparams,
-    bops,
     fake_quant_per_channel,
     fake_quant_per_tensor,
-    fold_bn,
-    layer_table,
     mse_weight_scales,
     quantizable_layers,
     quantize_weight,
-    relative_bops,
     state_fingerprint,
     weight_qrange,
 )

@@ -24,7 +24,8 @@ from benchmark.bench import BenchSpec, _simulator, measure, sample_configs
 from benchmark.data import calibration_batch
 from benchmark.models import check_model_name, checkpoint_path, load_model
 from benchmark.perf.bench_cost import fmt, print_rows, timed
-from benchmark.ptq import CLIP_GRID, DEFAULT_BITS, fold_bn, quantizable_layers
+from benchmark.ptq import DEFAULT_BITS, fold_bn
+from benchmark.quantizers import CLIP_GRID, quantizable_layers
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,7 @@ import torch
 from benchmark.bench import BenchSpec, measure, sample_configs
 from benchmark.data import load_split
 from benchmark.models import check_model_name, checkpoint_path, load_model
-from benchmark.ptq import quantizable_layers
+from benchmark.quantizers import quantizable_layers
 
 TARGET = 1.3
 

@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 
-from emq.export import load_proxy, needed_inputs
 from emq.score import build_model, model_context, score
-from emq.scoring import config_scores
+from emq.scorers import resolve_scorer
+from emq.scoring import config_scores, scorer_inputs
 
 
 def main() -> None:
@@ -24,10 +24,10 @@ def main() -> None:
     p.add_argument("--configs", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    scorer = load_proxy(args.proxy)
+    scorer = resolve_scorer(args.proxy)
     model = build_model(args.model)
     with tempfile.TemporaryDirectory() as cache:
-        names = needed_inputs(scorer)  # only the inputs the proxy reads, as `emq score` does
+        names = scorer_inputs(scorer)  # only the inputs the proxy reads, as `emq score` does
         ctx = model_context(model, (2, 3, 4, 8), cache=cache, names=names)
         t0 = time.perf_counter()
         ctx.inputs  # noqa: B018 - computes and caches the inputs

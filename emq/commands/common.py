@@ -1,0 +1,96 @@
+"""Options and helpers several ``emq`` subcommands share (command layer only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from benchmark import options
+from benchmark.adaround import ROUNDINGS, AdaRoundSettings
+from benchmark.lock import is_lock_file
+from emq.evolve import CampaignSettings
+
+CONFIG_COUNT = options.int_range(0, 1_000_000, "a number of configurations")
+POPULATION = options.int_range(4, 100_000, "a population size")
+
+
+def print_json_or_table(obj: dict, as_json: bool) -> None:
+    """``obj`` as indented JSON, or as aligned ``key  value`` lines."""
+    if as_json:
+        print(json.dumps(obj, indent=2))
+        return
+    width = max(len(k) for k in obj)
+    for k, v in obj.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        elif isinstance(v, (dict, list)):
+            v = json.dumps(v)
+        print(f"{k:<{width}}  {v}")
+
+
+def name_list(text: str) -> tuple[str, ...]:
+    """``"A, W,,G"`` -> ``("A", "W", "G")``: comma-separated names, blanks dropped."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def check_output_folder(out: Path, option: str, ours: tuple[str, ...]) -> None:
+    """Refuse an output path that is a file, or a folder of something else (read-only)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out} is a file, not a folder; use another {option}")
+    if out.is_dir():
+        foreign = [
+            p.name for p in out.iterdir()
+            if not is_lock_file(p) and not any(p.name.startswith(o) for o in ours)
+        ]  # fmt: skip
+        if foreign:
+            raise ValueError(
+                f"{option} {out} holds other files ({', '.join(sorted(foreign)[:3])}); "
+                f"use another {option}"
+            )
+
+
+def add_scheduler_argument(parser: argparse.ArgumentParser) -> None:
+    """``--scheduler``: the Dask scheduler to run the parallel work on."""
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run the parallel work on this Dask scheduler, e.g. tcp://HOST:8786 (default: "
+        "$EMQ_SCHEDULER; without either, local processes, see --jobs)",
+    )  # fmt: skip
+
+
+def add_rounding_arguments(
+    parser: argparse.ArgumentParser, default: str | None = "nearest", what: str = ""
+) -> None:
+    """``--rounding`` and the AdaRound knobs (``benchmark.adaround.AdaRoundSettings``)."""
+    d = AdaRoundSettings()
+    parser.add_argument("--rounding", choices=ROUNDINGS, default=default,
+                        help="weight rounding (AdaRound: learned per layer and bit)"
+                        + (f"; default {default or what}"))  # fmt: skip
+    parser.add_argument("--adaround-iterations", type=options.positive_int, default=d.iterations,
+                        help="AdaRound Adam steps per (layer, bit)")  # fmt: skip
+    parser.add_argument("--adaround-images", type=options.images, default=d.images,
+                        help="AdaRound calibration images (training split)")  # fmt: skip
+    parser.add_argument(
+        "--adaround-lr", type=options.positive_float, default=d.lr, help="AdaRound Adam rate"
+    )
+    parser.add_argument("--adaround-lambda", type=options.nonneg_float, default=d.reg_weight,
+                        help="AdaRound rounding-regularizer weight")  # fmt: skip
+
+
+def adaround_settings(args: argparse.Namespace) -> AdaRoundSettings | None:
+    """The AdaRound settings of ``add_rounding_arguments`` options (None: nearest)."""
+    if getattr(args, "rounding", None) != "adaround":
+        return None
+    return AdaRoundSettings(
+        iterations=args.adaround_iterations, images=args.adaround_images,
+        lr=args.adaround_lr, reg_weight=args.adaround_lambda,
+    )  # fmt: skip
+
+
+def campaign_settings(**kw) -> CampaignSettings:
+    """``CampaignSettings`` from option values: unknown keys and ``None`` (not given) are
+    left to the defaults."""
+    names = {f.name for f in fields(CampaignSettings)}
+    return CampaignSettings(**{k: v for k, v in kw.items() if k in names and v is not None})

@@ -1,0 +1,87 @@
+"""``emq score``: score bit configurations with a proxy or a baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from benchmark import options
+from benchmark.bench import Bench
+from benchmark.quantizers import quantizable_layers
+from emq.commands.common import adaround_settings, add_rounding_arguments
+from emq.metrics import correlation_report
+from emq.score import build_model, model_context, parse_configs, score
+from emq.scorers import resolve_scorer
+from emq.scoring import scorer_inputs, scorer_label
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    s = subparsers.add_parser("score", help="score bit configurations with a proxy or baseline")
+    s.add_argument("--proxy", default="default",
+                   help="proxy JSON, run folder, baseline name, or 'default' (the shipped "
+                   "default proxy, evolved on the zoo; the default)")  # fmt: skip
+    s.add_argument("--model", required=True, help="zoo model name or module.path:factory")
+    s.add_argument("--checkpoint", help="state_dict for the model")
+    s.add_argument("--configs", help='file, or inline "b1,b2,...[;b1,b2,...]"')
+    s.add_argument("--bench", help="also correlate with this bench's measured accuracy")
+    s.add_argument(
+        "--bits", type=options.bit_list, default="2,3,4,8", help="bit candidates (without --bench)"
+    )
+    s.add_argument("--batch", type=options.images, default=128, help="calibration images")
+    s.add_argument("--seed", type=options.seed, default=0, help="calibration batch seed")
+    add_rounding_arguments(s, default=None, what="the bench's, else nearest")
+    s.add_argument("--json", action="store_true")
+    return s
+
+
+def run(args: argparse.Namespace) -> None:
+    scorer = resolve_scorer(args.proxy)
+    bench = Bench.open(args.bench) if args.bench else None
+    cands = bench.candidates if bench else args.bits
+    if args.rounding is None:
+        args.rounding = bench.rounding if bench else "nearest"
+    if bench is not None:
+        bench.check_rounding(args.rounding)
+    ada = bench.adaround if bench is not None else adaround_settings(args)
+    model = build_model(args.model, args.checkpoint)
+    n_layers = len(quantizable_layers(model))
+    configs = (
+        parse_configs(args.configs, n_layers, cands) if args.configs else np.empty((0, n_layers))
+    )
+    if bench is not None and bench.num_layers != n_layers:
+        raise ValueError(f"bench {bench.path} has {bench.num_layers} layers, model {n_layers}")
+    names = scorer_inputs(scorer)  # only what the proxy reads (e.g. no Hessian)
+    ctx = model_context(
+        model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada, names=names
+    )
+    start = time.perf_counter()
+    table, scores = score(scorer, ctx, configs.astype(np.int64))
+    out: dict = {
+        "proxy": scorer_label(scorer),
+        "model": args.model,
+        "seconds": round(time.perf_counter() - start, 3),
+        "scores": [
+            {"config": ",".join(map(str, c)), "score": float(s)}
+            for c, s in zip(configs.tolist(), scores, strict=True)
+        ],
+    }
+    if bench is not None:
+        _, bench_scores = score(scorer, ctx, bench.w_bits)
+        out["bench"] = {"path": str(bench.path), "configs": len(bench),
+                        **correlation_report(bench_scores, bench.accuracy)}  # fmt: skip
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"proxy   {out['proxy']}\nmodel   {args.model}  ({n_layers} layers)")
+    for row in out["scores"]:
+        print(f"{row['score']:>14.6g}  {row['config']}")
+    if bench is not None:
+        b = out["bench"]
+        print(
+            f"vs bench ({b['configs']} configs): Spearman@topk {b['spearman@topk']:.4f}, "
+            f"@20/50/100 % {b['spearman@20%']:.4f}/{b['spearman@50%']:.4f}/"
+            f"{b['spearman@100%']:.4f}, Kendall {b['kendall']:.4f}"
+        )

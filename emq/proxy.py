@@ -1,0 +1,117 @@
+"""An evolved proxy as a Scorer, and its files: the JSON form and a campaign's ``best.json``.
+
+Loading validates the document against its schema (``emq.schemas``), then every operation
+and input name against the registry, and never ``eval``s file text. Writing (``.py``,
+``.json``, formula) is ``emq.export``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emq import __version__
+from emq.genome import from_names
+from emq.graph import Expr, canonical, expr_str, leaves, prefix_names, score_table
+from emq.schemas import (
+    BEST_SCHEMA,
+    PROXY_FORMAT,
+    PROXY_FORMAT_VERSION,
+    PROXY_SCHEMA,
+    check_document,
+    read_document,
+)
+from emq.scoring import ScoreContext
+from primitives.inputs import INPUT_DOCS, INPUT_NAMES
+
+# The proxy ``emq score`` and ``emq allocate`` use unless told otherwise ("default"): the
+# best proxy of the reference campaign (runs/reference), shipped inside the package so it is
+# found from any working directory.
+DEFAULT_PROXY = Path(__file__).resolve().parent / "default_proxy.json"
+FORMAT = PROXY_FORMAT
+FORMAT_VERSION = PROXY_FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class ProxyScorer:
+    """An evolved proxy as a Scorer (``emq.scoring.Scorer``): ``scorer(ctx) -> S[l, b]``."""
+
+    name: str
+    expr: Expr
+    measured: bool = False
+
+    @property
+    def formula(self) -> str:
+        return expr_str(self.expr)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The proxy inputs its genome reads (its leaves), in ``INPUT_NAMES`` order."""
+        used = set(leaves(self.expr))
+        return tuple(n for n in INPUT_NAMES if n in used)
+
+    def __call__(self, ctx: ScoreContext) -> np.ndarray:
+        return score_table(self.expr, ctx.inputs)
+
+
+def proxy_document(expr: Expr, **extra) -> dict:
+    """The JSON form of a proxy."""
+    names = prefix_names(expr)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "formula": expr_str(expr),
+        "genome": names,
+        "inputs": sorted({n for n in names if n in INPUT_DOCS}),
+        **extra,
+    }
+
+
+def load_proxy_document(doc: dict, source: str = "proxy") -> ProxyScorer:
+    """Validate a JSON document (``emq.schemas.PROXY_SCHEMA``, then every name against the
+    registry) and build its scorer (clear errors, no eval)."""
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError(f"{source} is not an EMQ proxy file (missing format '{FORMAT}')")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{source} has proxy format version {doc.get('format_version')!r}, "
+            f"this EMQ reads version {FORMAT_VERSION}"
+        )
+    check_document(doc, PROXY_SCHEMA, source)
+    try:
+        tree = from_names(doc["genome"])
+    except ValueError as exc:
+        raise type(exc)(f"{source}: field 'genome': {exc}") from None
+    return ProxyScorer(str(doc.get("name", source)), canonical(tree))
+
+
+def _read_best(path: Path, doc: dict | None = None) -> dict:
+    """A campaign's ``best.json``, validated (``emq.schemas.BEST_SCHEMA``, then its genome
+    against the registry)."""
+    if doc is None:
+        doc = read_document(path, BEST_SCHEMA, "best proxy file")
+    else:
+        check_document(doc, BEST_SCHEMA, f"best proxy file {path}")
+    try:
+        from_names(doc["genome_names"])
+    except ValueError as exc:
+        raise type(exc)(f"best proxy file {path}: field 'genome_names': {exc}") from None
+    return doc
+
+
+def read_best(run: Path) -> dict:
+    """A run folder's validated ``best.json`` (a clear error if it has none)."""
+    best = run / "best.json"
+    if not best.exists() and not best.is_symlink():
+        raise ValueError(f"{run} has no best.json: run 'emq evolve --run {run}' first")
+    return _read_best(best)
+
+
+def best_proxy(path: Path, doc: dict | None = None) -> ProxyScorer:
+    """The proxy of a campaign's ``best.json`` (its canonical genome is under genome_names)."""
+    info = _read_best(path, doc)
+    proxy = {"format": FORMAT, "format_version": FORMAT_VERSION, "genome": info["genome_names"]}
+    return load_proxy_document(proxy, f"best proxy file {path}")
