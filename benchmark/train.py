@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmark.data import load_split
+from benchmark.lock import exclusive, file_lock
 from benchmark.models import MODELS, TRAIN_RECIPES, check_model_name, checkpoint_path
 
 
@@ -69,8 +71,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 
 def train(name: str, cfg: TrainConfig, out: Path | None = None, progress: bool = True) -> dict:
-    """Train zoo model ``name`` from scratch; save its state_dict and a JSON record."""
+    """Train zoo model ``name`` from scratch; save its state_dict and a JSON record.
+
+    The checkpoint is locked for the whole run (a second ``emq train`` to the same path is
+    refused, naming this process) and both files are written atomically.
+    """
     check_model_name(name)
+    out = Path(out or checkpoint_path(name))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(file_lock(out), f"checkpoint {out}"):
+        return _train(name, cfg, out, progress)
+
+
+def _train(name: str, cfg: TrainConfig, out: Path, progress: bool) -> dict:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = MODELS[name]()
@@ -102,9 +115,9 @@ def train(name: str, cfg: TrainConfig, out: Path | None = None, progress: bool =
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
     bar.close()
     acc, test_loss = evaluate(model, xt, yt)
-    out = Path(out or checkpoint_path(name))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, out)
     record = {
         "model": name,
         "test_top1": round(acc, 2),
@@ -113,5 +126,7 @@ def train(name: str, cfg: TrainConfig, out: Path | None = None, progress: bool =
         "torch": torch.__version__,
         "config": asdict(cfg),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    tmp = out.with_name(out.stem + f".json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, out.with_suffix(".json"))
     return record

@@ -449,6 +449,23 @@ def test_second_bench_build_is_refused_naming_the_pid(tmp_path, holder, capsys):
     assert not out.exists()
 
 
+def test_second_baselines_run_is_refused_naming_the_pid(tmp_path, holder, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = holder(run_folder_lock(out))
+    argv = ["baselines", "--only", "bparams", "--out", str(out)]
+    refused(argv, capsys, f"PID {proc.pid}", str(out))
+    assert files(out) == [".emq.lock", ".emq.lock.pid"]
+
+
+def test_second_train_to_one_checkpoint_is_refused_before_training(tmp_path, holder, capsys):
+    ckpt = tmp_path / "m.pt"
+    proc = holder(file_lock(ckpt))
+    argv = ["train", "--model", "vgg", "--epochs", "1", "--out", str(ckpt)]
+    refused(argv, capsys, f"PID {proc.pid}", str(ckpt))
+    assert not ckpt.exists() and not ckpt.with_suffix(".json").exists()
+
+
 def test_stale_lock_of_a_killed_process_is_taken_over(tmp_path, holder):
     lock = tmp_path / ".emq.lock"
     proc = holder(lock)
