@@ -226,9 +226,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="nearest vs AdaRound: fixed and SQNR-mixed precision")  # fmt: skip
     p.add_argument("--proxy", default="default",
                    help="best exported proxy for --compare")  # fmt: skip
-    p.add_argument(
-        "--budgets", type=options.budget_list, default="0.25,0.35,0.5", help="--compare budgets"
-    )
+    p.add_argument("--budgets", type=options.budget_list,
+                   help="--compare relative BOPs budgets (default 0.25,0.35,0.5; with "
+                   "--budget-size alone: that size budget only)")  # fmt: skip
     p.add_argument("--front-points", type=options.positive_int, default=6,
                    help="--compare: SQNR front points measured per scorer (plot)")  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/allocate-<model>)")
