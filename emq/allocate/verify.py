@@ -82,7 +82,7 @@ def candidate_pool(
     turn = 0
     while len(pool) < k and (ilp_left or front_left):
         source = (ilp_left if turn % 2 == 0 else front_left) or ilp_left or front_left
-        turn += 1
+        turn += 1  # a duplicate uses up its source's turn: the other source comes next
         label, choice = source.pop(0)
         if choice not in seen:
             seen.add(choice)
