@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -126,3 +127,16 @@ def test_uniform_under_a_size_budget(tiny_problem):
     assert alloc.w_bits == [3, 3, 3]
     with pytest.raises(ValueError, match="no configuration can meet it"):
         tiny_problem.uniform(None, 0.1)
+
+
+def test_compare_runs_on_a_size_budget(capsys, tmp_path):
+    argv = ["allocate", "--model", MODEL, "--compare", "--proxy", "bparams", "--budget-size",
+            "0.4", "--verify", "0", "--front-points", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "budget size 0.4 ilp: proxy" in out
+    doc = json.loads((tmp_path / "compare.json").read_text())
+    assert doc["budgets"] == ["size 0.4"] and len(doc["rows"]) == 1 + 3 * 3
+    for r in doc["rows"]:
+        assert r["budget_bops"] is None and r["budget_size"] == 0.4
+        assert r["relative_size"] <= 0.4 + 1e-9 and not r["verified"]

@@ -5,11 +5,10 @@ variable per (group, candidate), exactly one candidate per group, total BOPs (an
 weight memory: one more linear constraint) within the budget, total sensitivity minimal.
 With the sensitivities of phase 1 (measured SQNR noise power, or a Scorer's predicted loss
 of score ``S[l, top] - S[l, b]``) that is the configuration the scorer itself ranks best
-among all that fit the budget - a proxy's config score is additive, so nothing better
-exists for it. The SQNR allocator's greedy
-front is a heuristic for the same problem: it flips in order of sensitivity regardless of
-the BOPs a flip saves, so at a budget it can keep a costly layer high and push cheap ones
-low. The ILP sees costs and sensitivities together.
+among all that fit the budget - a proxy's config score is additive, so nothing better exists
+for it. The SQNR allocator's greedy front is a heuristic for the same problem: it flips in
+order of sensitivity regardless of the BOPs a flip saves, so at a budget it can keep a
+costly layer high and push cheap ones low. The ILP sees costs and sensitivities together.
 
 Solved by ``scipy.optimize.milp`` (HiGHS): a few dozen groups and a handful of candidates
 each solve in milliseconds. No forward pass; BOPs and weight-size budgets only (an accuracy
