@@ -38,7 +38,7 @@ def assert_user_error(code: int, err: str, needle: str) -> None:
 
 def test_sqnr_budget_writes_and_prints_the_allocation(capsys, tmp_path):
     argv = [*BASE, "--method", "sqnr", "--scorer", "sqnr-measured", "--budget-bops", "0.5",
-            "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+            "--verify", "0", "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
     code, out, _ = run(argv, capsys)
     assert code == 0
     doc = json.loads(out)
@@ -61,7 +61,7 @@ def test_text_output_and_smpq(capsys, tmp_path):
 
 def test_ilp_is_never_more_sensitive_than_the_greedy_front(capsys, tmp_path):
     argv = [*BASE, "--method", "ilp", "--scorer", "sqnr-measured", "--budget-bops", "0.45",
-            "--out", str(tmp_path), "--json"]  # fmt: skip
+            "--verify", "0", "--out", str(tmp_path), "--json"]  # fmt: skip
     code, out, _ = run(argv, capsys)
     assert code == 0
     ilp = json.loads(out)
@@ -96,11 +96,11 @@ def test_accuracy_target_reports_evaluations(capsys, tmp_path):
          "above the full-precision accuracy"),
         (["--method", "sqnr", "--scorer", "sqnr-measured", "--accuracy-target", "101"],
          "--accuracy-target '101': expected a percentage in [0, 100]"),
-        (["--method", "smpq", "--scorer", "bops", "--accuracy-target", "5"], "needs a BOPs"),
+        (["--method", "smpq", "--scorer", "bops", "--accuracy-target", "5"], "SMPQ allocator"),
         (["--method", "ilp", "--scorer", "bops", "--accuracy-target", "5"], "ILP allocator needs"),
         (["--method", "sqnr", "--scorer", "no_such_proxy", "--budget-bops", "0.5"],
          "neither a file nor a baseline"),
-        (["--method", "sqnr", "--scorer", "bops"], "exactly one of"),
+        (["--method", "sqnr", "--scorer", "bops"], "give a budget"),
         (["--method", "sqnr", "--scorer", "bops", "--budget-bops", "0.5", "--bits", "4,eight"],
          "--bits '4,eight'"),
     ],
@@ -162,7 +162,7 @@ ADA = ["--rounding", "adaround", "--adaround-iterations", "100", "--adaround-ima
 
 def test_adaround_allocation_uses_learned_rounding_in_both_phases(capsys, tmp_path):
     argv = [*BASE, "--method", "sqnr", "--scorer", "sqnr-measured", "--budget-bops", "0.5",
-            "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+            "--verify", "0", "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
     code, out, _ = run(argv, capsys)
     near = json.loads(out)
     code, out, _ = run([*argv, *ADA], capsys)
@@ -208,16 +208,25 @@ def test_compare_runs_every_method_and_scorer(capsys, tmp_path):
     argv = [*BASE, "--compare", "--proxy", "bparams", "--budgets", "0.3,0.5",
             "--front-points", "2", "--out", str(tmp_path)]  # fmt: skip
     code, out, _ = run(argv, capsys)
-    assert code == 0 and "budget 0.5 smpq: proxy" in out
+    assert code == 0 and "budget 0.5 smpq verified: proxy" in out
     doc = json.loads((tmp_path / "compare.json").read_text())
     rows = doc["rows"]
-    assert len(rows) == 2 * (1 + 3 * 3) and doc["rounding"] == "nearest"
+    # uniform, then every method x scorer twice: its own answer and the verified one
+    assert len(rows) == 2 * (1 + 3 * 3 * 2) and doc["rounding"] == "nearest"
     for r in rows:
-        assert r["relative_bops"] <= r["budget"] + 1e-9
+        assert r["relative_bops"] <= r["budget_bops"] + 1e-9
         assert 0.0 <= r["test_top1"] <= 100.0
-    # Every measured-SQNR allocation pays its phase 1 (12 SQNR passes), at every budget.
-    measured = [r for r in rows if r["scorer"] == "sqnr-measured"]
-    assert len(measured) == 6 and all(r["evaluations"] == 12 for r in measured)
+    # Every measured-SQNR allocation pays its phase 1 (12 SQNR passes), at every budget;
+    # a verified one also pays the configurations its race measured, and takes longer.
+    plain = {(r["budget"], r["method"]): r for r in rows
+             if r["scorer"] == "sqnr-measured" and not r["verified"]}  # fmt: skip
+    measured = [r for r in rows if r["scorer"] == "sqnr-measured" and r["verified"]]
+    assert len(plain) == 6 and all(r["evaluations"] == 12 for r in plain.values())
+    for r in measured:
+        own = plain[(r["budget"], r["method"])]
+        assert r["evaluations"] > 12 and r["validation_images"] > 0
+        assert r["seconds"] > own["seconds"]
+    measured = list(plain.values())
     first = min(r["seconds"] for r in measured)
     assert first > 0 and all(r["seconds"] >= 0.5 * first for r in measured)
     assert len(doc["targets"]) == 2 * 3 and (tmp_path / "compare.png").stat().st_size > 0

@@ -4,7 +4,9 @@
 * ``sensitivity``: phase 1, measured output SQNR or a Scorer's table, cached;
 * ``sqnr``: phase 2, the greedy Pareto front, BOPs budget and accuracy-target searches;
 * ``smpq``: Monte-Carlo Shapley values with truncation and momentum, budget repair;
-* ``ilp``: the exact least-sensitivity configuration under a BOPs budget (HAWQ-V3's ILP);
+* ``ilp``: the exact least-sensitivity configuration under a budget (HAWQ-V3's ILP);
+* ``budget``: relative BOPs and weight-memory budgets (``--budget-size``);
+* ``verify``: the measured phase 2 of any method (candidates raced on validation images);
 * ``problem``: a model with its groups, simulator and data, running any allocator;
 * ``result``: the ``Allocation`` record and the data allocations are judged on;
 * ``compare``: every method x scorer at fixed budgets, table and plot;

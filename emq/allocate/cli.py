@@ -1,8 +1,9 @@
-"""``emq allocate``: bits per layer under a BOPs budget or an accuracy target.
+"""``emq allocate``: bits per layer under a BOPs / weight-size budget or an accuracy target.
 
 ::
 
     emq allocate --model resnet20 --method sqnr --scorer hawq_v3 --budget-bops 0.35
+    emq allocate --model resnet20 --method ilp --budget-bops 0.35 --budget-size 0.5 --verify 4
     emq allocate --model resnet20 --method sqnr --scorer sqnr-measured --accuracy-target 90
     emq allocate --model resnet20 --method ilp --scorer runs/reference --budget-bops 0.5
     emq allocate --compare --model resnet20 [--proxy runs/reference/best_proxy.json]
@@ -18,12 +19,14 @@ from pathlib import Path
 from benchmark import options
 from benchmark.adaround import add_arguments as add_rounding
 from benchmark.adaround import settings_from_args
+from emq.allocate.budget import Budget, SizeSpec, parse_size
 from emq.allocate.groups import candidate_name
 from emq.allocate.problem import METHODS, AllocationProblem
 from emq.allocate.result import Allocation
 from emq.allocate.sensitivity import MEASURED
 from emq.allocate.smpq import BETA, PERMUTATIONS, THRESHOLD, XI
 from emq.allocate.sqnr import SEARCHES
+from emq.allocate.verify import VERIFY_K
 
 
 def default_out(model: str) -> Path:
@@ -43,6 +46,14 @@ def build_problem(args: argparse.Namespace, cache: object = None) -> AllocationP
     )  # fmt: skip
 
 
+def budget_label(bops: float | None, size: SizeSpec | None, target: float | None) -> str:
+    """``bops0.35``, ``size2.5MB``, ``bops0.35-size0.5`` or ``acc90`` (output file names)."""
+    if target is not None:
+        return f"acc{target:g}"
+    parts = [f"bops{bops:g}"] if bops is not None else []
+    return "-".join([*parts, *([f"size{size}"] if size is not None else [])])
+
+
 def format_allocation(alloc: Allocation, top1: float) -> str:
     """Per-layer bits and the summary lines of one allocation."""
     width = max(len(n) for n in alloc.layer_names)
@@ -52,9 +63,27 @@ def format_allocation(alloc: Allocation, top1: float) -> str:
     lines += [
         f"method          {alloc.method} (scorer {alloc.scorer})",
         f"relative BOPs   {alloc.relative_bops:.4f}  (vs W8A8)",
+        f"weight size     {alloc.details['size_mb']:.4g} MB  ({alloc.details['relative_size']:.4f} "
+        "of W8)",
         f"test top-1      {top1:.2f} %  (PTQ, 10,000 test images)",
         f"time            {alloc.seconds:.2f} s, {alloc.evaluations} quantized evaluations",
     ]
+    ver = alloc.details.get("verify")
+    if ver is not None:
+        un = alloc.details["unverified"]
+        kept = "kept" if ver["chosen"] == "answer" else f"replaced by {ver['chosen']}"
+        lines.append(
+            f"verified        {ver['evaluations']} candidates raced on {ver['images']} "
+            f"validation image passes in {ver['seconds']:.2f} s; the method's answer "
+            f"(rel. BOPs {un['relative_bops']:.4f}) {kept}"
+        )
+        for row in ver["candidates"]:
+            mark = "*" if row["chosen"] else " "
+            lines.append(
+                f"  {mark} {row['source']:<14} rel. BOPs {row['relative_bops']:.4f}  size "
+                f"{row['size_mb']:.4g} MB  validation {row['validation_top1']:6.2f} % "
+                f"({row['images']} images)"
+            )
     if alloc.details.get("accuracy_target") is not None:
         d = alloc.details
         lines.append(
@@ -77,8 +106,11 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         return
     if not args.scorer or not args.method:
         raise ValueError("--method is required (or use --compare)")
-    if (args.budget_bops is None) == (args.accuracy_target is None):
-        raise ValueError("give exactly one of --budget-bops R or --accuracy-target A")
+    budgeted = args.budget_bops is not None or args.budget_size is not None
+    if budgeted == (args.accuracy_target is not None):
+        raise ValueError(
+            "give a budget (--budget-bops R and/or --budget-size S) or --accuracy-target A"
+        )
     if args.groups:  # the file's schema, before the model is built (layer names: later)
         from emq.schemas import GROUPS_SCHEMA, read_document
 
@@ -94,10 +126,14 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         if args.encodings:
             encodings_path = check_output_path(args.encodings, "--encodings", created=out)
     problem = build_problem(args)
+    size = problem.size_fraction(args.budget_size)
+    if size is not None:  # the model's floor, before phase 1 is paid for
+        problem.check_budget(Budget(args.budget_bops, size), str(args.budget_size))
     alloc = problem.allocate(
         args.method, args.scorer, args.budget_bops, args.accuracy_target, search=args.search,
         smpq_value=args.smpq_value, lam=args.lam, permutations=args.permutations,
         threshold=args.threshold, beta=args.beta, xi=args.xi, seed=args.seed,
+        budget_size=size, verify=args.verify,
     )  # fmt: skip
     top1 = problem.accuracy(alloc.w_bits, alloc.a_bits, "test")
     ada = settings_from_args(args)
@@ -117,8 +153,7 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         )  # fmt: skip
     out = Path(args.out) if args.out else default_out(args.model)
     out.mkdir(parents=True, exist_ok=True)
-    by = args.budget_bops
-    budget = f"bops{by:g}" if by is not None else f"acc{args.accuracy_target:g}"
+    budget = budget_label(args.budget_bops, args.budget_size, args.accuracy_target)
     path = out / f"{args.method}-{alloc.scorer}-{budget}.json"
     path.write_text(json.dumps(doc, indent=2) + "\n")
     if exported is not None:
@@ -148,6 +183,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "(the shipped default proxy, evolved on the zoo; the default)")  # fmt: skip
     p.add_argument(
         "--budget-bops", type=options.relative_bops, metavar="R", help="relative BOPs (vs W8A8)"
+    )
+    p.add_argument("--budget-size", type=parse_size, metavar="S",
+                   help="weight memory: MB (e.g. 2.5MB, 2^20 bytes) or a fraction of the W8 "
+                   "size (e.g. 0.5); combinable with --budget-bops")  # fmt: skip
+    p.add_argument(
+        "--verify",
+        type=options.nonneg_int,
+        default=VERIFY_K,
+        metavar="K",
+        help="measured phase 2: race the answer, next-best ILP solutions and greedy "
+        "front points (K in all) and every uniform configuration that fits on "
+        "validation images from the training split; 0 = off (default %(default)s)",
     )
     p.add_argument("--accuracy-target", type=options.percent, metavar="A",
                    help="top-1 %% on the validation images (SQNR method)")  # fmt: skip
@@ -179,9 +226,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="nearest vs AdaRound: fixed and SQNR-mixed precision")  # fmt: skip
     p.add_argument("--proxy", default="default",
                    help="best exported proxy for --compare")  # fmt: skip
-    p.add_argument(
-        "--budgets", type=options.budget_list, default="0.25,0.35,0.5", help="--compare budgets"
-    )
+    p.add_argument("--budgets", type=options.budget_list,
+                   help="--compare relative BOPs budgets (default 0.25,0.35,0.5; with "
+                   "--budget-size alone: that size budget only)")  # fmt: skip
     p.add_argument("--front-points", type=options.positive_int, default=6,
                    help="--compare: SQNR front points measured per scorer (plot)")  # fmt: skip
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/allocate-<model>)")

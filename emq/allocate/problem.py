@@ -2,8 +2,9 @@
 
 ``AllocationProblem`` ties the pieces together for the CLI and the comparison: phase 1
 from any scorer spec (``sqnr-measured``, a baseline name, a proxy JSON or a run folder),
-the SQNR and SMPQ allocators under a BOPs budget or an accuracy target, uniform precision,
-and measured accuracy with the bench's settings.
+the SQNR, SMPQ and ILP allocators under a BOPs and/or weight-size budget or an accuracy
+target, the measured phase 2 (``verify``), uniform precision, and measured accuracy with
+the bench's settings.
 """
 
 from __future__ import annotations
@@ -13,17 +14,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from benchmark.adaround import AdaRoundSettings
 from benchmark.data import load_split
-from benchmark.ptq import DEFAULT_BITS, QuantSim, layer_table
+from benchmark.ptq import DEFAULT_BITS, QuantSim, layer_table, relative_bops
+from emq.allocate.budget import (
+    Budget,
+    SizeSpec,
+    check_size_budget,
+    group_sizes,
+    relative_size,
+    size_mb,
+)
 from emq.allocate.groups import (
     QuantizerGroup,
     default_candidates,
     default_groups,
-    group_costs,
     layer_bits,
     load_groups,
 )
@@ -41,6 +50,10 @@ from emq.allocate.result import (
 from emq.allocate.sensitivity import (
     MEASURED,
     SensitivityTable,
+    _cache_path,
+    _groups_key,
+    _JsonCache,
+    cache_key,
     measured_sensitivity,
     scorer_sensitivity,
 )
@@ -53,7 +66,8 @@ from emq.allocate.smpq import (
     allocate_smpq,
     table_value,
 )
-from emq.allocate.sqnr import SEARCHES, allocate_sqnr, check_bops_budget
+from emq.allocate.sqnr import SEARCHES, allocate_sqnr, check_bops_budget, greedy_front
+from emq.allocate.verify import Candidate, candidate_pool, chunk_bounds, uniform_choices, verify
 from emq.scoring import ScoreContext
 from primitives.inputs import InputSettings
 
@@ -79,6 +93,7 @@ class AllocationProblem:
     adaround: AdaRoundSettings | None = None
     layer_names: list[str] = field(init=False)
     macs: list[int] = field(init=False)
+    weights: list[int] = field(init=False)  # weight elements per layer (weight memory)
     sim: QuantSim = field(init=False)
     _tables: dict[str, SensitivityTable] = field(init=False, default_factory=dict)
     _data: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(init=False, default_factory=dict)
@@ -89,6 +104,7 @@ class AllocationProblem:
         self.sim = QuantSim(self.model, calib, rounding=self.rounding, adaround=self.adaround)
         self.layer_names = [n for n, _ in self.sim.layers]
         self.macs = [info.macs for info in layer_table(self.model, tuple(calib.shape[1:]))]
+        self.weights = [int(w.numel()) for w in self.sim.fp_weights]
         covered = sorted(i for g in self.groups for i in g.layers)
         if covered != list(range(len(self.layer_names))):
             raise ValueError("quantizer groups must cover every quantizable layer exactly once")
@@ -183,6 +199,30 @@ class AllocationProblem:
             self._tables[spec] = table
         return self._tables[spec]
 
+    # ------------------------------------------------------------------ budgets
+    def size_fraction(self, spec: SizeSpec | float | None) -> float | None:
+        """A ``--budget-size`` (MB or fraction of W8) as a fraction of this model's W8 size."""
+        if spec is None or isinstance(spec, float | int):
+            return None if spec is None else float(spec)
+        return spec.fraction(float(sum(self.weights)))  # W8: one byte per weight
+
+    def check_budget(self, budget: Budget, given_size: str = "") -> None:
+        """Clear error when no configuration of these groups meets ``budget``."""
+        if not budget:
+            raise ValueError("give a budget: --budget-bops R and/or --budget-size S")
+        if budget.bops is not None:
+            check_bops_budget(budget.bops, self.groups, self.macs)
+        if budget.size is not None:
+            check_size_budget(budget.size, self.groups, self.weights, given_size)
+
+    def costs(self, w_bits: Sequence[int], a_bits: Sequence[int]) -> dict:
+        """Relative BOPs, weight size (fraction of W8) and weight MB of a configuration."""
+        return {
+            "relative_bops": relative_bops(self.macs, w_bits, a_bits),
+            "relative_size": relative_size(self.weights, w_bits),
+            "size_mb": size_mb(self.weights, w_bits),
+        }
+
     # ------------------------------------------------------------------ allocators
     def allocate(
         self,
@@ -198,38 +238,55 @@ class AllocationProblem:
         beta: float = BETA,
         xi: float = XI,
         seed: int = 0,
+        budget_size: float | None = None,
+        verify: int = 0,
     ) -> Allocation:
-        """Run one allocator; ``seconds`` covers phase 1 (when not cached) and phase 2."""
+        """Run one allocator; ``seconds`` covers phase 1 (when not cached) and phase 2.
+
+        ``budget_size``: weight memory as a fraction of W8 (``size_fraction`` converts MB).
+        ``verify=K > 0`` (budgets only): measure the answer, next-best ILP solutions, greedy
+        front points and every uniform configuration that fits on validation images and
+        return the best measured (``emq.allocate.verify``); the unverified answer is kept in
+        ``details["unverified"]`` and the race in ``details["verify"]``.
+        """
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
         if search not in SEARCHES:
             raise ValueError(f"unknown search {search!r}: expected one of {', '.join(SEARCHES)}")
-        if budget_bops is not None:
-            check_bops_budget(budget_bops, self.groups, self.macs)
+        budget = Budget(budget_bops, budget_size)
+        if budget and accuracy_target is not None:
+            raise ValueError("give either a budget (BOPs, weight size) or an accuracy target")
+        if budget:
+            self.check_budget(budget)
         if accuracy_target is not None and accuracy_target > self.fp_accuracy("validation"):
             raise ValueError(
                 f"accuracy target {accuracy_target:g} is above the full-precision accuracy "
                 f"{self.fp_accuracy('validation'):.2f} on the {self.validation_images} "
                 "validation images"
             )
-        if method in ("smpq", "ilp") and budget_bops is None:
-            raise ValueError(f"the {method.upper()} allocator needs a BOPs budget (--budget-bops)")
+        if method in ("smpq", "ilp") and not budget:
+            raise ValueError(
+                f"the {method.upper()} allocator needs a budget (--budget-bops, --budget-size)"
+            )
         if smpq_value not in ("table", "accuracy"):
             raise ValueError(f"unknown SMPQ value {smpq_value!r}: expected 'table' or 'accuracy'")
+        if verify < 0:
+            raise ValueError(f"--verify must be >= 0, got {verify}")
         label = self.scorer_name(scorer)
         table, phase1 = None, 0.0
         if method != "smpq" or smpq_value == "table":  # SMPQ on measured accuracy needs no table
             cached = scorer in self._tables
             table = self.sensitivity(scorer)
             phase1 = 0.0 if cached else table.seconds
+        sizes = {"budget_size": budget_size, "weights": self.weights}
         start = time.perf_counter()
         if method == "sqnr":
             res = allocate_sqnr(
                 table, self.macs, budget_bops, accuracy_target,
                 evaluate=lambda w, a: self.accuracy(w, a, "validation"), search=search,
-                fp_accuracy=None,
+                fp_accuracy=None, **sizes,
             )  # fmt: skip
-            return make_allocation(
+            alloc = make_allocation(
                 "sqnr", label, self.layer_names, self.macs, res.w_bits, res.a_bits,
                 phase1 + time.perf_counter() - start, table.evaluations + res.evaluations,
                 flips=res.point.flips, front_points=len(res.front), search=search,
@@ -237,49 +294,148 @@ class AllocationProblem:
                 sensitivity_source=table.source,
                 accuracy_target=accuracy_target, budget_bops=budget_bops,
             )  # fmt: skip
-        if method == "ilp":
-            res = allocate_ilp(table, self.macs, budget_bops)
-            return make_allocation(
+            answer = res.point.choice
+        elif method == "ilp":
+            res = allocate_ilp(table, self.macs, budget_bops, **sizes)
+            alloc = make_allocation(
                 "ilp", label, self.layer_names, self.macs, res.w_bits, res.a_bits,
                 phase1 + time.perf_counter() - start, table.evaluations,
                 phase1_seconds=phase1, sensitivity_source=table.source,
                 total_sensitivity=res.sensitivity, budget_bops=budget_bops,
             )  # fmt: skip
+            answer = res.choice
+        else:
+            alloc, answer = self._smpq(table, label, phase1, start, budget, smpq_value, lam,
+                                       permutations, threshold, beta, xi, seed)  # fmt: skip
+        if budget_size is not None:
+            alloc.details["budget_size"] = budget_size
+        alloc.details.update({k: v for k, v in self.costs(alloc.w_bits, alloc.a_bits).items()
+                              if k != "relative_bops"})  # fmt: skip
+        if verify and budget:
+            return self._verified(alloc, answer, table, budget, verify)
+        return alloc
+
+    def _smpq(self, table, label, phase1, start, budget, smpq_value, lam, permutations,
+              threshold, beta, xi, seed) -> tuple[Allocation, tuple[int, ...]]:  # fmt: skip
+        # lam weighs the first budgeted cost: relative BOPs, else weight size
+        penalty = None if budget.bops is not None else group_sizes(self.groups, self.weights)
         if table is not None:
 
             def value_of(lam_: float):
-                return table_value(table, self.macs, lam_)
+                return table_value(table, self.macs, lam_, penalty)
 
         else:
             lam, label = (0.5 if lam is None else lam), "accuracy"
 
             def value_of(lam_: float):
                 return accuracy_value(
-                    lambda w, a: self.accuracy(w, a, "validation"), self.groups, self.macs, lam_
-                )
+                    lambda w, a: self.accuracy(w, a, "validation"), self.groups, self.macs, lam_,
+                    penalty,
+                )  # fmt: skip
 
-        res = allocate_smpq(self.groups, self.macs, budget_bops, value_of, lam, permutations,
-                            threshold, beta, xi, seed)  # fmt: skip
+        res = allocate_smpq(self.groups, self.macs, budget.bops, value_of, lam, permutations,
+                            threshold, beta, xi, seed, budget_size=budget.size,
+                            weights=self.weights)  # fmt: skip
         measured = res.estimate.evaluations if smpq_value == "accuracy" else 0
-        return make_allocation(
+        alloc = make_allocation(
             "smpq", label, self.layer_names, self.macs, res.w_bits, res.a_bits,
             phase1 + time.perf_counter() - start, (table.evaluations if table else 0) + measured,
             lam=res.lam, permutations=permutations, threshold=threshold, beta=beta, xi=xi,
             seed=seed, value=smpq_value, truncated=res.estimate.truncated,
             phase1_seconds=phase1, sensitivity_source=table.source if table else None,
-            budget_bops=budget_bops,
+            budget_bops=budget.bops,
+        )  # fmt: skip
+        return alloc, res.choice
+
+    # ------------------------------------------------------------------ measured phase 2
+    def fits(self, budget: Budget, choice: Sequence[int]) -> bool:
+        """Whether a choice (candidate index per group) meets ``budget``."""
+        w, a = layer_bits(self.groups, choice, len(self.macs))
+        c = self.costs(w, a)
+        return budget.fits(c["relative_bops"], c["relative_size"])
+
+    def verification_pool(
+        self,
+        answer: Sequence[int],
+        table: SensitivityTable | None,
+        budget: Budget,
+        k: int,
+    ) -> list[Candidate]:
+        """The answer, next-best ILP solutions, front points near the budget, uniform ones."""
+        ilp, front = [], []
+        if table is not None and k > 1:
+            res = allocate_ilp(table, self.macs, budget.bops, budget.size, self.weights, k)
+            ilp = [res.choice, *res.alternatives]
+            points = [p.choice for p in greedy_front(table, self.macs)]
+            first = next((i for i, c in enumerate(points) if self.fits(budget, c)), None)
+            front = [] if first is None else points[first : first + k]
+        uniform = [u for u in uniform_choices(self.groups) if self.fits(budget, u.choice)]
+        return candidate_pool(tuple(answer), k, ilp, front, uniform)
+
+    def _verification_cache(self) -> _JsonCache:
+        x, _ = self.data("validation")
+        parts = ["verify", _groups_key(self.groups), self.sim.clip_grid, self.rounding]
+        if self.sim.rounder is not None:
+            parts.append(f"adaround-{self.sim.rounder.key}")
+        return _JsonCache(_cache_path(self.cache, cache_key(self.model, [self.sim.calib, x],
+                                                            *parts)))  # fmt: skip
+
+    def _verified(self, alloc: Allocation, answer, table, budget: Budget, k: int) -> Allocation:
+        start = time.perf_counter()
+        pool = self.verification_pool(answer, table, budget, k)
+        x, y = self.data("validation")
+        bounds = chunk_bounds(len(x))
+        store = self._verification_cache()
+        n = len(self.macs)
+
+        def correct_of(choice, chunk: int) -> tuple[np.ndarray, bool]:
+            w, a = layer_bits(self.groups, choice, n)
+            lo, hi = bounds[chunk]
+            entry = f"{','.join(map(str, w))}|{','.join(map(str, a))}|{lo}:{hi}"
+            if entry in store.data:
+                return np.frombuffer(store.data[entry].encode(), np.uint8) == ord("1"), True
+            try:
+                self.sim.set_config(w, a)
+                flags = (self.sim.forward(x[lo:hi]).argmax(1) == y[lo:hi]).numpy()
+            finally:
+                self.sim.set_fp()
+            store.put(entry, "".join("1" if f else "0" for f in flags))
+            return flags, False
+
+        def describe(choice) -> dict:
+            w, a = layer_bits(self.groups, choice, n)
+            return {"w_bits": w, "a_bits": a, **self.costs(w, a)}
+
+        pool_seconds = time.perf_counter() - start
+        ver = verify(pool, correct_of, len(bounds), describe)
+        w, a = layer_bits(self.groups, ver.winner.choice, n)
+        details = dict(alloc.details)
+        details["unverified"] = {
+            "w_bits": alloc.w_bits,
+            "a_bits": alloc.a_bits,
+            "relative_bops": alloc.relative_bops,
+            "seconds": alloc.seconds,
+            "evaluations": alloc.evaluations,
+        }
+        details.update({k_: v for k_, v in self.costs(w, a).items() if k_ != "relative_bops"})
+        seconds = pool_seconds + ver.seconds
+        details["verify"] = {"k": k, "validation_images": len(x), **ver.to_dict(),
+                             "seconds": seconds}  # fmt: skip
+        return make_allocation(
+            alloc.method, alloc.scorer, self.layer_names, self.macs, w, a,
+            alloc.seconds + seconds, alloc.evaluations + ver.evaluations, **details,
         )  # fmt: skip
 
-    def uniform(self, budget_bops: float) -> Allocation:
+    def uniform(self, budget_bops: float | None, budget_size: float | None = None) -> Allocation:
         """Uniform precision: every group at the same candidate rank, the costliest that fits."""
-        check_bops_budget(budget_bops, self.groups, self.macs)
+        budget = Budget(budget_bops, budget_size)
+        self.check_budget(budget)
         start = time.perf_counter()
-        costs = group_costs(self.groups, self.macs)
-        depth = max(len(g.candidates) for g in self.groups)
-        for rank in range(depth):
-            choice = [min(rank, len(g.candidates) - 1) for g in self.groups]
-            if sum(float(k[c]) for k, c in zip(costs, choice, strict=True)) <= budget_bops + 1e-12:
-                break
-        w, a = layer_bits(self.groups, choice, len(self.macs))
+        fitting = [u for u in uniform_choices(self.groups) if self.fits(budget, u.choice)]
+        if not fitting:
+            raise ValueError(f"no uniform configuration meets {budget.describe()}")
+        w, a = layer_bits(self.groups, fitting[0].choice, len(self.macs))
         return make_allocation("uniform", "-", self.layer_names, self.macs, w, a,
-                               time.perf_counter() - start, 0)  # fmt: skip
+                               time.perf_counter() - start, 0,
+                               **{k: v for k, v in self.costs(w, a).items()
+                                  if k != "relative_bops"})  # fmt: skip

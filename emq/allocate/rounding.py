@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmark.adaround import settings_from_args
 from benchmark.ptq import relative_bops
-from emq.allocate.compare import parse_budgets, write_csv
+from emq.allocate.compare import DEFAULT_BUDGETS, parse_budgets, write_csv
 from emq.allocate.problem import AllocationProblem
 from emq.allocate.sensitivity import MEASURED
 
@@ -69,7 +69,7 @@ def run_rounding_compare(args: argparse.Namespace) -> dict:
     from emq.allocate.cli import default_out
     from emq.score import build_model
 
-    budgets = parse_budgets(args.budgets)
+    budgets = parse_budgets(args.budgets if args.budgets is not None else DEFAULT_BUDGETS)
     bits = args.bits
     model = build_model(args.model, args.checkpoint)
     ada = settings_from_args(argparse.Namespace(**{**vars(args), "rounding": "adaround"}))

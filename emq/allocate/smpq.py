@@ -151,11 +151,18 @@ def monte_carlo_shapley(
 
 
 def table_value(
-    table: SensitivityTable, macs: Sequence[int], lam: float = 0.0
+    table: SensitivityTable,
+    macs: Sequence[int],
+    lam: float = 0.0,
+    costs: Sequence[np.ndarray] | None = None,
 ) -> Callable[[Choice], float]:
-    """Additive value from phase-1 sensitivities, in [0, 1], minus ``lam * relative BOPs``."""
+    """Additive value from phase-1 sensitivities, in [0, 1], minus ``lam * relative BOPs``.
+
+    ``costs``: the penalized cost per group and candidate instead of relative BOPs (e.g. the
+    weight size of a size-only budget).
+    """
     values = [np.asarray(v, dtype=np.float64) for v in table.values]
-    costs = group_costs(table.groups, macs)
+    costs = group_costs(table.groups, macs) if costs is None else costs
     lowest = sum(float(v[-1]) for v in values)
     top = sum(float(v[0]) for v in values)
     span = lowest - top if lowest - top > 0 else 1.0
@@ -173,9 +180,13 @@ def accuracy_value(
     groups: Sequence[QuantizerGroup],
     macs: Sequence[int],
     lam: float = 0.0,
+    costs: Sequence[np.ndarray] | None = None,
 ) -> Callable[[Choice], float]:
-    """Measured accuracy (``evaluate`` returns %, used as a fraction) minus ``lam`` BOPs."""
-    costs = group_costs(groups, macs)
+    """Measured accuracy (``evaluate`` returns %, used as a fraction) minus ``lam`` BOPs.
+
+    ``costs``: the penalized cost instead of relative BOPs (as ``table_value``).
+    """
+    costs = group_costs(groups, macs) if costs is None else costs
 
     def value(choice: Choice) -> float:
         bops = sum(float(k[c]) for k, c in zip(costs, choice, strict=True))
@@ -190,40 +201,57 @@ def repair_to_budget(
     costs: Sequence[np.ndarray],
     budget: float,
     fill: bool = True,
+    extra: Sequence[tuple[Sequence[np.ndarray], float]] = (),
 ) -> Choice:
     """Downgrade greedily until ``sum costs <= budget``, then (``fill``) upgrade while it fits.
 
     A move's rate is its ``utility`` change per relative BOP; downgrades take the smallest
-    loss per BOP saved, upgrades the largest positive gain per BOP spent.
+    loss per BOP saved, upgrades the largest positive gain per BOP spent. ``extra`` limits
+    (e.g. weight size: ``(costs, budget)``) must hold too: a downgrade is then rated per
+    unit saved of the limits still exceeded, an upgrade per unit spent of all of them, each
+    limit's units scaled to the first's (its budget over theirs).
     """
+    limits = [(costs, budget), *extra]
+    scale = [1.0] + [budget / max(b, EPS) for _, b in extra]
     cur = list(choice)
-    total = sum(float(k[c]) for k, c in zip(costs, cur, strict=True))
-    while total > budget + EPS:
+    totals = [sum(float(k[c]) for k, c in zip(ks, cur, strict=True)) for ks, _ in limits]
+
+    def move(g: int, c: int) -> None:
+        for d, (ks, _) in enumerate(limits):
+            totals[d] += float(ks[g][c] - ks[g][cur[g]])
+        cur[g] = c
+
+    steps = 0
+    while any(t > b + EPS for t, (_, b) in zip(totals, limits, strict=True)):
+        over = [d for d, (t, (_, b)) in enumerate(zip(totals, limits, strict=True)) if t > b + EPS]
         best = None
-        for g, (u, k) in enumerate(zip(utility, costs, strict=True)):
-            for c in range(len(k)):
-                saved = float(k[cur[g]] - k[c])
+        for g, u in enumerate(utility):
+            for c in range(len(u)):
+                saved = sum(scale[d] * float(limits[d][0][g][cur[g]] - limits[d][0][g][c])
+                            for d in over)  # fmt: skip
                 if saved > EPS:
                     rate = (float(u[cur[g]] - u[c]) / saved, g, c)
                     best = rate if best is None or rate < best else best
-        if best is None:
-            raise ValueError(f"BOPs budget {budget:g} cannot be met by these groups")
-        _, g, c = best
-        total += float(costs[g][c] - costs[g][cur[g]])
-        cur[g] = c
+        steps += 1
+        if best is None or steps > 100 * sum(len(u) for u in utility):
+            what = ", ".join(f"{b:g}" for _, b in limits)
+            raise ValueError(f"budget {what} cannot be met by these groups")
+        move(best[1], best[2])
     while fill:
         best = None
-        for g, (u, k) in enumerate(zip(utility, costs, strict=True)):
-            for c in range(len(k)):
-                spent, gain = float(k[c] - k[cur[g]]), float(u[c] - u[cur[g]])
-                if spent > EPS and gain > 0 and total + spent <= budget + EPS:
+        for g, u in enumerate(utility):
+            for c in range(len(u)):
+                deltas = [float(ks[g][c] - ks[g][cur[g]]) for ks, _ in limits]
+                spent = sum(s * dlt for s, dlt in zip(scale, deltas, strict=True))
+                gain = float(u[c] - u[cur[g]])
+                fits = all(t + dlt <= b + EPS for t, dlt, (_, b) in
+                           zip(totals, deltas, limits, strict=True))  # fmt: skip
+                if spent > EPS and gain > 0 and fits:
                     rate = (-gain / spent, g, c)
                     best = rate if best is None or rate < best else best
         if best is None:
             break
-        _, g, c = best
-        total += float(costs[g][c] - costs[g][cur[g]])
-        cur[g] = c
+        move(best[1], best[2])
     return tuple(cur)
 
 
@@ -242,7 +270,7 @@ class SmpqResult:
 def allocate_smpq(
     groups: Sequence[QuantizerGroup],
     macs: Sequence[int],
-    budget_bops: float,
+    budget_bops: float | None,
     value_of: Callable[[float], Callable[[Choice], float]],
     lam: float | None = None,
     permutations: int = PERMUTATIONS,
@@ -251,33 +279,52 @@ def allocate_smpq(
     xi: float = XI,
     seed: int = 0,
     lam_steps: int = 12,
+    budget_size: float | None = None,
+    weights: Sequence[int] | None = None,
 ) -> SmpqResult:
-    """SMPQ under a BOPs budget; ``value_of(lam)`` builds the value function.
+    """SMPQ under a BOPs and/or weight-size budget; ``value_of(lam)`` builds the value function.
 
     ``lam=None`` (only sensible for cheap, table-based values) bisects ``lam`` in [0, 4]
     for ``lam_steps`` steps so the argmax-alpha choice lands just under the budget before
-    the greedy repair; a given ``lam`` runs the estimate once.
+    the greedy repair; a given ``lam`` runs the estimate once. ``lam`` weighs the first
+    budgeted cost (relative BOPs, else weight size: give ``value_of`` that cost);
+    ``budget_size`` is a fraction of the W8 weight memory, ``weights`` the weight elements
+    per layer.
     """
-    check_bops_budget(budget_bops, groups, macs)
+    from emq.allocate.budget import Budget, check_size_budget
+
+    if budget_bops is None and budget_size is None:
+        raise ValueError("the SMPQ allocator needs a BOPs or a weight-size budget")
+    if budget_bops is not None:
+        check_bops_budget(budget_bops, groups, macs)
+    if budget_size is not None:
+        if weights is None:
+            raise ValueError("a weight-size budget needs the weight elements of every layer")
+        check_size_budget(budget_size, groups, weights)
+    limits = Budget(budget_bops, budget_size).limits(groups, macs, weights or [])
+    costs, budget_main = limits[0][1], limits[0][2]
+    extra = [(ks, b) for _, ks, b in limits[1:]]
     start = time.perf_counter()
     sizes = [len(g.candidates) for g in groups]
-    costs = group_costs(groups, macs)
 
     def run(lam_: float) -> ShapleyEstimate:
         return monte_carlo_shapley(value_of(lam_), sizes, permutations, threshold, beta, xi, seed)
 
-    def bops_of(choice: Choice) -> float:
-        return sum(float(k[c]) for k, c in zip(costs, choice, strict=True))
+    def over(choice: Choice) -> bool:
+        return any(
+            sum(float(k[c]) for k, c in zip(ks, choice, strict=True)) > b + EPS
+            for _, ks, b in limits
+        )
 
     if lam is None:
         lo, hi = 0.0, 4.0
         est = run(lo)
-        if bops_of(est.choice) > budget_bops + EPS:
+        if over(est.choice):
             best = run(hi)
             for _ in range(lam_steps):
                 mid = 0.5 * (lo + hi)
                 trial = run(mid)
-                if bops_of(trial.choice) > budget_bops + EPS:
+                if over(trial.choice):
                     lo = mid
                 else:
                     hi, best = mid, trial
@@ -292,6 +339,6 @@ def allocate_smpq(
     utility = [
         np.cumsum(est.alpha[starts[g] : starts[g + 1]][::-1])[::-1] for g in range(len(groups))
     ]
-    choice = repair_to_budget(est.choice, utility, costs, budget_bops)
+    choice = repair_to_budget(est.choice, utility, costs, budget_main, extra=extra)
     w, a = layer_bits(groups, choice, len(macs))
     return SmpqResult(choice, w, a, est, float(lam), time.perf_counter() - start)

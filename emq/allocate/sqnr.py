@@ -8,8 +8,8 @@ of the front; relative BOPs update in O(1) per flip. Points are evaluated lazily
 
 Budget modes:
 
-* ``choose_by_bops``: the first point (fewest flips) whose relative BOPs fit the budget -
-  chosen by BOPs alone, no evaluation;
+* ``choose_by_bops`` / ``choose_by_budget``: the first point (fewest flips) whose relative
+  BOPs (and weight size) fit the budget - chosen by cost alone, no evaluation;
 * ``search_accuracy``: the largest flip count whose measured accuracy stays at or above a
   target, by ``linear``, ``binary`` or ``interpolation`` search (the paper's binary +
   interpolation: ``binary_steps`` halvings, then interpolation search inside the remaining
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from emq.allocate.budget import check_size_budget, group_sizes
 from emq.allocate.groups import QuantizerGroup, group_costs, layer_bits
 from emq.allocate.sensitivity import SensitivityTable
 
@@ -136,6 +137,32 @@ def choose_by_bops(points: Sequence[ParetoPoint], budget: float) -> ParetoPoint:
     )
 
 
+def choose_by_budget(
+    points: Sequence[ParetoPoint],
+    budget_bops: float | None,
+    budget_size: float | None = None,
+    sizes: Sequence[np.ndarray] | None = None,
+) -> ParetoPoint:
+    """The first point (most bits) within relative BOPs and weight size (no evaluation).
+
+    ``sizes``: each group's weight size (fraction of W8) per candidate (``budget.group_sizes``).
+    """
+    if budget_size is None:
+        return choose_by_bops(points, budget_bops)
+    if sizes is None:
+        raise ValueError("a weight-size budget needs the groups' weight sizes")
+    for p in points:
+        size = sum(float(s[c]) for s, c in zip(sizes, p.choice, strict=True))
+        if (budget_bops is None or p.relative_bops <= budget_bops + EPS) and (
+            size <= budget_size + EPS
+        ):
+            return p
+    raise ValueError(
+        f"no point of the greedy front meets relative BOPs {budget_bops} and weight size "
+        f"{budget_size:.4g} of W8 together"
+    )
+
+
 def _linear(ok: Callable[[int], bool], n: int) -> int:
     k = 0
     while k + 1 < n and ok(k + 1):
@@ -209,19 +236,30 @@ def allocate_sqnr(
     evaluate: Callable[[list[int], list[int]], float] | None = None,
     search: str = "interpolation",
     fp_accuracy: float | None = None,
+    budget_size: float | None = None,
+    weights: Sequence[int] | None = None,
 ) -> SqnrResult:
-    """Phase 2 under a BOPs budget or an accuracy target (exactly one of the two).
+    """Phase 2 under a budget (relative BOPs and/or weight size) or an accuracy target.
 
     ``evaluate(w_bits, a_bits) -> accuracy`` is required for an accuracy target, and
-    ``fp_accuracy`` (on the same data) bounds the target.
+    ``fp_accuracy`` (on the same data) bounds the target. ``budget_size`` is a fraction of
+    the W8 weight memory, ``weights`` the weight elements per layer.
     """
-    if (budget_bops is None) == (accuracy_target is None):
-        raise ValueError("give exactly one of a BOPs budget or an accuracy target")
+    budgeted = budget_bops is not None or budget_size is not None
+    if budgeted == (accuracy_target is not None):
+        raise ValueError("give exactly one of a budget (BOPs, weight size) or an accuracy target")
     groups, n_layers = table.groups, len(macs)
     points = greedy_front(table, macs)
-    if budget_bops is not None:
-        check_bops_budget(budget_bops, groups, macs)
-        point, front = choose_by_bops(points, budget_bops), None
+    if budgeted:
+        if budget_bops is not None:
+            check_bops_budget(budget_bops, groups, macs)
+        sizes = None
+        if budget_size is not None:
+            if weights is None:
+                raise ValueError("a weight-size budget needs the weight elements of every layer")
+            check_size_budget(budget_size, groups, weights)
+            sizes = group_sizes(groups, weights)
+        point, front = choose_by_budget(points, budget_bops, budget_size, sizes), None
     else:
         if evaluate is None:
             raise ValueError("an accuracy target needs an evaluate(w_bits, a_bits) function")
