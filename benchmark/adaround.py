@@ -42,7 +42,6 @@ from platformdirs import user_cache_dir
 from torch import nn
 from tqdm import tqdm
 
-from benchmark import options
 from benchmark.data import calibration_batch
 from benchmark.quantizers import (
     mse_weight_scales,
@@ -367,37 +366,3 @@ class AdaRounder:
         for layer, b in tqdm(todo, desc="adaround", unit="layer-bit", disable=not progress):
             self.mask(layer, b)
         return {"learned": len(todo), "seconds": time.perf_counter() - start}
-
-
-# ----------------------------------------------------------------- compatibility, to be removed
-# The command line's rounding options are ``emq.commands.common.add_rounding_arguments`` and
-# ``adaround_settings``. emq/allocate (being edited in parallel) still imports these two
-# from here; delete them once it imports the command-layer ones (this bottom floor then
-# parses no arguments).
-
-
-def add_arguments(parser, default: str | None = "nearest", what: str = "") -> None:
-    """``--rounding`` and the AdaRound knobs on an ``argparse`` parser."""
-    d = AdaRoundSettings()
-    parser.add_argument("--rounding", choices=ROUNDINGS, default=default,
-                        help="weight rounding (AdaRound: learned per layer and bit)"
-                        + (f"; default {default or what}"))  # fmt: skip
-    parser.add_argument("--adaround-iterations", type=options.positive_int, default=d.iterations,
-                        help="AdaRound Adam steps per (layer, bit)")  # fmt: skip
-    parser.add_argument("--adaround-images", type=options.images, default=d.images,
-                        help="AdaRound calibration images (training split)")  # fmt: skip
-    parser.add_argument(
-        "--adaround-lr", type=options.positive_float, default=d.lr, help="AdaRound Adam rate"
-    )
-    parser.add_argument("--adaround-lambda", type=options.nonneg_float, default=d.reg_weight,
-                        help="AdaRound rounding-regularizer weight")  # fmt: skip
-
-
-def settings_from_args(args) -> AdaRoundSettings | None:
-    """AdaRound settings of a parsed command line (None for nearest rounding)."""
-    if getattr(args, "rounding", None) != "adaround":
-        return None
-    return AdaRoundSettings(
-        iterations=args.adaround_iterations, images=args.adaround_images,
-        lr=args.adaround_lr, reg_weight=args.adaround_lambda,
-    )  # fmt: skip

@@ -17,16 +17,10 @@ from emq import __version__
 from emq.genome import from_names
 from emq.graph import Expr, canonical, expr_str, ops_used
 from emq.proxy import proxy_document, read_best
-from emq.scorers import resolve_scorer as load_proxy  # noqa: F401 - see below
 from emq.scoring import reduce_to_bits
-from emq.scoring import scorer_inputs as needed_inputs  # noqa: F401 - see below
 from primitives import operations
 from primitives.inputs import INPUT_DOCS
 from primitives.operations import OPS
-
-# ``load_proxy`` and ``needed_inputs`` are the names emq/allocate/problem.py (being edited
-# in parallel) still imports from here; the resolver is ``emq.scorers.resolve_scorer`` and
-# the inputs of a scorer ``emq.scoring.scorer_inputs``. Remove both lines once it does.
 
 # --------------------------------------------------------------------------- python module
 

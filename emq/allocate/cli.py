@@ -17,8 +17,6 @@ import json
 from pathlib import Path
 
 from benchmark import options
-from benchmark.adaround import add_arguments as add_rounding
-from benchmark.adaround import settings_from_args
 from emq.allocate.budget import Budget, SizeSpec, parse_size
 from emq.allocate.groups import candidate_name
 from emq.allocate.problem import METHODS, AllocationProblem
@@ -27,6 +25,7 @@ from emq.allocate.sensitivity import MEASURED
 from emq.allocate.smpq import BETA, PERMUTATIONS, THRESHOLD, XI
 from emq.allocate.sqnr import SEARCHES
 from emq.allocate.verify import VERIFY_K
+from emq.commands.common import adaround_settings, add_rounding_arguments
 
 
 def default_out(model: str) -> Path:
@@ -42,7 +41,7 @@ def build_problem(args: argparse.Namespace, cache: object = None) -> AllocationP
     model = build_model(args.model, args.checkpoint)
     return AllocationProblem.for_model(
         args.model, model, args.groups, bits, cache=cache,
-        rounding=args.rounding, adaround=settings_from_args(args),
+        rounding=args.rounding, adaround=adaround_settings(args),
     )  # fmt: skip
 
 
@@ -136,7 +135,7 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
         budget_size=size, verify=args.verify,
     )  # fmt: skip
     top1 = problem.accuracy(alloc.w_bits, alloc.a_bits, "test")
-    ada = settings_from_args(args)
+    ada = adaround_settings(args)
     doc = {
         **alloc.to_dict(), "test_top1": top1, "model": args.model,
         "checkpoint": args.checkpoint, "rounding": args.rounding,
@@ -219,7 +218,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--beta", type=options.probability, default=BETA, help="SMPQ momentum")
     p.add_argument("--xi", type=options.positive_float, default=XI, help="SMPQ step size")
     p.add_argument("--seed", type=options.seed, default=0, help="SMPQ permutation seed")
-    add_rounding(p)
+    add_rounding_arguments(p)
     p.add_argument("--compare", action="store_true",
                    help="every method x scorer at relative BOPs 0.25, 0.35, 0.5")  # fmt: skip
     p.add_argument("--compare-rounding", action="store_true",

@@ -68,7 +68,8 @@ from emq.allocate.smpq import (
 )
 from emq.allocate.sqnr import SEARCHES, allocate_sqnr, check_bops_budget, greedy_front
 from emq.allocate.verify import Candidate, candidate_pool, chunk_bounds, uniform_choices, verify
-from emq.scoring import ScoreContext
+from emq.scorers import resolve_scorer
+from emq.scoring import ScoreContext, scorer_inputs
 from primitives.inputs import InputSettings
 
 METHODS = ("sqnr", "smpq", "ilp")
@@ -179,13 +180,11 @@ class AllocationProblem:
                 x = self.sim.calib[: self.sqnr_images]
                 table = measured_sensitivity(self.sim, x, self.groups, self.cache)
             else:
-                from emq.export import load_proxy, needed_inputs
-
-                scorer = load_proxy(spec)
+                scorer = resolve_scorer(spec)
                 w_bits = sorted({w for g in self.groups for w, _ in g.candidates})
                 x, y = training_subset(0, SCORER_IMAGES, CALIB_SEED)
                 settings = InputSettings(
-                    candidates=tuple(w_bits), names=needed_inputs(scorer),
+                    candidates=tuple(w_bits), names=scorer_inputs(scorer),
                     rounding=self.rounding, adaround=self.sim.rounder and self.sim.rounder.settings,
                 )  # fmt: skip
                 cache = False if self.cache is False else None

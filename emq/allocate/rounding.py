@@ -14,11 +14,11 @@ import json
 import time
 from pathlib import Path
 
-from benchmark.adaround import settings_from_args
 from benchmark.ptq import relative_bops
 from emq.allocate.compare import DEFAULT_BUDGETS, parse_budgets, write_csv
 from emq.allocate.problem import AllocationProblem
 from emq.allocate.sensitivity import MEASURED
+from emq.commands.common import adaround_settings
 
 FIXED_BITS = (2, 3, 4, 8)
 COLUMNS = ("setting", "rounding", "relative_bops", "test_top1", "seconds", "w_bits", "a_bits")
@@ -72,7 +72,7 @@ def run_rounding_compare(args: argparse.Namespace) -> dict:
     budgets = parse_budgets(args.budgets if args.budgets is not None else DEFAULT_BUDGETS)
     bits = args.bits
     model = build_model(args.model, args.checkpoint)
-    ada = settings_from_args(argparse.Namespace(**{**vars(args), "rounding": "adaround"}))
+    ada = adaround_settings(argparse.Namespace(**{**vars(args), "rounding": "adaround"}))
     rows, timing = [], {}
     for rounding, settings in (("nearest", None), ("adaround", ada)):
         start = time.perf_counter()
