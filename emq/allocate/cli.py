@@ -26,6 +26,7 @@ from emq.allocate.smpq import BETA, PERMUTATIONS, THRESHOLD, XI
 from emq.allocate.sqnr import SEARCHES
 from emq.allocate.verify import VERIFY_K
 from emq.commands.common import adaround_settings, add_rounding_arguments
+from emq.reports.common import write_json
 
 
 def default_out(model: str) -> Path:
@@ -154,7 +155,7 @@ def _cmd_allocate(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     budget = budget_label(args.budget_bops, args.budget_size, args.accuracy_target)
     path = out / f"{args.method}-{alloc.scorer}-{budget}.json"
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(path, doc)  # atomically: a reader, or a second run, never sees half a file
     if exported is not None:
         save_exported(exported, onnx_path, encodings_path)
     if args.json:
