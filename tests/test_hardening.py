@@ -495,3 +495,42 @@ def test_lock_is_released_when_the_holder_exits(tmp_path, holder):
         except LockedError:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- killed allocate
+
+
+def test_allocate_killed_in_phase_1_resumes_to_the_same_allocation(tmp_path):
+    """kill -9 while measured-SQNR phase 1 runs: the cache holds whole entries only, and
+    the rerun gives the allocation of an uninterrupted run."""
+    argv = [sys.executable, "-m", "emq.cli", "allocate", "--model", "resnet20", "--method",
+            "ilp", "--scorer", "sqnr-measured", "--budget-bops", "0.5", "--verify", "0",
+            "--json"]  # fmt: skip
+
+    def cmd(name: str) -> list[str]:
+        return [*argv, "--out", str(tmp_path / name)]
+
+    env = {**ENV, "EMQ_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(cmd("killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    cache = tmp_path / "cache" / "allocate"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any(cache.glob("*.json")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "phase 1 ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for f in cache.glob("*.json"):
+        assert isinstance(json.loads(f.read_text()), dict)  # never a torn file
+    assert not list((tmp_path / "killed").glob("*.json"))  # no allocation half-written
+
+    def result(name: str, cache_root: Path) -> dict:
+        out = subprocess.run(cmd(name), env={**ENV, "EMQ_CACHE": str(cache_root)},
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        doc = json.loads(out.stdout)
+        return {k: doc[k] for k in ("w_bits", "a_bits", "test_top1")}
+
+    assert result("resumed", tmp_path / "cache") == result("clean", tmp_path / "fresh")
