@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib.metadata
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -113,6 +114,14 @@ def connected(address: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator
         ) from exc
     finally:
         client.close()
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of ``package`` in this process, or None if not installed."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def check_workers(client: Any, package: str, expected: str | None) -> None:

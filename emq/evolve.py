@@ -26,7 +26,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from benchmark.bench import Bench
-from benchmark.cluster import check_workers, pool, workers_can_read
+from benchmark.cluster import check_workers, package_version, pool, workers_can_read
 from benchmark.lock import exclusive, is_lock_file, run_folder_lock
 from emq import __version__
 from emq.export import export_run
@@ -494,7 +494,7 @@ class Campaign:
         """
         if self.client is None:
             return self.evaluator, self.jobs
-        check_workers(self.client, "emq", _installed_version())
+        check_workers(self.client, "emq", package_version("emq"))
         paths = [p.inputs_path for p in getattr(self.evaluator, "parts", [self.evaluator])]
         readable = workers_can_read(self.client, paths)
         shipped = self.evaluator if readable else self.evaluator.portable()
@@ -606,15 +606,6 @@ class _NoParallel:
 
     def __exit__(self, *exc):
         return False
-
-
-def _installed_version() -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("emq")
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def task_batches(texts: list[str], workers: int) -> list[list[str]]:

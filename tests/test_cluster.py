@@ -27,6 +27,7 @@ from benchmark.cluster import (
     check_workers,
     connect,
     connected,
+    package_version,
     pool,
     scheduler_address,
     workers_can_read,
@@ -248,9 +249,7 @@ def test_killed_worker_loses_no_committed_result(client, small_bench, tmp_path):
 
 
 def test_workers_without_the_project_or_of_another_version_are_refused(client):
-    import importlib.metadata
-
-    here = importlib.metadata.version("emq")
+    here = package_version("emq")
     check_workers(client, "emq", here)  # the same install: accepted
     with pytest.raises(ClusterError, match=r"runs emq .* this process 0\.0\.0-other"):
         check_workers(client, "emq", "0.0.0-other")
