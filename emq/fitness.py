@@ -231,10 +231,16 @@ def _mean_minus_std(values: list[float]) -> float:
     return float(np.mean(values) - np.std(values))
 
 
-# How a multi-bench fitness combines the benches' Spearman@topk: the mean; the worst bench
-# (a proxy must hold everywhere); the mean minus the standard deviation (rewards agreement
-# across architectures without letting one bench decide).
-AGGREGATES = {"mean": np.mean, "min": np.min, "mean-std": _mean_minus_std}
+# How a multi-bench fitness combines the benches' Spearman@topk: the mean; the median (one
+# odd bench cannot decide); the worst bench (a proxy must hold everywhere); the mean minus
+# the standard deviation (rewards agreement across architectures without letting one bench
+# decide). ``emq transfer --pool`` compares them by leave-one-out selection.
+AGGREGATES = {
+    "mean": np.mean,
+    "median": np.median,
+    "min": np.min,
+    "mean-std": _mean_minus_std,
+}
 
 
 @dataclass

@@ -24,11 +24,15 @@ from benchmark.schemas import read_json
 from emq.baselines.table import run_baselines
 from emq.context import bench_evaluator
 from emq.evolve import Campaign, CampaignSettings
-from emq.fitness import MultiEvaluator
-from emq.graph import Expr
-from emq.metrics import CORR_KEYS
-from emq.reports.common import clean, number, write_json
+from emq.fitness import AGGREGATES, MultiEvaluator
+from emq.genome import from_string
+from emq.graph import Expr, canonical, expr_str, release_heap
+from emq.metrics import CORR_KEYS, correlation_report
+from emq.reports.common import clean, number, write_csv, write_json
 from emq.reports.transfer import EVOLVED, write_transfer
+from emq.scoring import config_scores, rank_scores
+from emq.seeds import LITERATURE
+from primitives.operations import ShapeError
 
 # --------------------------------------------------------------------------- the zoo's benches
 
@@ -275,3 +279,138 @@ def summarize(rows: Sequence[dict], models: Sequence[str]) -> list[dict]:
             }
         )
     return out
+
+
+# --------------------------------------------------------------------------- the bench aggregate
+
+
+def pool_formulas(runs: Sequence[Path | str]) -> list[str]:
+    """The candidate proxies of a selection study: every formula in the final population
+    and hall of fame of each run folder, plus the literature seeds, sorted (a fixed order)."""
+    found: set[str] = set()
+    for run in runs:
+        path = Path(run) / "checkpoint.json"
+        state = read_json(path, "campaign checkpoint")
+        for key in ("population", "hall_of_fame"):
+            members = state.get(key) if isinstance(state, dict) else None
+            if not isinstance(members, list):
+                raise ValueError(f"{path}: field {key!r} is not a list of genomes")
+            found.update(str(g["formula"]) for g in members)
+    found.update(expr_str(canonical(from_string(s))) for s in LITERATURE)
+    return sorted(found)
+
+
+def _pool_row(ev: Any, expr: Expr) -> dict[str, Any]:
+    """One candidate on one bench: its search-split fitness (what a campaign selects on) and
+    its correlation on every configuration (how it transfers when that model is left out)."""
+    if ev.probe(expr) is not None:
+        return {"valid": False}
+    try:
+        table = ev.table(expr)
+    except (ShapeError, RuntimeError):
+        return {"valid": False}
+    if not np.all(np.isfinite(table)):
+        return {"valid": False}
+    scores = config_scores(table, ev.bit_index)
+    fit = ev.fitness_of_scores(scores)
+    if not np.isfinite(fit):
+        return {"valid": False}
+    report = correlation_report(rank_scores(scores), ev.accuracy)
+    return {"valid": True, "fitness": float(fit), **clean(report)}
+
+
+def score_pool(
+    out: Path,
+    benches: Mapping[str, Bench],
+    formulas: Sequence[str],
+    settings: CampaignSettings,
+    log: Callable[[str], None] = print,
+) -> dict[tuple[str, str], dict]:
+    """Every candidate on every bench, appended to ``out/pool-scores.jsonl`` as it finishes
+    (a rerun scores only what is missing; a line cut short by a crash is scored again)."""
+    path = out / "pool-scores.jsonl"
+    done: dict[tuple[str, str], dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[row["model"], row["formula"]] = row
+    with open(path, "a") as f:
+        for model, bench in benches.items():
+            todo = [t for t in formulas if (model, t) not in done]
+            if not todo:
+                continue
+            log(f"[{model}] {len(todo)} candidates")
+            ev = bench_evaluator(
+                bench, settings.calib_images, settings.calib_seed, settings.split_seed,
+                names=settings.inputs,
+            )  # fmt: skip
+            for text in todo:
+                try:
+                    expr = canonical(from_string(text))
+                    row = _pool_row(ev, expr)
+                except (ValueError, KeyError):  # an input this study's evaluators lack
+                    row = {"valid": False}
+                row = {"model": model, "formula": text, **row}
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                done[model, text] = row
+            release_heap()
+    return done
+
+
+def aggregate_study(
+    out: Path | str,
+    benches: Mapping[str, Bench],
+    runs: Sequence[Path | str],
+    settings: CampaignSettings,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Leave-one-architecture-out *selection*: which bench aggregate picks proxies that transfer.
+
+    A campaign's aggregate decides which genome survives. With a fixed pool of candidates
+    (the final populations of ``runs`` and the literature seeds), each aggregate, for each
+    left-out model, picks the candidate with the best aggregated search-split fitness on the
+    *other* models' benches (ties: the formula's text); the pick is then judged by its
+    Spearman@topk on every configuration of the left-out model. Writes
+    ``aggregates.csv`` / ``aggregates.json``; resumable through ``pool-scores.jsonl``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = tuple(benches)
+    if len(models) < 3:
+        raise ValueError("an aggregate study needs at least three models")
+    formulas = pool_formulas(runs)
+    scores = score_pool(out, benches, formulas, settings, log)
+    valid = {t for t in formulas if all(scores[m, t]["valid"] for m in models)}
+    picks: list[dict] = []
+    for agg, fn in AGGREGATES.items():
+        for left in models:
+            others = [m for m in models if m != left]
+
+            def value(t: str, others: list[str] = others, fn: Callable = fn) -> float:
+                return float(fn([scores[m, t]["fitness"] for m in others]))
+
+            best = max(sorted(valid), key=value)
+            row = scores[left, best]
+            picks.append(
+                {"aggregate": agg, "left_out": left, "formula": best,
+                 "search_value": value(best), **{k: row[k] for k in CORR_KEYS}}
+            )  # fmt: skip
+    summary = []
+    for agg in AGGREGATES:
+        topk = [number(p["spearman@topk"]) for p in picks if p["aggregate"] == agg]
+        summary.append(
+            {"aggregate": agg, "mean_topk": float(np.mean(topk)), "min_topk": float(np.min(topk)),
+             "distinct_picks": len({p["formula"] for p in picks if p["aggregate"] == agg})}
+        )  # fmt: skip
+    cols = ["aggregate", "left_out", *CORR_KEYS, "search_value", "formula"]
+    write_csv(out / "aggregates.csv", cols, picks)
+    doc = {"models": list(models), "runs": [str(r) for r in runs], "candidates": len(formulas),
+           "valid_everywhere": len(valid), "picks": [clean(p) for p in picks],
+           "summary": summary}  # fmt: skip
+    write_json(out / "aggregates.json", doc)
+    return doc

@@ -12,12 +12,15 @@ import torch
 
 from benchmark.bench import Bench, default_bench
 from benchmark.models import HELDOUT_MODELS, MODELS, search_models
+from emq.cli import main
 from emq.context import bench_evaluator
 from emq.evolve import Campaign, CampaignSettings
+from emq.fitness import AGGREGATES
 from emq.genome import from_string
 from emq.graph import canonical
 from emq.transfer import (
     EVOLVED,
+    aggregate_study,
     bench_campaign,
     heldout_reports,
     parse_models,
@@ -173,3 +176,42 @@ def test_inputs_one_ulp_apart_give_the_same_campaign(tmp_path, r20):
     strip = [[{k: v for k, v in h.items() if k not in ("seconds", "evals_per_s")} for h in r[1]]
              for r in runs]  # fmt: skip
     assert strip[0] == strip[1]
+
+
+def test_aggregate_study_picks_by_the_other_models_and_resumes(tmp_path, r20, mnv2, capsys):
+    """Leave-one-out selection: each aggregate's pick for a left-out model is the pool's best
+    on the *other* benches, judged by its correlation on every configuration of the left-out
+    one; a crash mid-line is scored again, and a rerun gives the same document."""
+    vgg = Bench.open(default_bench("vgg"))
+    benches = {"resnet20": r20, "mobilenetv2": mnv2, "vgg": vgg}
+    run = tmp_path / "run"
+    run.mkdir()
+    pool = ["revert(sq_norm(E))", "revert(sq_norm(D))", "mul(W, b)"]
+    members = [{"genome": t, "formula": t, "fitness": 0.5} for t in pool]
+    (run / "checkpoint.json").write_text(json.dumps({"population": members, "hall_of_fame": []}))
+    out = tmp_path / "agg"
+    doc = aggregate_study(out, benches, [run], SETTINGS, log=lambda s: None)
+    assert doc["candidates"] >= len(pool) and set(doc["models"]) == set(benches)
+    assert [s["aggregate"] for s in doc["summary"]] == list(AGGREGATES)
+    lines = (out / "pool-scores.jsonl").read_text().splitlines()
+    scores = {(r["model"], r["formula"]): r for r in map(json.loads, lines)}
+    for p in doc["picks"]:
+        others = [m for m in benches if m != p["left_out"]]
+        valid = [t for (m, t), r in scores.items() if m == "vgg" and
+                 all(scores[k, t]["valid"] for k in benches)]  # fmt: skip
+        values = {t: AGGREGATES[p["aggregate"]]([scores[m, t]["fitness"] for m in others])
+                  for t in valid}  # fmt: skip
+        assert p["search_value"] == pytest.approx(max(values.values()))
+        expr = canonical(from_string(p["formula"]))
+        (report,) = heldout_reports(expr, [benches[p["left_out"]]], SETTINGS)
+        assert p["spearman@topk"] == pytest.approx(report["spearman@topk"], abs=1e-9)
+    with open(out / "aggregates.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(AGGREGATES) * len(benches)
+    # A crash while writing the last line: that row is scored again, the rest kept.
+    (out / "pool-scores.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:9])
+    again = aggregate_study(out, benches, [run], SETTINGS, log=lambda s: None)
+    assert again["picks"] == doc["picks"] and again["summary"] == doc["summary"]
+    bad = ["transfer", "--pool", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]
+    assert main(bad) == 2
+    assert "not a campaign run folder" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything is written

@@ -13,7 +13,13 @@ from benchmark.lock import exclusive, run_folder_lock
 from emq.baselines import get_baseline
 from emq.commands.common import POPULATION, campaign_settings, check_output_folder, name_list
 from emq.fitness import AGGREGATES
-from emq.transfer import parse_models, run_transfer, shipped_bench, zoo_models_with_bench
+from emq.transfer import (
+    aggregate_study,
+    parse_models,
+    run_transfer,
+    shipped_bench,
+    zoo_models_with_bench,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="NAME,...",
         help="baselines to compare with (default: every registered baseline)",
     )
+    tr.add_argument(
+        "--pool",
+        metavar="RUN,...",
+        help="instead of campaigns: choose the bench aggregate by leave-one-out selection "
+        "from the final populations of these run folders (and the literature seeds)",
+    )
     tr.add_argument("--jobs", type=options.jobs, default=1, help="parallel evaluation processes")
     tr.add_argument("--out", default="runs/transfer", help="output folder (resumable)")
     tr.add_argument("--json", action="store_true")
@@ -60,9 +72,18 @@ def run(args: argparse.Namespace) -> None:
     if args.baselines:
         names = [get_baseline(n).name for n in name_list(args.baselines)]
     benches = {m: Bench.open(shipped_bench(m)) for m in models}
+    runs = [Path(r) for r in name_list(args.pool)] if args.pool else []
+    for r in runs:
+        if not (r / "checkpoint.json").is_file():
+            raise ValueError(f"--pool: {r} is not a campaign run folder (no checkpoint.json)")
     out = Path(args.out)
-    check_output_folder(out, "--out", ("transfer", "leave-"))
+    check_output_folder(out, "--out", ("transfer", "leave-", "pool-scores", "aggregates"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.pool:
+        with exclusive(run_folder_lock(out), f"transfer folder {out}"):
+            doc = aggregate_study(out, benches, runs, settings)
+        print_aggregates(doc, args.json)
+        return
     with exclusive(run_folder_lock(out), f"transfer folder {out}"):
         result = run_transfer(
             out, benches, seeds, args.steps, settings, baselines=names, jobs=args.jobs
@@ -80,3 +101,17 @@ def run(args: argparse.Namespace) -> None:
     wins = sum(s["evolved_is_best"] for s in result["summary"])
     print(f"evolved proxy best training-free scorer on {wins} of {len(result['summary'])} models")
     print(f"written to {args.out}/ (transfer.csv, transfer.json, transfer.png)")
+
+
+def print_aggregates(doc: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+        return
+    print(f"{doc['candidates']} candidates, {doc['valid_everywhere']} valid on every model")
+    print(f"{'aggregate':<10} {'mean S@topk':>11} {'min S@topk':>10} {'distinct picks':>14}")
+    for s in doc["summary"]:
+        print(
+            f"{s['aggregate']:<10} {s['mean_topk']:>11.4f} {s['min_topk']:>10.4f} "
+            f"{s['distinct_picks']:>14d}"
+        )
+    print("per left-out model: aggregates.csv")
