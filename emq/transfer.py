@@ -367,6 +367,7 @@ def aggregate_study(
     runs: Sequence[Path | str],
     settings: CampaignSettings,
     *,
+    baselines: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Leave-one-architecture-out *selection*: which bench aggregate picks proxies that transfer.
@@ -375,8 +376,11 @@ def aggregate_study(
     (the final populations of ``runs`` and the literature seeds), each aggregate, for each
     left-out model, picks the candidate with the best aggregated search-split fitness on the
     *other* models' benches (ties: the formula's text); the pick is then judged by its
-    Spearman@topk on every configuration of the left-out model. Writes
-    ``aggregates.csv`` / ``aggregates.json``; resumable through ``pool-scores.jsonl``.
+    Spearman@topk on every configuration of the left-out model, next to the ``baselines``
+    (default: every registered one; ``()``: none) on that model. Writes ``aggregates.csv`` /
+    ``aggregates.json`` and, with baselines, ``transfer.csv/json/png`` (one ``evolved:AGG``
+    proxy per aggregate); resumable through ``pool-scores.jsonl`` and each model's
+    ``leave-MODEL/baselines``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -400,13 +404,31 @@ def aggregate_study(
                 {"aggregate": agg, "left_out": left, "formula": best,
                  "search_value": value(best), **{k: row[k] for k in CORR_KEYS}}
             )  # fmt: skip
+    base_rows: list[dict] = []
+    if baselines is None or len(baselines):
+        for m in models:
+            log(f"[{m}] baselines on all {len(benches[m])} configurations")
+            found = transfer_baselines(benches[m], out / f"leave-{m}" / "baselines", baselines)
+            base_rows += [{"left_out": m, "seed": "", **r} for r in found]
     summary = []
     for agg in AGGREGATES:
-        topk = [number(p["spearman@topk"]) for p in picks if p["aggregate"] == agg]
-        summary.append(
-            {"aggregate": agg, "mean_topk": float(np.mean(topk)), "min_topk": float(np.min(topk)),
-             "distinct_picks": len({p["formula"] for p in picks if p["aggregate"] == agg})}
-        )  # fmt: skip
+        mine = [p for p in picks if p["aggregate"] == agg]
+        topk = [number(p["spearman@topk"]) for p in mine]
+        row = {"aggregate": agg, "mean_topk": float(np.mean(topk)),
+               "min_topk": float(np.min(topk)),
+               "distinct_picks": len({p["formula"] for p in mine})}  # fmt: skip
+        if base_rows:
+            as_evolved = [{**p, "seed": 0, "proxy": EVOLVED, "kind": "training-free"} for p in mine]
+            per_model = summarize(base_rows + as_evolved, models)
+            row["best_training_free_on"] = sum(s["evolved_is_best"] for s in per_model)
+        summary.append(row)
+    if base_rows:
+        evolved_rows = [
+            {"left_out": p["left_out"], "seed": "", "proxy": f"{EVOLVED}:{p['aggregate']}",
+             "kind": "training-free", "formula": p["formula"], **{k: p[k] for k in CORR_KEYS}}
+            for p in picks
+        ]  # fmt: skip
+        write_transfer(out, base_rows + evolved_rows, [])
     cols = ["aggregate", "left_out", *CORR_KEYS, "search_value", "formula"]
     write_csv(out / "aggregates.csv", cols, picks)
     doc = {"models": list(models), "runs": [str(r) for r in runs], "candidates": len(formulas),

@@ -178,6 +178,9 @@ def test_inputs_one_ulp_apart_give_the_same_campaign(tmp_path, r20):
     assert strip[0] == strip[1]
 
 
+BASES = ("bops", "bparams")
+
+
 def test_aggregate_study_picks_by_the_other_models_and_resumes(tmp_path, r20, mnv2, capsys):
     """Leave-one-out selection: each aggregate's pick for a left-out model is the pool's best
     on the *other* benches, judged by its correlation on every configuration of the left-out
@@ -190,7 +193,7 @@ def test_aggregate_study_picks_by_the_other_models_and_resumes(tmp_path, r20, mn
     members = [{"genome": t, "formula": t, "fitness": 0.5} for t in pool]
     (run / "checkpoint.json").write_text(json.dumps({"population": members, "hall_of_fame": []}))
     out = tmp_path / "agg"
-    doc = aggregate_study(out, benches, [run], SETTINGS, log=lambda s: None)
+    doc = aggregate_study(out, benches, [run], SETTINGS, baselines=BASES, log=lambda s: None)
     assert doc["candidates"] >= len(pool) and set(doc["models"]) == set(benches)
     assert [s["aggregate"] for s in doc["summary"]] == list(AGGREGATES)
     lines = (out / "pool-scores.jsonl").read_text().splitlines()
@@ -207,9 +210,22 @@ def test_aggregate_study_picks_by_the_other_models_and_resumes(tmp_path, r20, mn
         assert p["spearman@topk"] == pytest.approx(report["spearman@topk"], abs=1e-9)
     with open(out / "aggregates.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(AGGREGATES) * len(benches)
+    # Next to the baselines: an aggregate's pick is "best" where it beats each of them.
+    with open(out / "transfer.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == (len(BASES) + len(AGGREGATES)) * len(benches)
+    for s in doc["summary"]:
+        wins = 0
+        for m in benches:
+            base = max(float(r["spearman@topk"]) for r in table
+                       if r["left_out"] == m and r["proxy"] in BASES)  # fmt: skip
+            (pick,) = [p for p in doc["picks"] if p["left_out"] == m and
+                       p["aggregate"] == s["aggregate"]]  # fmt: skip
+            wins += pick["spearman@topk"] > base
+        assert s["best_training_free_on"] == wins
     # A crash while writing the last line: that row is scored again, the rest kept.
     (out / "pool-scores.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:9])
-    again = aggregate_study(out, benches, [run], SETTINGS, log=lambda s: None)
+    again = aggregate_study(out, benches, [run], SETTINGS, baselines=BASES, log=lambda s: None)
     assert again["picks"] == doc["picks"] and again["summary"] == doc["summary"]
     bad = ["transfer", "--pool", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]
     assert main(bad) == 2

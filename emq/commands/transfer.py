@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     tr.add_argument(
         "--baselines",
         metavar="NAME,...",
-        help="baselines to compare with (default: every registered baseline)",
+        help="baselines to compare with (default: every registered baseline; none: no baselines)",
     )
     tr.add_argument(
         "--pool",
@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> None:
         kw["inputs"] = name_list(args.inputs)
     settings = campaign_settings(**kw)
     names = None
-    if args.baselines:
+    if args.baselines == "none":
+        names = []
+    elif args.baselines:
         names = [get_baseline(n).name for n in name_list(args.baselines)]
     benches = {m: Bench.open(shipped_bench(m)) for m in models}
     runs = [Path(r) for r in name_list(args.pool)] if args.pool else []
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.pool:
         with exclusive(run_folder_lock(out), f"transfer folder {out}"):
-            doc = aggregate_study(out, benches, runs, settings)
+            doc = aggregate_study(out, benches, runs, settings, baselines=names)
         print_aggregates(doc, args.json)
         return
     with exclusive(run_folder_lock(out), f"transfer folder {out}"):
@@ -108,10 +110,13 @@ def print_aggregates(doc: dict, as_json: bool) -> None:
         print(json.dumps(doc, indent=2, default=str))
         return
     print(f"{doc['candidates']} candidates, {doc['valid_everywhere']} valid on every model")
-    print(f"{'aggregate':<10} {'mean S@topk':>11} {'min S@topk':>10} {'distinct picks':>14}")
+    n = len(doc["models"])
+    print(f"{'aggregate':<10} {'mean S@topk':>11} {'min S@topk':>10} {'distinct picks':>14}  best")
     for s in doc["summary"]:
+        wins = s.get("best_training_free_on")
+        best = f"  on {wins} of {n}" if wins is not None else ""
         print(
             f"{s['aggregate']:<10} {s['mean_topk']:>11.4f} {s['min_topk']:>10.4f} "
-            f"{s['distinct_picks']:>14d}"
+            f"{s['distinct_picks']:>14d}{best}"
         )
     print("per left-out model: aggregates.csv")
