@@ -284,9 +284,12 @@ def summarize(rows: Sequence[dict], models: Sequence[str]) -> list[dict]:
 # --------------------------------------------------------------------------- the bench aggregate
 
 
-def pool_formulas(runs: Sequence[Path | str]) -> list[str]:
-    """The candidate proxies of a selection study: every formula in the final population
-    and hall of fame of each run folder, plus the literature seeds, sorted (a fixed order)."""
+POOL_TOP = 16  # population members per run folder in a selection study (by fitness)
+
+
+def pool_formulas(runs: Sequence[Path | str], top: int = POOL_TOP) -> list[str]:
+    """The candidate proxies of a selection study: each run folder's hall of fame and the
+    ``top`` fittest members of its final population, plus the literature seeds, sorted."""
     found: set[str] = set()
     for run in runs:
         path = Path(run) / "checkpoint.json"
@@ -295,6 +298,8 @@ def pool_formulas(runs: Sequence[Path | str]) -> list[str]:
             members = state.get(key) if isinstance(state, dict) else None
             if not isinstance(members, list):
                 raise ValueError(f"{path}: field {key!r} is not a list of genomes")
+            if key == "population":
+                members = sorted(members, key=lambda g: -float(g["fitness"]))[:top]
             found.update(str(g["formula"]) for g in members)
     found.update(expr_str(canonical(from_string(s))) for s in LITERATURE)
     return sorted(found)
@@ -368,12 +373,14 @@ def aggregate_study(
     settings: CampaignSettings,
     *,
     baselines: Sequence[str] | None = None,
+    top: int = POOL_TOP,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Leave-one-architecture-out *selection*: which bench aggregate picks proxies that transfer.
 
     A campaign's aggregate decides which genome survives. With a fixed pool of candidates
-    (the final populations of ``runs`` and the literature seeds), each aggregate, for each
+    (``pool_formulas``: the best of the final populations of ``runs`` and the literature
+    seeds), each aggregate, for each
     left-out model, picks the candidate with the best aggregated search-split fitness on the
     *other* models' benches (ties: the formula's text); the pick is then judged by its
     Spearman@topk on every configuration of the left-out model, next to the ``baselines``
@@ -387,7 +394,7 @@ def aggregate_study(
     models = tuple(benches)
     if len(models) < 3:
         raise ValueError("an aggregate study needs at least three models")
-    formulas = pool_formulas(runs)
+    formulas = pool_formulas(runs, top)
     scores = score_pool(out, benches, formulas, settings, log)
     valid = {t for t in formulas if all(scores[m, t]["valid"] for m in models)}
     picks: list[dict] = []

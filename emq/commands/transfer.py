@@ -14,6 +14,7 @@ from emq.baselines import get_baseline
 from emq.commands.common import POPULATION, campaign_settings, check_output_folder, name_list
 from emq.fitness import AGGREGATES
 from emq.transfer import (
+    POOL_TOP,
     aggregate_study,
     parse_models,
     run_transfer,
@@ -55,6 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="instead of campaigns: choose the bench aggregate by leave-one-out selection "
         "from the final populations of these run folders (and the literature seeds)",
     )
+    tr.add_argument(
+        "--pool-top",
+        type=options.positive_int,
+        default=POOL_TOP,
+        help=f"with --pool: the fittest members of each population to take (default {POOL_TOP}; "
+        "each hall of fame is taken whole)",
+    )
     tr.add_argument("--jobs", type=options.jobs, default=1, help="parallel evaluation processes")
     tr.add_argument("--out", default="runs/transfer", help="output folder (resumable)")
     tr.add_argument("--json", action="store_true")
@@ -83,7 +91,7 @@ def run(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.pool:
         with exclusive(run_folder_lock(out), f"transfer folder {out}"):
-            doc = aggregate_study(out, benches, runs, settings, baselines=names)
+            doc = aggregate_study(out, benches, runs, settings, baselines=names, top=args.pool_top)
         print_aggregates(doc, args.json)
         return
     with exclusive(run_folder_lock(out), f"transfer folder {out}"):
