@@ -18,9 +18,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmark.bench import Bench
-from emq.graph import Expr, SubexpressionCache, as_float64, evaluate, score_table
+from emq.genome import from_string
+from emq.graph import (
+    Expr,
+    SubexpressionCache,
+    as_float64,
+    canonical,
+    evaluate,
+    score_table,
+)
 from emq.metrics import RATIOS, correlation_report, spearman_at_topk
 from emq.scoring import config_scores, rank_scores, reduce_to_bits
 from primitives.inputs import LayerInputs, load_inputs
@@ -197,17 +206,12 @@ def rank_fingerprint(scores: np.ndarray) -> str:
 
 def evaluate_text(evaluator: Evaluator | MultiEvaluator, text: str) -> dict:
     """Evaluate a canonical formula given as text."""
-    from emq.genome import from_string
-    from emq.graph import canonical
-
     return evaluator.evaluate(canonical(from_string(text)))
 
 
 def evaluate_texts(evaluator: Evaluator | MultiEvaluator, texts: list[str]) -> list[dict]:
     """Worker entry point: a batch of formulas, evaluated in order with one torch thread
     (workers share the cores; one thread each is their fastest setting)."""
-    import torch
-
     torch.set_num_threads(1)
     return [evaluate_text(evaluator, t) for t in texts]
 
