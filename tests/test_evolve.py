@@ -282,7 +282,7 @@ def test_multi_bench_campaign_records_every_bench(tmp_path, bench, evaluator):
     with pytest.raises(ValueError, match="bench_agg"):
         Campaign(tmp_path / "m", bench, MultiEvaluator([evaluator, evaluator], "min"), worst,
                  progress=False, extra_benches=(bench,)).run_steps(2)  # fmt: skip
-    with pytest.raises(ValueError, match="expected one of mean, min, mean-std"):
+    with pytest.raises(ValueError, match="expected one of mean, median, min, mean-std"):
         CampaignSettings(bench_agg="max")
 
 
