@@ -19,7 +19,8 @@ from pathlib import Path
 from benchmark import options
 from emq.allocate.budget import Budget, SizeSpec, parse_size
 from emq.allocate.groups import candidate_name
-from emq.allocate.problem import METHODS, AllocationProblem
+from emq.allocate.problem import AllocationProblem
+from emq.allocate.registry import allocator_names
 from emq.allocate.result import Allocation
 from emq.allocate.sensitivity import MEASURED
 from emq.allocate.smpq import BETA, PERMUTATIONS, THRESHOLD, XI
@@ -176,8 +177,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--model", required=True, help="zoo model name or module.path:factory")
     p.add_argument("--checkpoint", help="state_dict for the model (default: shipped)")
-    p.add_argument("--method", choices=METHODS,
-                   help="SQNR greedy Pareto, SMPQ Shapley, or ILP (exact, HAWQ-V3)")  # fmt: skip
+    p.add_argument("--method", choices=allocator_names(),
+                   help="a registered allocator: SQNR greedy Pareto, SMPQ Shapley, ILP "
+                   "(exact, HAWQ-V3), ...")  # fmt: skip
     p.add_argument("--scorer", metavar="PROXY|BASELINE|" + MEASURED, default="default",
                    help="proxy JSON / run folder, baseline name, measured SQNR, or 'default' "
                    "(the shipped default proxy, evolved on the zoo; the default)")  # fmt: skip

@@ -1,7 +1,7 @@
 """``emq allocate --compare``: every method x scorer at fixed relative BOPs budgets.
 
 Scorers: the best exported proxy (``--proxy``), HAWQ-V3 (``hawq_v3``) and measured SQNR;
-methods: the SQNR greedy allocator, SMPQ and the ILP; plus uniform precision. Budgets:
+methods: every registered allocator (SQNR greedy, SMPQ, ILP, ...); plus uniform precision. Budgets:
 ``--budgets`` (relative BOPs), each combined with ``--budget-size`` when given (alone, a
 size budget is the only one). With ``--verify K`` (the default) every allocation has two
 rows: the method's own answer and the verified one (measured phase 2 on validation images,
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from emq.allocate.budget import Budget, relative_size
-from emq.allocate.problem import METHODS, AllocationProblem
+from emq.allocate.problem import AllocationProblem
+from emq.allocate.registry import allocator_names, get_allocator
 from emq.allocate.result import make_allocation
 from emq.allocate.sensitivity import MEASURED
 from emq.allocate.sqnr import greedy_front
@@ -35,6 +36,10 @@ COLUMNS = ("budget", "budget_bops", "budget_size", "method", "scorer", "verified
            "relative_bops", "relative_size", "test_top1", "seconds", "evaluations",
            "validation_images", "w_bits", "a_bits")  # fmt: skip
 HAWQ = "hawq_v3"
+UNIFORM = "uniform"
+# Plot markers of the built-in methods; any other registered method takes the next spare one.
+MARKERS = {"sqnr": "o", "smpq": "s", "ilp": "^", UNIFORM: "x"}
+SPARE_MARKERS = ("D", "v", "P", "*", "X", "<", ">", "h", "p", "d")
 DEFAULT_BUDGETS = "0.25,0.35,0.5"
 
 
@@ -85,6 +90,25 @@ class _Measured:
         return self.memo[key]
 
 
+def check_methods(methods: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``methods`` (default: every registered allocator), each one registered."""
+    names = allocator_names() if methods is None else tuple(methods)
+    for name in names:
+        get_allocator(name)  # a clear error naming the registered ones
+    return names
+
+
+def row_methods(rows: Sequence[dict]) -> list[str]:
+    """The allocators of the comparison rows, in row order (uniform precision left out)."""
+    return [m for m in dict.fromkeys(r["method"] for r in rows) if m != UNIFORM]
+
+
+def method_markers(methods: Sequence[str]) -> dict[str, str]:
+    """A plot marker per method: the built-ins keep theirs, others take the spare ones."""
+    spare = iter(SPARE_MARKERS * (1 + len(methods) // len(SPARE_MARKERS)))
+    return {m: MARKERS[m] if m in MARKERS else next(spare) for m in methods}
+
+
 def budget_name(bops: float | None, size: float | None) -> str:
     """``"0.35"``, ``"size 0.5"`` or ``"0.35 + size 0.5"`` (the table's budget column)."""
     parts = [f"{bops:g}"] if bops is not None else []
@@ -97,17 +121,21 @@ def compare_rows(
     budgets: Sequence[tuple[float | None, float | None]],
     measured,
     verify: int = 0,
+    methods: Sequence[str] | None = None,
 ) -> list[dict]:
     """One row per budget x (uniform, method x scorer [, verified]).
 
-    ``budgets``: ``(relative BOPs, weight size as a fraction of W8)`` pairs, ``None`` = free.
+    ``methods``: registered allocators (default: every one, in registration order), each
+    checked before any allocation runs. ``budgets``: ``(relative BOPs, weight size as a
+    fraction of W8)`` pairs, ``None`` = free.
     With ``verify=K`` each allocation gives two rows: the method's own answer and the
     verified one (``emq.allocate.verify``), whose time and evaluations include the race.
     """
+    methods = check_methods(methods)
     rows = []
     for bops, size in budgets:
         allocs = [(problem.uniform(bops, size), False)]
-        for method in METHODS:
+        for method in methods:
             for label, spec in scorers.items():
                 alloc = problem.allocate(
                     method, spec, budget_bops=bops, budget_size=size, verify=verify
@@ -188,8 +216,8 @@ def verdicts(rows: Sequence[dict], proxy: str) -> list[str]:
     bound = 0.3 if verified else 0.5
     for budget in dict.fromkeys(r["budget"] for r in rows):
         at = {(r["method"], r["scorer"], r["verified"]): r for r in rows if r["budget"] == budget}
-        uni = at[("uniform", "-", False)]
-        for method in METHODS:
+        uni = at[(UNIFORM, "-", False)]
+        for method in row_methods(rows):
             p, m = at[(method, proxy, verified)], at[(method, MEASURED, verified)]
             ok_u = p["test_top1"] >= uni["test_top1"]
             gap = p["test_top1"] - m["test_top1"]
@@ -234,7 +262,9 @@ def plot_compare(
     for label, curve in fronts.items():
         xs, ys = zip(*curve, strict=True)
         ax.plot(xs, ys, "--", lw=1, label=f"SQNR front ({label})")
-    for method in (*METHODS, "uniform"):
+    methods = [*row_methods(rows), UNIFORM]
+    markers = method_markers(methods)
+    for method in methods:
         for scorer in sorted({r["scorer"] for r in rows if r["method"] == method}):
             for verified in (False, True):
                 pts = sorted((r["relative_bops"], r["test_top1"]) for r in rows
@@ -243,7 +273,7 @@ def plot_compare(
                 if not pts:
                     continue
                 xs, ys = zip(*pts, strict=True)
-                marker = {"sqnr": "o", "smpq": "s", "ilp": "^", "uniform": "x"}[method]
+                marker = markers[method]
                 if verified:  # verified points: large hollow markers, solid line
                     ax.plot(xs, ys, marker=marker, ms=10, mfc="none", mew=1.8, lw=1.5,
                             label=f"{method} / {scorer}, verified")  # fmt: skip
@@ -280,6 +310,7 @@ def run_compare(args: argparse.Namespace) -> dict:
         budgets = [(b, size) for b in bops]
     label = "proxy:" + problem.scorer_name(proxy)
     scorers = {label: proxy, HAWQ: HAWQ, MEASURED: MEASURED}
+    methods = check_methods()
     for bops_, size_ in budgets:  # validate every budget before any expensive work
         problem.check_budget(Budget(bops_, size_), str(getattr(args, "budget_size", "")))
         problem.uniform(bops_, size_)
@@ -287,7 +318,7 @@ def run_compare(args: argparse.Namespace) -> dict:
     setup = problem.prepare()
     measured = _Measured(problem)
     verify = getattr(args, "verify", 0)
-    rows = compare_rows(problem, scorers, budgets, measured, verify)
+    rows = compare_rows(problem, scorers, budgets, measured, verify, methods)
     fronts = sqnr_fronts(problem, scorers, args.front_points, measured)
     fp = problem.fp_accuracy("test")
     out = Path(args.out) if args.out else default_out(args.model)

@@ -168,6 +168,23 @@ def layer_bits(
     return w, a
 
 
+def group_choice(
+    groups: Sequence[QuantizerGroup], w_bits: Sequence[int], a_bits: Sequence[int]
+) -> tuple[int, ...]:
+    """The choice (candidate index per group) of per-layer bits: ``layer_bits`` inverted."""
+    choice = []
+    for g in groups:
+        bits = {(int(w_bits[i]), int(a_bits[i])) for i in g.layers}
+        if len(bits) != 1 or next(iter(bits)) not in g.candidates:
+            found = ", ".join(candidate_name(b) for b in sorted(bits))
+            raise ValueError(
+                f"quantizer group {g.name!r} got {found}: expected one of its candidates "
+                f"{', '.join(candidate_name(c) for c in g.candidates)} for all its layers"
+            )
+        choice.append(g.candidates.index(next(iter(bits))))
+    return tuple(choice)
+
+
 def group_costs(groups: Sequence[QuantizerGroup], macs: Sequence[int]) -> list[np.ndarray]:
     """Relative BOPs (vs W8A8 everywhere) contributed by each group at each candidate.
 
