@@ -1,4 +1,4 @@
-"""Tests for ``emq allocate`` (emq.allocate.cli / problem / compare) on a tiny user model."""
+"""Tests for ``emq allocate`` (emq.commands.allocate / problem / compare) on a tiny user model."""
 
 from __future__ import annotations
 

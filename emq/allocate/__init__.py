@@ -14,8 +14,11 @@ allocate --method`` and ``--compare`` take every registered one.
 * ``verify``: the measured phase 2 of any method (candidates raced on validation images);
 * ``problem``: a model with its groups, simulator and data, running any allocator;
 * ``result``: the ``Allocation`` record and the data allocations are judged on;
-* ``compare``: every method x scorer at fixed budgets, table and plot;
-* ``cli``: ``emq allocate``.
+* ``compare``: every method x scorer at fixed budgets (``emq allocate --compare``);
+* ``rounding``: nearest vs AdaRound, fixed and mixed precision (``--compare-rounding``).
+
+The command is ``emq.commands.allocate`` (options in, built objects to the library), the
+tables and plot ``emq.reports.allocate``.
 """
 
 # isort: off

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.ptq import DEFAULT_BITS, SUPPORTED_BITS
+from emq.schemas import GROUPS_SCHEMA, read_document
 
 Candidate = tuple[int, int]  # (weight bits, activation bits)
 _CAND_TEXT = re.compile(r"^[Ww](\d+)[Aa](\d+)$")
@@ -146,8 +147,6 @@ def load_groups(
     path: Path | str, layer_names: Sequence[str], fallback: Sequence[Candidate] | None = None
 ) -> list[QuantizerGroup]:
     """Quantizer groups from a JSON file, validated against the model's layer names."""
-    from emq.schemas import GROUPS_SCHEMA, read_document
-
     spec = read_document(path, GROUPS_SCHEMA, "groups file")
     try:
         return groups_from_spec(spec, layer_names, fallback)
