@@ -94,3 +94,14 @@ def vgg_bench_copy(tmp_path_factory):
     con.execute("VACUUM")
     con.close()
     return path
+
+
+@pytest.fixture
+def allocate_env(monkeypatch, tmp_path):
+    """For ``emq allocate`` tests: no traceback mode, a private cache, one thread."""
+    monkeypatch.delenv("EMQ_DEBUG", raising=False)
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from allocate_tiny import tiny_net
 
 from emq.allocate.budget import MB, Budget, SizeSpec, group_sizes, parse_size
@@ -20,15 +19,7 @@ from emq.cli import main
 MODEL = "allocate_tiny:tiny_net"
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """No traceback mode, a private cache, one thread."""
-    monkeypatch.delenv("EMQ_DEBUG", raising=False)
-    monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("allocate_env")  # conftest: private cache, one thread
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,10 @@
-"""Tests for ``emq allocate`` (emq.allocate.cli / problem / compare) on a tiny user model."""
+"""Tests for ``emq allocate`` (emq.commands.allocate / problem / compare) on a tiny user model."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
 
 from emq.cli import main
 
@@ -13,15 +12,7 @@ MODEL = "allocate_tiny:tiny_net"
 BASE = ["allocate", "--model", MODEL]
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """No traceback mode, a private cache, one thread."""
-    monkeypatch.delenv("EMQ_DEBUG", raising=False)
-    monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("allocate_env")  # conftest: private cache, one thread
 
 
 def run(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -63,7 +63,7 @@ def no_debug_no_work(monkeypatch):
 
     for target in ("emq.transfer.bench_campaign", "emq.transfer.run_transfer",
                    "emq.context.bench_evaluator", "emq.score.model_context",
-                   "emq.allocate.cli.build_problem", "emq.allocate.compare.run_compare",
+                   "emq.commands.allocate.build_problem", "emq.commands.allocate.run_compare",
                    "benchmark.bench._build_locked", "emq.export.export_proxy"):  # fmt: skip
         monkeypatch.setattr(target, heavy)
 

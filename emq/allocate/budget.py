@@ -22,6 +22,7 @@ import numpy as np
 
 from emq.allocate.groups import QuantizerGroup, group_costs
 
+DEFAULT_BUDGETS = (0.25, 0.35, 0.5)  # relative BOPs budgets of the comparisons
 MB = 2**20  # bytes in a megabyte, as HAWQ-V3 / OMPQ report model size
 EPS = 1e-12
 MAX_FRACTION = 2.0  # W16 everywhere, the widest supported weight

@@ -1,8 +1,8 @@
 """``emq allocate --compare``: every method x scorer at fixed relative BOPs budgets.
 
 Scorers: the best exported proxy (``--proxy``), HAWQ-V3 (``hawq_v3``) and measured SQNR;
-methods: the SQNR greedy allocator, SMPQ and the ILP; plus uniform precision. Budgets:
-``--budgets`` (relative BOPs), each combined with ``--budget-size`` when given (alone, a
+methods: every registered allocator (SQNR greedy, SMPQ, ILP, ...), plus uniform precision.
+Budgets: ``--budgets`` (relative BOPs), each combined with ``--budget-size`` when given (alone, a
 size budget is the only one). With ``--verify K`` (the default) every allocation has two
 rows: the method's own answer and the verified one (measured phase 2 on validation images,
 its time and evaluations included); the plot marks verified points with large hollow
@@ -13,63 +13,40 @@ computed once before any timing (the quantizer's set-up, shared by every scorer 
 configuration). Writes ``compare.csv``, ``compare.json`` and ``compare.png`` (accuracy vs
 BOPs: the bench's configurations as dots, each scorer's SQNR front - ``--front-points``
 points measured on the test set - and each method x scorer's allocations at the budgets).
+The command (``emq.commands.allocate``) builds the problem and prints; the table and the
+plot are ``emq.reports.allocate``'s.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from emq.allocate.budget import Budget, relative_size
-from emq.allocate.problem import METHODS, AllocationProblem
+from benchmark.bench import Bench, BenchError, default_bench
+from emq.allocate.budget import DEFAULT_BUDGETS, Budget, relative_size
+from emq.allocate.groups import layer_bits
+from emq.allocate.problem import AllocationProblem
+from emq.allocate.registry import allocator_names, get_allocator
 from emq.allocate.result import make_allocation
 from emq.allocate.sensitivity import MEASURED
 from emq.allocate.sqnr import greedy_front
+from emq.baselines import BASELINES
+from emq.reports.allocate import COMPARE_COLUMNS, UNIFORM, plot_compare, row_methods
+from emq.reports.common import write_csv, write_json
 
-COLUMNS = ("budget", "budget_bops", "budget_size", "method", "scorer", "verified",
-           "relative_bops", "relative_size", "test_top1", "seconds", "evaluations",
-           "validation_images", "w_bits", "a_bits")  # fmt: skip
 HAWQ = "hawq_v3"
-DEFAULT_BUDGETS = "0.25,0.35,0.5"
 
 
 def check_proxy(spec: str) -> str:
     """The proxy spec if it is a baseline name or an existing file/folder, else a clear error."""
-    from emq.baselines import BASELINES
-
     if spec in BASELINES or spec == "default" or Path(spec).exists():
         return spec
     raise ValueError(
         f"best exported proxy {spec} not found: export a campaign's proxy there "
         "(emq export RUN) or pass --proxy FILE|RUN_DIR|BASELINE"
     )
-
-
-def parse_budgets(text: str | Sequence[float]) -> list[float]:
-    """``"0.25,0.35,0.5"`` (or the parsed ``--budgets``) as floats (clear error otherwise)."""
-    if not isinstance(text, str):
-        return [float(b) for b in text]
-    try:
-        budgets = [float(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise ValueError(f"--budgets must be comma-separated numbers, got {text!r}") from None
-    if not budgets:
-        raise ValueError("--budgets is empty")
-    return budgets
-
-
-def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
-    """Rows as a CSV file (its folder created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 class _Measured:
@@ -85,6 +62,14 @@ class _Measured:
         return self.memo[key]
 
 
+def check_methods(methods: Sequence[str] | None = None) -> tuple[str, ...]:
+    """``methods`` (default: every registered allocator), each one registered."""
+    names = allocator_names() if methods is None else tuple(methods)
+    for name in names:
+        get_allocator(name)  # a clear error naming the registered ones
+    return names
+
+
 def budget_name(bops: float | None, size: float | None) -> str:
     """``"0.35"``, ``"size 0.5"`` or ``"0.35 + size 0.5"`` (the table's budget column)."""
     parts = [f"{bops:g}"] if bops is not None else []
@@ -97,17 +82,21 @@ def compare_rows(
     budgets: Sequence[tuple[float | None, float | None]],
     measured,
     verify: int = 0,
+    methods: Sequence[str] | None = None,
 ) -> list[dict]:
     """One row per budget x (uniform, method x scorer [, verified]).
 
-    ``budgets``: ``(relative BOPs, weight size as a fraction of W8)`` pairs, ``None`` = free.
+    ``methods``: registered allocators (default: every one, in registration order), each
+    checked before any allocation runs. ``budgets``: ``(relative BOPs, weight size as a
+    fraction of W8)`` pairs, ``None`` = free.
     With ``verify=K`` each allocation gives two rows: the method's own answer and the
     verified one (``emq.allocate.verify``), whose time and evaluations include the race.
     """
+    methods = check_methods(methods)
     rows = []
     for bops, size in budgets:
         allocs = [(problem.uniform(bops, size), False)]
-        for method in METHODS:
+        for method in methods:
             for label, spec in scorers.items():
                 alloc = problem.allocate(
                     method, spec, budget_bops=bops, budget_size=size, verify=verify
@@ -146,8 +135,6 @@ def sqnr_fronts(
     problem: AllocationProblem, scorers: dict[str, str], points: int, measured
 ) -> dict[str, list[tuple[float, float]]]:
     """``points`` evenly spaced points of each scorer's greedy front, measured on test."""
-    from emq.allocate.groups import layer_bits
-
     out = {}
     for label, spec in scorers.items():
         front = greedy_front(problem.sensitivity(spec), problem.macs)
@@ -162,8 +149,6 @@ def sqnr_fronts(
 
 def bench_dots(model: str, macs: Sequence[int], rounding: str = "nearest") -> np.ndarray:
     """(relative BOPs, top-1) of the shipped bench's configurations (empty when none)."""
-    from benchmark.bench import Bench, BenchError, default_bench
-
     try:  # user models (module:factory) have no shipped bench
         path = default_bench(model)
         if rounding != "nearest":
@@ -188,8 +173,8 @@ def verdicts(rows: Sequence[dict], proxy: str) -> list[str]:
     bound = 0.3 if verified else 0.5
     for budget in dict.fromkeys(r["budget"] for r in rows):
         at = {(r["method"], r["scorer"], r["verified"]): r for r in rows if r["budget"] == budget}
-        uni = at[("uniform", "-", False)]
-        for method in METHODS:
+        uni = at[(UNIFORM, "-", False)]
+        for method in row_methods(rows):
             p, m = at[(method, proxy, verified)], at[(method, MEASURED, verified)]
             ok_u = p["test_top1"] >= uni["test_top1"]
             gap = p["test_top1"] - m["test_top1"]
@@ -204,111 +189,57 @@ def verdicts(rows: Sequence[dict], proxy: str) -> list[str]:
     return lines
 
 
-def format_rows(rows: Sequence[dict]) -> str:
-    """Aligned text table of the comparison."""
-    header = ("budget", "method", "scorer", "verified", "rel BOPs", "rel size", "top-1 %",
-              "time s", "evals", "val images")  # fmt: skip
-    body = [
-        (r["budget"], r["method"], r["scorer"], "yes" if r["verified"] else "-",
-         f"{r['relative_bops']:.4f}", f"{r['relative_size']:.4f}", f"{r['test_top1']:.2f}",
-         f"{r['seconds']:.2f}", str(r["evaluations"]), str(r["validation_images"]))
-        for r in rows
-    ]  # fmt: skip
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in
-             [header, *body]]  # fmt: skip
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+def compare_budgets(
+    bops: Sequence[float] | None = None, size: float | None = None
+) -> list[tuple[float | None, float | None]]:
+    """``(relative BOPs, weight size)`` pairs: each BOPs budget (default ``DEFAULT_BUDGETS``)
+    with the size budget, or the size budget alone when only it is given."""
+    if bops is None and size is not None:
+        return [(None, size)]
+    return [(float(b), size) for b in (DEFAULT_BUDGETS if bops is None else bops)]
 
 
-def plot_compare(
-    rows: Sequence[dict], fronts: dict, dots: np.ndarray, fp_top1: float, path: Path, title: str
-) -> None:
-    """Accuracy vs relative BOPs (Agg, no pyplot)."""
-    from matplotlib.figure import Figure
+def run_compare(
+    problem: AllocationProblem,
+    proxy: str,
+    budgets: Sequence[tuple[float | None, float | None]],
+    out: Path,
+    front_points: int = 6,
+    verify: int = 0,
+    methods: Sequence[str] | None = None,
+    size_text: str = "",
+) -> dict:
+    """Every method x scorer at ``budgets`` on ``problem``: ``compare.csv``, ``compare.json``
+    and ``compare.png`` under ``out``; returns the JSON document.
 
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.subplots()
-    if len(dots):
-        ax.scatter(dots[:, 0], dots[:, 1], s=6, c="0.75", label="bench configurations")
-    for label, curve in fronts.items():
-        xs, ys = zip(*curve, strict=True)
-        ax.plot(xs, ys, "--", lw=1, label=f"SQNR front ({label})")
-    for method in (*METHODS, "uniform"):
-        for scorer in sorted({r["scorer"] for r in rows if r["method"] == method}):
-            for verified in (False, True):
-                pts = sorted((r["relative_bops"], r["test_top1"]) for r in rows
-                             if r["method"] == method and r["scorer"] == scorer
-                             and r["verified"] == verified)  # fmt: skip
-                if not pts:
-                    continue
-                xs, ys = zip(*pts, strict=True)
-                marker = {"sqnr": "o", "smpq": "s", "ilp": "^", "uniform": "x"}[method]
-                if verified:  # verified points: large hollow markers, solid line
-                    ax.plot(xs, ys, marker=marker, ms=10, mfc="none", mew=1.8, lw=1.5,
-                            label=f"{method} / {scorer}, verified")  # fmt: skip
-                else:
-                    ax.plot(
-                        xs,
-                        ys,
-                        marker=marker,
-                        ms=5,
-                        lw=1,
-                        ls="--" if any(r["verified"] for r in rows) else "-",
-                        label=f"{method} / {scorer}",
-                    )
-    ax.axhline(fp_top1, color="k", lw=0.8, ls=":", label="full precision")
-    ax.set_xlabel("relative BOPs (vs W8A8)")
-    ax.set_ylabel("PTQ top-1 (%), test set")
-    ax.set_title(title)
-    ax.set_ylim(bottom=max(0.0, min(r["test_top1"] for r in rows) - 5))
-    ax.legend(fontsize=7, loc="lower right")
-    fig.savefig(path, dpi=110)
-
-
-def run_compare(args: argparse.Namespace) -> dict:
-    """The ``--compare`` command: table, CSV, JSON and PNG under ``--out``."""
-    from emq.allocate.cli import build_problem, default_out
-
-    proxy = check_proxy(args.proxy)
-    problem = build_problem(args, cache=False)
-    size = problem.size_fraction(getattr(args, "budget_size", None))
-    if args.budgets is None and size is not None:
-        budgets = [(None, size)]  # the size budget alone
-    else:
-        bops = parse_budgets(args.budgets if args.budgets is not None else DEFAULT_BUDGETS)
-        budgets = [(b, size) for b in bops]
+    ``problem`` should have its phase-1 cache off (``cache=False``) so the times are cold;
+    ``budgets``: ``compare_budgets``' pairs; ``methods``: registered allocators (default
+    every one); ``size_text``: the size budget as the user gave it (for messages). The
+    proxy, the methods and every budget are checked before any expensive work.
+    """
+    proxy = check_proxy(proxy)
+    methods = check_methods(methods)
     label = "proxy:" + problem.scorer_name(proxy)
     scorers = {label: proxy, HAWQ: HAWQ, MEASURED: MEASURED}
     for bops_, size_ in budgets:  # validate every budget before any expensive work
-        problem.check_budget(Budget(bops_, size_), str(getattr(args, "budget_size", "")))
+        problem.check_budget(Budget(bops_, size_), size_text)
         problem.uniform(bops_, size_)
     # Q_b(W) of every candidate once, before any timing: shared by all scorers and configs.
     setup = problem.prepare()
     measured = _Measured(problem)
-    verify = getattr(args, "verify", 0)
-    rows = compare_rows(problem, scorers, budgets, measured, verify)
-    fronts = sqnr_fronts(problem, scorers, args.front_points, measured)
+    rows = compare_rows(problem, scorers, budgets, measured, verify, methods)
+    fronts = sqnr_fronts(problem, scorers, front_points, measured)
     fp = problem.fp_accuracy("test")
-    out = Path(args.out) if args.out else default_out(args.model)
-    write_csv(out / "compare.csv", COLUMNS, rows)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
     lines = verdicts(rows, label)
-    doc = {"model": args.model, "rounding": problem.rounding, "proxy": proxy, "fp_top1": fp,
+    doc = {"model": problem.name, "rounding": problem.rounding, "proxy": proxy, "fp_top1": fp,
            "budgets": [budget_name(b, s_) for b, s_ in budgets], "verify": verify,
            "quantizer_setup_seconds": setup,
            "rows": rows, "fronts": fronts, "targets": lines}  # fmt: skip
-    (out / "compare.json").write_text(json.dumps(doc, indent=2) + "\n")
-    plot_compare(rows, fronts, bench_dots(args.model, problem.macs, problem.rounding), fp,
-                 out / "compare.png", f"{args.model} ({problem.rounding} rounding): allocators "
+    write_json(out / "compare.json", doc)
+    plot_compare(rows, fronts, bench_dots(problem.name, problem.macs, problem.rounding), fp,
+                 out / "compare.png", f"{problem.name} ({problem.rounding} rounding): allocators "
                  "at fixed BOPs budgets")  # fmt: skip
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"{args.model}: FP top-1 {fp:.2f} %, proxy {proxy}; PTQ top-1 on the test set")
-        print(f"Q_b(W) of every candidate computed once in {setup:.2f} s before timing "
-              "(shared by every scorer and configuration)")  # fmt: skip
-        print(format_rows(rows))
-        print()
-        print("\n".join(lines))
-        print(f"\nwrote {out / 'compare.csv'}, {out / 'compare.json'}, {out / 'compare.png'}")
     return doc

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.ptq import DEFAULT_BITS, SUPPORTED_BITS
+from emq.schemas import GROUPS_SCHEMA, read_document
 
 Candidate = tuple[int, int]  # (weight bits, activation bits)
 _CAND_TEXT = re.compile(r"^[Ww](\d+)[Aa](\d+)$")
@@ -146,8 +147,6 @@ def load_groups(
     path: Path | str, layer_names: Sequence[str], fallback: Sequence[Candidate] | None = None
 ) -> list[QuantizerGroup]:
     """Quantizer groups from a JSON file, validated against the model's layer names."""
-    from emq.schemas import GROUPS_SCHEMA, read_document
-
     spec = read_document(path, GROUPS_SCHEMA, "groups file")
     try:
         return groups_from_spec(spec, layer_names, fallback)
@@ -166,6 +165,23 @@ def layer_bits(
     if 0 in w:
         raise ValueError("the quantizer groups do not cover every layer")
     return w, a
+
+
+def group_choice(
+    groups: Sequence[QuantizerGroup], w_bits: Sequence[int], a_bits: Sequence[int]
+) -> tuple[int, ...]:
+    """The choice (candidate index per group) of per-layer bits: ``layer_bits`` inverted."""
+    choice = []
+    for g in groups:
+        bits = {(int(w_bits[i]), int(a_bits[i])) for i in g.layers}
+        if len(bits) != 1 or next(iter(bits)) not in g.candidates:
+            found = ", ".join(candidate_name(b) for b in sorted(bits))
+            raise ValueError(
+                f"quantizer group {g.name!r} got {found}: expected one of its candidates "
+                f"{', '.join(candidate_name(c) for c in g.candidates)} for all its layers"
+            )
+        choice.append(g.candidates.index(next(iter(bits))))
+    return tuple(choice)
 
 
 def group_costs(groups: Sequence[QuantizerGroup], macs: Sequence[int]) -> list[np.ndarray]:

@@ -19,6 +19,7 @@ program solved again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from emq.allocate.budget import check_size_budget, group_sizes
 from emq.allocate.groups import group_costs, layer_bits
+from emq.allocate.registry import AllocationRequest, allocator
+from emq.allocate.result import Allocation
 from emq.allocate.sensitivity import SensitivityTable
 from emq.allocate.sqnr import EPS, check_bops_budget
 
@@ -171,3 +174,15 @@ def allocate_ilp(
     rel = float(sum(c[k] for c, k in zip(costs, choice, strict=True)))
     sens = float(sum(v[k] for v, k in zip(table.values, choice, strict=True)))
     return IlpResult(choice, w, a, rel, sens, tuple(choices[1:]))
+
+
+@allocator("ilp", doc="ILP (HAWQ-V3): exact least total sensitivity within the budget")
+def ilp_allocator(request: AllocationRequest) -> Allocation:
+    """``allocate_ilp`` on the request's table and budget."""
+    start = time.perf_counter()
+    res = allocate_ilp(
+        request.table, request.macs, request.budget.bops, request.budget.size, request.weights
+    )
+    return request.allocation(
+        res.choice, time.perf_counter() - start, 0, total_sensitivity=res.sensitivity
+    )

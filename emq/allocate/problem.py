@@ -2,9 +2,9 @@
 
 ``AllocationProblem`` ties the pieces together for the CLI and the comparison: phase 1
 from any scorer spec (``sqnr-measured``, a baseline name, a proxy JSON or a run folder),
-the SQNR, SMPQ and ILP allocators under a BOPs and/or weight-size budget or an accuracy
-target, the measured phase 2 (``verify``), uniform precision, and measured accuracy with
-the bench's settings.
+any registered allocator (``emq.allocate.registry``: SQNR, SMPQ, ILP, ...) under a BOPs
+and/or weight-size budget or an accuracy target, the measured phase 2 (``verify``), uniform
+precision, and measured accuracy with the bench's settings.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,12 +21,11 @@ from torch import nn
 
 from benchmark.adaround import AdaRoundSettings
 from benchmark.data import load_split
-from benchmark.ptq import DEFAULT_BITS, QuantSim, layer_table, relative_bops
+from benchmark.ptq import DEFAULT_BITS, QuantSim, layer_table, quantizable_layers, relative_bops
 from emq.allocate.budget import (
     Budget,
     SizeSpec,
     check_size_budget,
-    group_sizes,
     relative_size,
     size_mb,
 )
@@ -33,10 +33,17 @@ from emq.allocate.groups import (
     QuantizerGroup,
     default_candidates,
     default_groups,
+    group_choice,
     layer_bits,
     load_groups,
 )
 from emq.allocate.ilp import allocate_ilp
+from emq.allocate.registry import (
+    AllocationRequest,
+    allocator_names,
+    check_options,
+    get_allocator,
+)
 from emq.allocate.result import (
     CALIB_IMAGES,
     CALIB_SEED,
@@ -57,24 +64,21 @@ from emq.allocate.sensitivity import (
     measured_sensitivity,
     scorer_sensitivity,
 )
-from emq.allocate.smpq import (
-    BETA,
-    PERMUTATIONS,
-    THRESHOLD,
-    XI,
-    accuracy_value,
-    allocate_smpq,
-    table_value,
-)
-from emq.allocate.sqnr import SEARCHES, allocate_sqnr, check_bops_budget, greedy_front
+from emq.allocate.sqnr import check_bops_budget, greedy_front
 from emq.allocate.verify import Candidate, candidate_pool, chunk_bounds, uniform_choices, verify
 from emq.scorers import resolve_scorer
 from emq.scoring import ScoreContext, scorer_inputs
 from primitives.inputs import InputSettings
 
-METHODS = ("sqnr", "smpq", "ilp")
 SQNR_IMAGES = 256  # calibration images whose output SQNR phase 1 measures (as in the paper)
 SCORER_IMAGES = 128  # calibration batch of training-free scorers (emq score's default)
+
+
+def __getattr__(name: str) -> Any:
+    # METHODS: the registered allocators' names, read when asked (a later registration shows)
+    if name == "METHODS":
+        return allocator_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -120,8 +124,6 @@ class AllocationProblem:
         **kwargs,
     ) -> AllocationProblem:
         """Default groups (one per layer, ``W{bits}A8``) or the groups of a JSON file."""
-        from benchmark.ptq import quantizable_layers
-
         names = [n for n, _ in quantizable_layers(model)]
         fallback = default_candidates(bits)
         groups = (
@@ -229,29 +231,24 @@ class AllocationProblem:
         scorer: str,
         budget_bops: float | None = None,
         accuracy_target: float | None = None,
-        search: str = "interpolation",
-        smpq_value: str = "table",
-        lam: float | None = None,
-        permutations: int = PERMUTATIONS,
-        threshold: float | None = THRESHOLD,
-        beta: float = BETA,
-        xi: float = XI,
-        seed: int = 0,
         budget_size: float | None = None,
         verify: int = 0,
+        **options: Any,
     ) -> Allocation:
-        """Run one allocator; ``seconds`` covers phase 1 (when not cached) and phase 2.
+        """Run one registered allocator; ``seconds`` covers phase 1 (when not cached) and 2.
 
+        ``method``: a name of ``emq.allocate.registry`` (unknown: an error before any work).
+        ``options``: allocator options (``search`` for SQNR; ``smpq_value``, ``lam``,
+        ``permutations``, ``threshold``, ``beta``, ``xi``, ``seed`` for SMPQ; ...): each
+        allocator takes those it declares, the rest are other methods' and ignored.
         ``budget_size``: weight memory as a fraction of W8 (``size_fraction`` converts MB).
         ``verify=K > 0`` (budgets only): measure the answer, next-best ILP solutions, greedy
         front points and every uniform configuration that fits on validation images and
         return the best measured (``emq.allocate.verify``); the unverified answer is kept in
         ``details["unverified"]`` and the race in ``details["verify"]``.
         """
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
-        if search not in SEARCHES:
-            raise ValueError(f"unknown search {search!r}: expected one of {', '.join(SEARCHES)}")
+        entry = get_allocator(method)
+        check_options(options)
         budget = Budget(budget_bops, budget_size)
         if budget and accuracy_target is not None:
             raise ValueError("give either a budget (BOPs, weight size) or an accuracy target")
@@ -263,88 +260,40 @@ class AllocationProblem:
                 f"{self.fp_accuracy('validation'):.2f} on the {self.validation_images} "
                 "validation images"
             )
-        if method in ("smpq", "ilp") and not budget:
+        if not entry.accuracy_target and not budget:
             raise ValueError(
                 f"the {method.upper()} allocator needs a budget (--budget-bops, --budget-size)"
             )
-        if smpq_value not in ("table", "accuracy"):
-            raise ValueError(f"unknown SMPQ value {smpq_value!r}: expected 'table' or 'accuracy'")
         if verify < 0:
             raise ValueError(f"--verify must be >= 0, got {verify}")
-        label = self.scorer_name(scorer)
+        options = entry.bind(options)
         table, phase1 = None, 0.0
-        if method != "smpq" or smpq_value == "table":  # SMPQ on measured accuracy needs no table
+        if entry.needs_table(options):
             cached = scorer in self._tables
             table = self.sensitivity(scorer)
             phase1 = 0.0 if cached else table.seconds
-        sizes = {"budget_size": budget_size, "weights": self.weights}
-        start = time.perf_counter()
-        if method == "sqnr":
-            res = allocate_sqnr(
-                table, self.macs, budget_bops, accuracy_target,
-                evaluate=lambda w, a: self.accuracy(w, a, "validation"), search=search,
-                fp_accuracy=None, **sizes,
-            )  # fmt: skip
-            alloc = make_allocation(
-                "sqnr", label, self.layer_names, self.macs, res.w_bits, res.a_bits,
-                phase1 + time.perf_counter() - start, table.evaluations + res.evaluations,
-                flips=res.point.flips, front_points=len(res.front), search=search,
-                phase1_seconds=phase1, phase2_evaluations=res.evaluations,
-                sensitivity_source=table.source,
-                accuracy_target=accuracy_target, budget_bops=budget_bops,
-            )  # fmt: skip
-            answer = res.point.choice
-        elif method == "ilp":
-            res = allocate_ilp(table, self.macs, budget_bops, **sizes)
-            alloc = make_allocation(
-                "ilp", label, self.layer_names, self.macs, res.w_bits, res.a_bits,
-                phase1 + time.perf_counter() - start, table.evaluations,
-                phase1_seconds=phase1, sensitivity_source=table.source,
-                total_sensitivity=res.sensitivity, budget_bops=budget_bops,
-            )  # fmt: skip
-            answer = res.choice
-        else:
-            alloc, answer = self._smpq(table, label, phase1, start, budget, smpq_value, lam,
-                                       permutations, threshold, beta, xi, seed)  # fmt: skip
+        request = AllocationRequest(
+            method, self.scorer_name(scorer), table, budget, accuracy_target, tuple(self.groups),
+            tuple(self.layer_names), tuple(self.macs), tuple(self.weights),
+            lambda w, a: self.accuracy(w, a, "validation"),
+        )  # fmt: skip
+        own = entry(request, **options)
+        answer = group_choice(self.groups, own.w_bits, own.a_bits)  # also checks the bits
+        details = {**own.details, "phase1_seconds": phase1,
+                   "sensitivity_source": table.source if table else None,
+                   "budget_bops": budget_bops}  # fmt: skip
         if budget_size is not None:
-            alloc.details["budget_size"] = budget_size
-        alloc.details.update({k: v for k, v in self.costs(alloc.w_bits, alloc.a_bits).items()
-                              if k != "relative_bops"})  # fmt: skip
+            details["budget_size"] = budget_size
+        details.update({k: v for k, v in self.costs(own.w_bits, own.a_bits).items()
+                        if k != "relative_bops"})  # fmt: skip
+        alloc = make_allocation(
+            method, own.scorer, self.layer_names, self.macs, own.w_bits, own.a_bits,
+            phase1 + own.seconds, (table.evaluations if table else 0) + own.evaluations,
+            **details,
+        )  # fmt: skip
         if verify and budget:
             return self._verified(alloc, answer, table, budget, verify)
         return alloc
-
-    def _smpq(self, table, label, phase1, start, budget, smpq_value, lam, permutations,
-              threshold, beta, xi, seed) -> tuple[Allocation, tuple[int, ...]]:  # fmt: skip
-        # lam weighs the first budgeted cost: relative BOPs, else weight size
-        penalty = None if budget.bops is not None else group_sizes(self.groups, self.weights)
-        if table is not None:
-
-            def value_of(lam_: float):
-                return table_value(table, self.macs, lam_, penalty)
-
-        else:
-            lam, label = (0.5 if lam is None else lam), "accuracy"
-
-            def value_of(lam_: float):
-                return accuracy_value(
-                    lambda w, a: self.accuracy(w, a, "validation"), self.groups, self.macs, lam_,
-                    penalty,
-                )  # fmt: skip
-
-        res = allocate_smpq(self.groups, self.macs, budget.bops, value_of, lam, permutations,
-                            threshold, beta, xi, seed, budget_size=budget.size,
-                            weights=self.weights)  # fmt: skip
-        measured = res.estimate.evaluations if smpq_value == "accuracy" else 0
-        alloc = make_allocation(
-            "smpq", label, self.layer_names, self.macs, res.w_bits, res.a_bits,
-            phase1 + time.perf_counter() - start, (table.evaluations if table else 0) + measured,
-            lam=res.lam, permutations=permutations, threshold=threshold, beta=beta, xi=xi,
-            seed=seed, value=smpq_value, truncated=res.estimate.truncated,
-            phase1_seconds=phase1, sensitivity_source=table.source if table else None,
-            budget_bops=budget.bops,
-        )  # fmt: skip
-        return alloc, res.choice
 
     # ------------------------------------------------------------------ measured phase 2
     def fits(self, budget: Budget, choice: Sequence[int]) -> bool:

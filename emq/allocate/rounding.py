@@ -4,28 +4,30 @@ The analogue of Table 4 of the practical mixed-precision paper: measured PTQ acc
 fixed precision (``W{b}A8`` everywhere) and of SQNR-allocator mixed precision at relative
 BOPs budgets, once with nearest rounding and once with AdaRound in both phases (phase-1
 sensitivities measured with AdaRounded weights; phase-2 configurations stitch the
-AdaRounded weights of each layer's bit-width). Writes ``rounding.csv`` and ``rounding.json``.
+AdaRounded weights of each layer's bit-width). Writes ``rounding.csv`` and ``rounding.json``
+(the table is ``emq.reports.allocate.format_rounding``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from torch import nn
+
+from benchmark.adaround import AdaRoundSettings
 from benchmark.ptq import relative_bops
-from emq.allocate.compare import DEFAULT_BUDGETS, parse_budgets, write_csv
 from emq.allocate.problem import AllocationProblem
 from emq.allocate.sensitivity import MEASURED
-from emq.commands.common import adaround_settings
+from emq.reports.allocate import ROUNDING_COLUMNS
+from emq.reports.common import write_csv, write_json
 
 FIXED_BITS = (2, 3, 4, 8)
-COLUMNS = ("setting", "rounding", "relative_bops", "test_top1", "seconds", "w_bits", "a_bits")
 
 
 def rounding_rows(
-    problem: AllocationProblem, budgets: list[float], fixed: tuple[int, ...] = FIXED_BITS
+    problem: AllocationProblem, budgets: Sequence[float], fixed: Sequence[int] = FIXED_BITS
 ) -> list[dict]:
     """Fixed-precision and SQNR-allocator rows of one problem (one rounding)."""
     n = len(problem.layer_names)
@@ -49,35 +51,26 @@ def rounding_rows(
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """Settings as rows, nearest and AdaRound side by side."""
-    by = {(r["setting"], r["rounding"]): r for r in rows}
-    settings = list(dict.fromkeys(r["setting"] for r in rows))
-    head = f"{'setting':<20} {'BOPs near':>9} {'top-1 near':>10} {'BOPs ada':>9} {'top-1 ada':>9}"
-    lines = [head, "-" * len(head)]
-    for s in settings:
-        n, a = by[(s, "nearest")], by[(s, "adaround")]
-        lines.append(
-            f"{s:<20} {n['relative_bops']:>9.4f} {n['test_top1']:>10.2f} "
-            f"{a['relative_bops']:>9.4f} {a['test_top1']:>9.2f}"
-        )
-    return "\n".join(lines)
+def run_rounding_compare(
+    name: str,
+    model: nn.Module,
+    budgets: Sequence[float],
+    adaround: AdaRoundSettings,
+    out: Path,
+    bits: Sequence[int] = FIXED_BITS,
+    groups_file: Path | str | None = None,
+) -> dict:
+    """Both roundings on ``model``: ``rounding.csv`` and ``rounding.json`` under ``out``.
 
-
-def run_rounding_compare(args: argparse.Namespace) -> dict:
-    """Both roundings on ``--model``: table, CSV and JSON under ``--out``."""
-    from emq.allocate.cli import default_out
-    from emq.score import build_model
-
-    budgets = parse_budgets(args.budgets if args.budgets is not None else DEFAULT_BUDGETS)
-    bits = args.bits
-    model = build_model(args.model, args.checkpoint)
-    ada = adaround_settings(argparse.Namespace(**{**vars(args), "rounding": "adaround"}))
+    ``bits``: the fixed precisions and the default groups' weight candidates; ``adaround``:
+    the AdaRound settings of the second pass. Returns the JSON document.
+    """
+    budgets = [float(b) for b in budgets]
     rows, timing = [], {}
-    for rounding, settings in (("nearest", None), ("adaround", ada)):
+    for rounding, settings in (("nearest", None), ("adaround", adaround)):
         start = time.perf_counter()
         problem = AllocationProblem.for_model(
-            args.model, model, args.groups, bits, cache=False, rounding=rounding, adaround=settings
+            name, model, groups_file, bits, cache=False, rounding=rounding, adaround=settings
         )
         for budget in budgets:  # validate every budget before any expensive work
             problem.uniform(budget)
@@ -86,15 +79,10 @@ def run_rounding_compare(args: argparse.Namespace) -> dict:
         rows += rounding_rows(problem, budgets, bits)
         timing[rounding] = time.perf_counter() - start
     fp = problem.fp_accuracy("test")
-    out = Path(args.out) if args.out else default_out(args.model)
-    write_csv(out / "rounding.csv", COLUMNS, rows)
-    doc = {"model": args.model, "fp_top1": fp, "budgets": budgets, "rows": rows,
-           "adaround": ada.to_dict(), "seconds": timing}  # fmt: skip
-    (out / "rounding.json").write_text(json.dumps(doc, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print(f"{args.model}: FP top-1 {fp:.2f} %; PTQ top-1 on the 10,000 test images")
-        print(format_table(rows))
-        print(f"\nwrote {out / 'rounding.csv'}, {out / 'rounding.json'}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "rounding.csv", ROUNDING_COLUMNS, rows)
+    doc = {"model": name, "fp_top1": fp, "budgets": budgets, "rows": rows,
+           "adaround": adaround.to_dict(), "seconds": timing}  # fmt: skip
+    write_json(out / "rounding.json", doc)
     return doc

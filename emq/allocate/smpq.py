@@ -39,7 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emq.allocate.budget import Budget, check_size_budget, group_sizes
 from emq.allocate.groups import QuantizerGroup, group_costs, layer_bits
+from emq.allocate.registry import AllocationRequest, allocator
+from emq.allocate.result import Allocation
 from emq.allocate.sensitivity import SensitivityTable
 from emq.allocate.sqnr import EPS, check_bops_budget
 
@@ -291,8 +294,6 @@ def allocate_smpq(
     ``budget_size`` is a fraction of the W8 weight memory, ``weights`` the weight elements
     per layer.
     """
-    from emq.allocate.budget import Budget, check_size_budget
-
     if budget_bops is None and budget_size is None:
         raise ValueError("the SMPQ allocator needs a BOPs or a weight-size budget")
     if budget_bops is not None:
@@ -342,3 +343,62 @@ def allocate_smpq(
     choice = repair_to_budget(est.choice, utility, costs, budget_main, extra=extra)
     w, a = layer_bits(groups, choice, len(macs))
     return SmpqResult(choice, w, a, est, float(lam), time.perf_counter() - start)
+
+
+SMPQ_VALUES = ("table", "accuracy")
+
+
+def _needs_table(options: dict) -> bool:
+    return options["smpq_value"] == "table"  # a measured-accuracy value needs no phase 1
+
+
+def _check_value(options: dict) -> None:
+    if options["smpq_value"] not in SMPQ_VALUES:
+        raise ValueError(
+            f"unknown SMPQ value {options['smpq_value']!r}: expected 'table' or 'accuracy'"
+        )
+
+
+@allocator(
+    "smpq", doc="SMPQ Shapley values (table or measured value)", needs_table=_needs_table,
+    check=_check_value,
+)  # fmt: skip
+def smpq_allocator(
+    request: AllocationRequest,
+    smpq_value: str = "table",
+    lam: float | None = None,
+    permutations: int = PERMUTATIONS,
+    threshold: float | None = THRESHOLD,
+    beta: float = BETA,
+    xi: float = XI,
+    seed: int = 0,
+) -> Allocation:
+    """``allocate_smpq`` valuing choices by the request's table or its measured accuracy.
+
+    ``lam`` weighs the first budgeted cost: relative BOPs, else weight size. On measured
+    accuracy (no table) ``lam`` defaults to 0.5 and the scorer is recorded as "accuracy".
+    """
+    _check_value({"smpq_value": smpq_value})
+    groups, macs, budget = request.groups, request.macs, request.budget
+    penalty = None if budget.bops is not None else group_sizes(groups, request.weights)
+    scorer = None
+    if smpq_value == "table":
+
+        def value_of(lam_: float):
+            return table_value(request.table, macs, lam_, penalty)
+
+    else:
+        lam, scorer = (0.5 if lam is None else lam), "accuracy"
+
+        def value_of(lam_: float):
+            return accuracy_value(request.evaluate, groups, macs, lam_, penalty)
+
+    start = time.perf_counter()
+    res = allocate_smpq(groups, macs, budget.bops, value_of, lam, permutations, threshold, beta,
+                        xi, seed, budget_size=budget.size, weights=request.weights)  # fmt: skip
+    measured = res.estimate.evaluations if smpq_value == "accuracy" else 0
+    return request.allocation(
+        res.choice, time.perf_counter() - start, measured, scorer=scorer, lam=res.lam,
+        permutations=permutations, threshold=threshold, beta=beta, xi=xi, seed=seed,
+        value=smpq_value, truncated=res.estimate.truncated,
+    )  # fmt: skip

@@ -19,6 +19,7 @@ Budget modes:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ import numpy as np
 
 from emq.allocate.budget import check_size_budget, group_sizes
 from emq.allocate.groups import QuantizerGroup, group_costs, layer_bits
+from emq.allocate.registry import AllocationRequest, allocator
+from emq.allocate.result import Allocation
 from emq.allocate.sensitivity import SensitivityTable
 
 SEARCHES = ("linear", "binary", "interpolation")
@@ -274,4 +277,30 @@ def allocate_sqnr(
     return SqnrResult(
         point, points, w, a, front.evaluations if front else 0,
         front.accuracies if front else {},
+    )  # fmt: skip
+
+
+def _check_search(options: dict) -> None:
+    if options["search"] not in SEARCHES:
+        raise ValueError(
+            f"unknown search {options['search']!r}: expected one of {', '.join(SEARCHES)}"
+        )
+
+
+@allocator(
+    "sqnr", doc="SQNR greedy Pareto front (AIMET AMP): budget or accuracy target",
+    accuracy_target=True, check=_check_search,
+)  # fmt: skip
+def sqnr_allocator(request: AllocationRequest, search: str = "interpolation") -> Allocation:
+    """``allocate_sqnr`` on the request's table; an accuracy target is searched on the front."""
+    start = time.perf_counter()
+    res = allocate_sqnr(
+        request.table, request.macs, request.budget.bops, request.accuracy_target,
+        evaluate=request.evaluate, search=search, budget_size=request.budget.size,
+        weights=request.weights,
+    )  # fmt: skip
+    return request.allocation(
+        res.point.choice, time.perf_counter() - start, res.evaluations, flips=res.point.flips,
+        front_points=len(res.front), search=search, phase2_evaluations=res.evaluations,
+        accuracy_target=request.accuracy_target,
     )  # fmt: skip

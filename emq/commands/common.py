@@ -83,6 +83,11 @@ def adaround_settings(args: argparse.Namespace) -> AdaRoundSettings | None:
     """The AdaRound settings of ``add_rounding_arguments`` options (None: nearest)."""
     if getattr(args, "rounding", None) != "adaround":
         return None
+    return adaround_knobs(args)
+
+
+def adaround_knobs(args: argparse.Namespace) -> AdaRoundSettings:
+    """The AdaRound settings of the ``--adaround-*`` options, whatever ``--rounding`` says."""
     return AdaRoundSettings(
         iterations=args.adaround_iterations, images=args.adaround_images,
         lr=args.adaround_lr, reg_weight=args.adaround_lambda,
