@@ -29,7 +29,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -38,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from platformdirs import user_cache_dir
 from torch import nn
 from tqdm import tqdm
 
+from benchmark.cache import atomic_path
+from benchmark.cache import cache_dir as cache_dir_of
 from benchmark.data import calibration_batch
 from benchmark.quantizers import (
     mse_weight_scales,
@@ -212,7 +212,7 @@ def settings_key(fingerprint: str, calib: torch.Tensor, clip_grid: int, settings
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("EMQ_CACHE") or user_cache_dir("emq")) / "adaround"
+    return cache_dir_of("adaround")
 
 
 class RoundingCache:
@@ -258,9 +258,8 @@ class RoundingCache:
             )  # fmt: skip
             arrays[f"l{layer}_b{bits}"] = np.packbits(mask.numpy().reshape(-1))
         meta = json.dumps({"key": self.key, "entries": entries})
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, meta=np.array(meta), **arrays)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path, ".npz") as tmp:
+            np.savez_compressed(tmp, meta=np.array(meta), **arrays)
 
     def __contains__(self, item: tuple[int, int]) -> bool:
         return item in self.masks

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from benchmark.cache import atomic_path, atomic_write_text
 from benchmark.data import load_split
 from benchmark.lock import exclusive, file_lock
 from benchmark.models import MODELS, TRAIN_RECIPES, check_model_name, checkpoint_path
@@ -115,9 +115,8 @@ def _train(name: str, cfg: TrainConfig, out: Path, progress: bool) -> dict:
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
     bar.close()
     acc, test_loss = evaluate(model, xt, yt)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        torch.save(model.state_dict(), tmp)
     record = {
         "model": name,
         "test_top1": round(acc, 2),
@@ -126,7 +125,5 @@ def _train(name: str, cfg: TrainConfig, out: Path, progress: bool) -> dict:
         "torch": torch.__version__,
         "config": asdict(cfg),
     }
-    tmp = out.with_name(out.stem + f".json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out.with_suffix(".json"))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     return record

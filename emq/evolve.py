@@ -13,7 +13,6 @@ import csv
 import io
 import itertools
 import json
-import os
 import random
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from benchmark.bench import Bench
+from benchmark.cache import atomic_write_text
 from benchmark.cluster import check_workers, package_version, pool, workers_can_read
 from benchmark.lock import exclusive, is_lock_file, run_folder_lock
 from emq import __version__
@@ -113,12 +113,6 @@ class CampaignSettings:
             raise ValueError(f"--population must be >= 4, got {self.population}")
         if self.offspring < 1:
             raise ValueError(f"--offspring must be >= 1, got {self.offspring}")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def campaign_identity(
@@ -262,7 +256,7 @@ class Campaign:
             return False
         self.run.mkdir(parents=True, exist_ok=True)
         info = {**self.identity(), "bench": _display(self.bench.path), "version": __version__}
-        _atomic_write(self.run / "campaign.json", json.dumps(info, indent=2))
+        atomic_write_text(self.run / "campaign.json", json.dumps(info, indent=2))
         return False
 
     def _genome_record(self, g: Genome) -> dict:
@@ -292,12 +286,12 @@ class Campaign:
             "osp": self.sampler.state(),
             "history": self.history,
         }
-        _atomic_write(self.run / "checkpoint.json", json.dumps(state))
+        atomic_write_text(self.run / "checkpoint.json", json.dumps(state))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.history)
-        _atomic_write(self.run / "log.csv", buf.getvalue())
+        atomic_write_text(self.run / "log.csv", buf.getvalue())
 
     def load(self) -> None:
         path = self.run / "checkpoint.json"
@@ -544,7 +538,7 @@ class Campaign:
         }
         if self.heldout_report is not None:
             out["heldout_models"] = self.heldout_report(expr)
-        _atomic_write(self.run / "best.json", json.dumps(_finite(out), indent=2))
+        atomic_write_text(self.run / "best.json", json.dumps(_finite(out), indent=2))
         plot_campaign(self.run, self.history, self.evaluator, expr, best.canonical)
         export_run(self.run)
         if self.startup_seconds is not None:  # a timing: printed (--json), not in best.json

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
+from benchmark.cache import atomic_path
+from benchmark.cache import cache_dir as cache_dir_of
 from benchmark.ptq import (
     CLIP_GRID,
     DEFAULT_BITS,
@@ -276,10 +277,8 @@ def compute_inputs(
 
 
 def cache_dir() -> Path:
-    """Cache folder: ``$EMQ_CACHE`` or the user's cache dir."""
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("EMQ_CACHE") or user_cache_dir("emq")) / "inputs"
+    """Cache folder: ``inputs`` under ``$EMQ_CACHE`` or the user's cache dir."""
+    return cache_dir_of("inputs")
 
 
 def cache_key(
@@ -331,19 +330,13 @@ def save_inputs(inputs: LayerInputs, path: Path) -> None:
     raw = json.dumps(header).encode()
     start = -(-(len(MAGIC) + 8 + len(raw)) // ALIGN) * ALIGN
     raw = raw.ljust(start - len(MAGIC) - 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + len(raw).to_bytes(8, "little") + raw)
-            values = (v for layer in inputs.tensors for v in layer.values())
-            for entry, value in zip(entries, values, strict=True):
-                f.seek(start + entry["offset"])
-                f.write(np.ascontiguousarray(value.detach().numpy(), dtype=DTYPE).tobytes())
-            f.truncate(start + offset)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(MAGIC + len(raw).to_bytes(8, "little") + raw)
+        values = (v for layer in inputs.tensors for v in layer.values())
+        for entry, value in zip(entries, values, strict=True):
+            f.seek(start + entry["offset"])
+            f.write(np.ascontiguousarray(value.detach().numpy(), dtype=DTYPE).tobytes())
+        f.truncate(start + offset)
 
 
 def load_inputs(path: Path) -> LayerInputs:

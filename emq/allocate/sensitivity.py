@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.cache import atomic_write_text, cache_dir
 from benchmark.ptq import QuantSim, state_fingerprint
 from emq.allocate.groups import QuantizerGroup, candidate_name
 from emq.baselines import sqnr_db
 from emq.scoring import ScoreContext
-from primitives.inputs import cache_dir
 
 MEASURED = "sqnr-measured"
 CACHE_VERSION = 1
@@ -86,7 +85,7 @@ class SensitivityTable:
 
 def allocate_cache_dir() -> Path:
     """``$EMQ_CACHE/allocate`` (or the user cache dir's ``emq/allocate``)."""
-    return cache_dir().parent / "allocate"
+    return cache_dir("allocate")
 
 
 def scorer_identity(scorer: object) -> str:
@@ -133,10 +132,7 @@ class _JsonCache:
         self.data[key] = value
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.data))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.data))
 
 
 def _cache_path(cache: Path | str | bool | None, key: str) -> Path | None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmark.cache import atomic_path, atomic_write_text
 
 
 def json_safe(value: Any) -> Any:
@@ -34,19 +35,14 @@ def clean(row: dict) -> dict:
 
 def write_json(path: Path, obj: Any) -> None:
     """``obj`` as indented JSON (``json_safe`` values), replacing ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=json_safe))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=json_safe))
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict]) -> None:
     """One CSV row per dict, in ``columns`` (a missing value is empty), replacing ``path``
     atomically."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: row.get(k, "") for k in columns})
-    os.replace(tmp, path)
