@@ -380,10 +380,10 @@ def aggregate_study(
 
     A campaign's aggregate decides which genome survives. With a fixed pool of candidates
     (``pool_formulas``: the best of the final populations of ``runs`` and the literature
-    seeds), each aggregate, for each
-    left-out model, picks the candidate with the best aggregated search-split fitness on the
-    *other* models' benches (ties: the formula's text); the pick is then judged by its
-    Spearman@topk on every configuration of the left-out model, next to the ``baselines``
+    seeds), each aggregate, for each left-out model, picks the candidate with the best
+    aggregated search-split fitness on the *other* models' benches (ties: the formula's
+    text); the pick is then judged by its Spearman@topk on every configuration of the
+    left-out model, next to the ``baselines``
     (default: every registered one; ``()``: none) on that model. Writes ``aggregates.csv`` /
     ``aggregates.json`` and, with baselines, ``transfer.csv/json/png`` (one ``evolved:AGG``
     proxy per aggregate); resumable through ``pool-scores.jsonl`` and each model's
@@ -395,6 +395,20 @@ def aggregate_study(
     if len(models) < 3:
         raise ValueError("an aggregate study needs at least three models")
     formulas = pool_formulas(runs, top)
+    # Scores kept from an earlier run are reused only for the same benches and settings.
+    plan = {"fingerprints": {m: benches[m].fingerprint for m in models},
+            "calib_images": settings.calib_images, "calib_seed": settings.calib_seed,
+            "split_seed": settings.split_seed, "inputs": list(settings.inputs)}  # fmt: skip
+    plan = json.loads(json.dumps(plan, default=str))
+    plan_path = out / "pool-plan.json"
+    if plan_path.is_file():
+        old = read_json(plan_path, "pool plan")
+        if {k: (old.get(k) if isinstance(old, dict) else None) for k in plan} != plan:
+            raise ValueError(
+                f"{out} holds pool scores of other benches or settings; use another --out"
+            )
+    else:
+        write_json(plan_path, plan)
     scores = score_pool(out, benches, formulas, settings, log)
     valid = {t for t in formulas if all(scores[m, t]["valid"] for m in models)}
     picks: list[dict] = []

@@ -227,6 +227,8 @@ def test_aggregate_study_picks_by_the_other_models_and_resumes(tmp_path, r20, mn
     (out / "pool-scores.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:9])
     again = aggregate_study(out, benches, [run], SETTINGS, baselines=BASES, log=lambda s: None)
     assert again["picks"] == doc["picks"] and again["summary"] == doc["summary"]
+    with pytest.raises(ValueError, match="other benches or settings"):
+        aggregate_study(out, benches, [run], replace(SETTINGS, calib_images=16), baselines=BASES)
     bad = ["transfer", "--pool", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]
     assert main(bad) == 2
     assert "not a campaign run folder" in capsys.readouterr().err

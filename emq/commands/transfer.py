@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
         if not (r / "checkpoint.json").is_file():
             raise ValueError(f"--pool: {r} is not a campaign run folder (no checkpoint.json)")
     out = Path(args.out)
-    check_output_folder(out, "--out", ("transfer", "leave-", "pool-scores", "aggregates"))
+    check_output_folder(out, "--out", ("transfer", "leave-", "pool-", "aggregates"))
     out.mkdir(parents=True, exist_ok=True)
     if args.pool:
         with exclusive(run_folder_lock(out), f"transfer folder {out}"):
