@@ -44,6 +44,9 @@ from benchmark.cache import atomic_path
 from benchmark.cache import cache_dir as cache_dir_of
 from benchmark.data import calibration_batch
 from benchmark.quantizers import (
+    CLIP_GRID,
+    NearestQuantizer,
+    WeightQuantizer,
     mse_weight_scales,
     quantizable_layers,
     state_fingerprint,
@@ -291,8 +294,10 @@ def calibration_images(settings: AdaRoundSettings) -> torch.Tensor:
     return calibration_batch(settings.images, settings.seed)[0]
 
 
-class AdaRounder:
+class AdaRounder(WeightQuantizer):
     """AdaRounded weights of a BN-folded model, per (layer, bit), learned once and cached.
+
+    The AdaRound ``WeightQuantizer``: ``key`` is the content key of its rounding cache.
 
     Keeps a private full-precision copy of ``folded`` (a ``QuantSim`` rewrites its own
     weights in place), so the layer inputs are always the full-precision ones.
@@ -358,10 +363,29 @@ class AdaRounder:
             if (i, int(b)) not in self.cache
         ]  # fmt: skip
 
-    def prepare(self, bits: Sequence[int], progress: bool = True) -> dict:
+    def prepare(self, bits: Sequence[int], progress: bool = False) -> dict:
         """Learn every missing (layer, bit) of ``bits``; returns timing figures."""
         todo = self.missing(bits)
         start = time.perf_counter()
         for layer, b in tqdm(todo, desc="adaround", unit="layer-bit", disable=not progress):
             self.mask(layer, b)
         return {"learned": len(todo), "seconds": time.perf_counter() - start}
+
+
+def weight_quantizer(
+    rounding: str,
+    folded: nn.Module,
+    clip_grid: int = CLIP_GRID,
+    settings: AdaRoundSettings | None = None,
+    images: torch.Tensor | None = None,
+    fingerprint: str | None = None,
+) -> WeightQuantizer:
+    """The ``Q_b(W)`` of ``folded``'s quantizable layers for ``rounding``.
+
+    The one place choosing between nearest rounding and AdaRound. ``settings``, ``images``
+    and ``fingerprint`` only concern AdaRound (see ``AdaRounder``) and are ignored for
+    nearest rounding. Raises ``ValueError`` for an unknown ``rounding``.
+    """
+    if check_rounding(rounding) == "adaround":
+        return AdaRounder(folded, clip_grid, settings, images, fingerprint=fingerprint)
+    return NearestQuantizer.of(folded, clip_grid)

@@ -377,8 +377,9 @@ def _build_locked(
         old = _read_meta(con, out)
         rounder = None
         if rounding == "adaround":
-            # Learn every (layer, bit) rounding here, once, before workers stitch them.
-            rounder = _simulator(spec)[0].rounder
+            # Learn every (layer, bit) rounding here, once, before workers stitch them
+            # (nearest rounding has nothing to learn: no simulator is built for it here).
+            rounder = _simulator(spec)[0].quantizer
             meta["adaround_cache"] = rounder.key
             rounder.prepare(spec.candidates, progress=progress)
         # On a cluster, the checkpoint, the data and the learned rounding go to the workers

@@ -7,7 +7,8 @@
 * Weights: per output channel, symmetric, MSE-clipped (``benchmark.quantizers``).
   ``Q_b(W)`` is computed once per (layer, bit) and reused.
 * Weight rounding: nearest, or AdaRound (``benchmark.adaround``) learned once per
-  (layer, bit) and stitched into any configuration.
+  (layer, bit) and stitched into any configuration; ``QuantSim.quantizer`` is the
+  ``WeightQuantizer`` that ``benchmark.adaround.weight_quantizer`` chose.
 * Activations (the input of each quantizable layer): per tensor, asymmetric, the range
   calibrated once (min/max over a calibration set of training images).
 
@@ -24,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
+from benchmark.adaround import AdaRounder, AdaRoundSettings, weight_quantizer
 from benchmark.quantizers import (
     CLIP_GRID,
     SUPPORTED_BITS,
+    WeightQuantizer,
     act_qparams,
     fake_quant_per_tensor,
     quantizable_layers,
-    quantize_weight,
     state_fingerprint,
 )
 
@@ -162,22 +163,25 @@ class QuantSim:
     act_ranges: list[tuple[float, float]] = field(init=False)
     _wq: dict[tuple[int, int], torch.Tensor] = field(init=False, default_factory=dict)
     _act: list[tuple[float, int, int] | None] = field(init=False)
-    rounder: AdaRounder | None = field(init=False, default=None)
+    quantizer: WeightQuantizer = field(init=False)
 
     def __post_init__(self) -> None:
-        check_rounding(self.rounding)
         self.folded = fold_bn(self.model, self.calib[:8])
         self.layers = quantizable_layers(self.folded)
-        if self.rounding == "adaround":
-            self.rounder = AdaRounder(
-                self.folded, self.clip_grid, self.adaround, self.adaround_images,
-                fingerprint=state_fingerprint(self.model),
-            )  # fmt: skip
+        self.quantizer = weight_quantizer(
+            self.rounding, self.folded, self.clip_grid, self.adaround, self.adaround_images,
+            fingerprint=state_fingerprint(self.model),
+        )  # fmt: skip
         self.fp_weights = [m.weight.detach().clone() for _, m in self.layers]
         self._act = [None] * len(self.layers)
         self.act_ranges = self._calibrate()
         for i, (_, m) in enumerate(self.layers):
             m.register_forward_pre_hook(self._make_hook(i))
+
+    @property
+    def rounder(self) -> AdaRounder | None:
+        """The AdaRound quantizer (its learned-rounding cache and key), else None."""
+        return self.quantizer if isinstance(self.quantizer, AdaRounder) else None
 
     @property
     def num_layers(self) -> int:
@@ -218,10 +222,7 @@ class QuantSim:
         """``Q_b(W)`` of a layer (nearest or AdaRound), computed on first use and cached."""
         key = (layer, int(bits))
         if key not in self._wq:
-            if self.rounder is not None:
-                self._wq[key] = self.rounder.weight(layer, int(bits))
-            else:
-                self._wq[key] = quantize_weight(self.fp_weights[layer], int(bits), self.clip_grid)
+            self._wq[key] = self.quantizer.weight(layer, int(bits))
         return self._wq[key]
 
     def set_config(self, w_bits: Sequence[int | None], a_bits: Sequence[int | None]) -> None:

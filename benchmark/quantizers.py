@@ -4,6 +4,10 @@
   clipping range of each channel chosen by MSE over a grid of clip ratios, vectorized over
   channels and ratios (``quantize_weight`` is ``Q_b(W)`` with nearest rounding).
 * Activations: per tensor, asymmetric (``act_qparams``, ``fake_quant_per_tensor``).
+* ``WeightQuantizer``: the one interface through which the simulator and the proxy inputs
+  get ``Q_b(W)`` of a model's quantizable layers; ``NearestQuantizer`` is its nearest-
+  rounding implementation (AdaRound's is ``benchmark.adaround.AdaRounder``, and
+  ``benchmark.adaround.weight_quantizer`` is the one place choosing between them).
 
 The bottom of the quantization stack: ``benchmark.adaround`` (learned rounding) and
 ``benchmark.ptq`` (the simulator) are built on it; it imports neither.
@@ -12,6 +16,8 @@ The bottom of the quantization stack: ``benchmark.adaround`` (learned rounding) 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -127,3 +133,53 @@ def state_fingerprint(model: nn.Module) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+class WeightQuantizer:
+    """``Q_b(W)`` of the quantizable layers of one (BN-folded) model, per (layer, bit).
+
+    ``weight(layer, bits)`` is the quantized-dequantized weight of quantizable layer
+    ``layer``; ``key`` is a content identity string for caches; ``prepare(bits)`` does any
+    up-front work (learning) for those bit-widths and returns timing figures.
+    """
+
+    key: str
+
+    def weight(self, layer: int, bits: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare(self, bits: Sequence[int], progress: bool = False) -> dict:
+        raise NotImplementedError
+
+
+class NearestQuantizer(WeightQuantizer):
+    """Nearest rounding: ``quantize_weight`` of each layer's full-precision weight.
+
+    Keeps private copies of the weights, so a simulator that rewrites its layers' weights
+    in place never changes what is quantized.
+    """
+
+    def __init__(self, weights: Sequence[torch.Tensor], clip_grid: int = CLIP_GRID):
+        self.weights = [w.detach().clone() for w in weights]
+        self.clip_grid = clip_grid
+
+    @classmethod
+    def of(cls, model: nn.Module, clip_grid: int = CLIP_GRID) -> NearestQuantizer:
+        """The nearest quantizer of ``model``'s quantizable layers (as they are now)."""
+        return cls([m.weight for _, m in quantizable_layers(model)], clip_grid)
+
+    def weight(self, layer: int, bits: int) -> torch.Tensor:
+        return quantize_weight(self.weights[layer], int(bits), self.clip_grid)
+
+    def prepare(self, bits: Sequence[int], progress: bool = False) -> dict:
+        """Nothing to learn: nearest rounding is computed on demand."""
+        return {"learned": 0, "seconds": 0.0}
+
+    @cached_property
+    def key(self) -> str:
+        """Content hash of the weights and the clip grid."""
+        h = hashlib.sha256(f"nearest:{self.clip_grid}".encode())
+        for w in self.weights:
+            h.update(str(tuple(w.shape)).encode())
+            h.update(w.cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]

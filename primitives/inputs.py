@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
+from benchmark.adaround import AdaRoundSettings, check_rounding, weight_quantizer
 from benchmark.cache import atomic_path
 from benchmark.cache import cache_dir as cache_dir_of
 from benchmark.ptq import (
@@ -32,7 +32,6 @@ from benchmark.ptq import (
     fold_bn,
     layer_table,
     quantizable_layers,
-    quantize_weight,
     state_fingerprint,
 )
 
@@ -172,7 +171,8 @@ def compute_inputs(
 
     ``quantizer(layer, bits)``, when given, supplies ``Q_b(W)`` of the folded weights with
     ``settings``' rounding and clip grid (e.g. ``QuantSim.quantized_weight``, so an allocator
-    computes each quantized weight once); otherwise it is computed here.
+    computes each quantized weight once); otherwise it comes from the ``WeightQuantizer``
+    that ``benchmark.adaround.weight_quantizer`` builds for ``settings.rounding``.
     """
     settings = settings or InputSettings()
     names = set(settings.names)
@@ -232,11 +232,11 @@ def compute_inputs(
             hess = [a / settings.hutchinson_samples for a in acc]
     virtual = _virtual_gradient(folded, tuple(x.shape[1:])) if "V" in names else None
 
-    rounder = None
-    if quantizer is None and settings.rounding == "adaround" and names & {"Wq", "E", "D"}:
-        rounder = AdaRounder(
-            folded, settings.clip_grid, settings.adaround, fingerprint=state_fingerprint(model)
-        )
+    if quantizer is None and names & {"Wq", "E", "D"}:
+        quantizer = weight_quantizer(
+            settings.rounding, folded, settings.clip_grid, settings.adaround,
+            fingerprint=state_fingerprint(model),
+        ).weight  # fmt: skip
     tensors = []
     with torch.no_grad():
         for i, (_, mod) in enumerate(layers):
@@ -255,12 +255,7 @@ def compute_inputs(
             if "V" in names:
                 t["V"] = virtual[i].unsqueeze(0)
             if names & {"Wq", "E", "D"}:
-                if quantizer is not None:
-                    wq = torch.stack([_given_quantized(quantizer, i, b, w) for b in bits])
-                elif rounder is not None:
-                    wq = torch.stack([rounder.weight(i, b) for b in bits])
-                else:
-                    wq = torch.stack([quantize_weight(w, b, settings.clip_grid) for b in bits])
+                wq = torch.stack([_given_quantized(quantizer, i, b, w) for b in bits])
                 if "Wq" in names:
                     t["Wq"] = wq
                 if "E" in names:

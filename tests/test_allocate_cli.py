@@ -228,7 +228,7 @@ def test_scorer_phase_one_reuses_the_simulators_quantized_weights(monkeypatch):
     """After ``prepare()`` a scorer's phase 1 quantizes no weight itself (Q_b(W) is shared)."""
     from allocate_tiny import tiny_net
 
-    import primitives.inputs as inputs_module
+    import benchmark.quantizers as quantizers_module
     from emq.allocate.problem import AllocationProblem
 
     problem = AllocationProblem.for_model("tiny", tiny_net(), cache=False)
@@ -238,6 +238,6 @@ def test_scorer_phase_one_reuses_the_simulators_quantized_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("phase 1 quantized a weight again")
 
-    monkeypatch.setattr(inputs_module, "quantize_weight", refuse)
+    monkeypatch.setattr(quantizers_module, "quantize_weight", refuse)
     table = problem.sensitivity("hawq_v3")
     assert len(table.values) == 3 and all(v[0] == 0 for v in table.values)

@@ -75,7 +75,7 @@ def run_rounding_compare(
         for budget in budgets:  # validate every budget before any expensive work
             problem.uniform(budget)
         if problem.sim.rounder is not None:
-            timing["adaround_cache"] = problem.sim.rounder.prepare(bits)
+            timing["adaround_cache"] = problem.sim.rounder.prepare(bits, progress=True)
         rows += rounding_rows(problem, budgets, bits)
         timing[rounding] = time.perf_counter() - start
     fp = problem.fp_accuracy("test")
