@@ -162,6 +162,17 @@ def transfer_baselines(
     return rows
 
 
+def keep_plan(path: Path, plan: dict, mismatch: str) -> None:
+    """Record what a resumable output folder holds (``plan``, JSON values), or check that
+    the recorded plan is the same; ``mismatch`` is the error when it is not."""
+    if not path.is_file():
+        write_json(path, plan)
+        return
+    old = read_json(path, path.stem.replace("-", " "))
+    if {k: (old.get(k) if isinstance(old, dict) else None) for k in plan} != plan:
+        raise ValueError(mismatch)
+
+
 def run_transfer(
     out: Path | str,
     benches: Mapping[str, Bench],
@@ -196,16 +207,11 @@ def run_transfer(
     plan = {"models": list(models), "seeds": list(seeds), "steps": steps,
             "fingerprints": [benches[m].fingerprint for m in models],
             "settings": json.loads(json.dumps(settings.__dict__, default=list))}  # fmt: skip
-    plan_path = out / "transfer-plan.json"
-    if plan_path.is_file():
-        old = read_json(plan_path, "transfer plan")
-        if {k: old.get(k) for k in plan} != plan:
-            raise ValueError(
-                f"{out} holds a transfer run of other models, seeds, steps or settings; "
-                "use another --out or the original options"
-            )
-    else:
-        write_json(plan_path, plan)
+    keep_plan(
+        out / "transfer-plan.json", plan,
+        f"{out} holds a transfer run of other models, seeds, steps or settings; "
+        "use another --out or the original options",
+    )  # fmt: skip
 
     # Campaigns first, then the baselines: the (costly, measured) baselines of a model wait
     # until every evolved result is in, so a run cut short still has all of those.
@@ -399,16 +405,10 @@ def aggregate_study(
     plan = {"fingerprints": {m: benches[m].fingerprint for m in models},
             "calib_images": settings.calib_images, "calib_seed": settings.calib_seed,
             "split_seed": settings.split_seed, "inputs": list(settings.inputs)}  # fmt: skip
-    plan = json.loads(json.dumps(plan, default=str))
-    plan_path = out / "pool-plan.json"
-    if plan_path.is_file():
-        old = read_json(plan_path, "pool plan")
-        if {k: (old.get(k) if isinstance(old, dict) else None) for k in plan} != plan:
-            raise ValueError(
-                f"{out} holds pool scores of other benches or settings; use another --out"
-            )
-    else:
-        write_json(plan_path, plan)
+    keep_plan(
+        out / "pool-plan.json", json.loads(json.dumps(plan, default=str)),
+        f"{out} holds pool scores of other benches or settings; use another --out",
+    )  # fmt: skip
     scores = score_pool(out, benches, formulas, settings, log)
     valid = {t for t in formulas if all(scores[m, t]["valid"] for m in models)}
     picks: list[dict] = []
