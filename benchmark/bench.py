@@ -40,6 +40,8 @@ from benchmark.schemas import (
 )
 
 SHIPPED = Path(__file__).resolve().parent / "benches"
+# Images in the Fashion-MNIST test split: a bench measures the first ``test_images`` of them.
+TEST_IMAGES = 10000
 # Meta keys that must agree before results may be added to an existing file.
 IDENTITY_KEYS = (
     "schema_version",
@@ -80,6 +82,7 @@ class BenchSpec:
     clip_grid: int = CLIP_GRID
     rounding: str = "nearest"
     adaround: AdaRoundSettings | None = None
+    test_images: int = TEST_IMAGES
 
     def quantizer(self) -> dict:
         extra = {}
@@ -119,6 +122,7 @@ class SimulatorInputs:
         model = load_model(spec.model, spec.checkpoint)
         calib, _ = calibration_batch(spec.calib_images, spec.calib_seed)
         x, y = load_split("test")
+        x, y = x[: spec.test_images], y[: spec.test_images]
         if rounder is None:
             return cls(spec, model, calib, x, y)
         return cls(spec, model, calib, x, y, rounder.images, dict(rounder.cache.masks))
@@ -173,7 +177,7 @@ def measure(
     source: BenchSpec | SimulatorInputs, w_bits: Sequence[int], a_bits: Sequence[int],
     threads: int = 0,
 ):  # fmt: skip
-    """Measure one configuration on the full test set: (key, top1, loss, seconds)."""
+    """Measure one configuration on the bench's test images: (key, top1, loss, seconds)."""
     if threads:
         torch.set_num_threads(threads)
     sim, x, y = _simulator(source)
@@ -288,7 +292,9 @@ def _existing_meta(path: Path) -> dict:
 
 
 def _mismatch(old: dict, new: dict) -> list[str]:
-    return [k for k in IDENTITY_KEYS if k in old and old[k] != new[k]]
+    # ``test_images`` is checked too, but is not part of the fingerprint campaigns record
+    # (every bench before the option measured all 10,000 images).
+    return [k for k in (*IDENTITY_KEYS, "test_images") if k in old and old[k] != new[k]]
 
 
 def build_bench(
@@ -304,8 +310,12 @@ def build_bench(
     rounding: str = "nearest",
     adaround: AdaRoundSettings | None = None,
     client: Any = None,
+    test_images: int = TEST_IMAGES,
 ) -> dict:
     """Measure ``n_configs`` random configurations (plus the uniform ones) into ``out``.
+
+    Top-1 and loss are measured on the first ``test_images`` images of the test split (all
+    10,000 by default; fewer make a quick, noisier bench, recorded in the file's meta).
 
     Each result is committed as it finishes; rerunning the same command resumes. Results
     are never mixed with a file whose model, data or quantizer fingerprints differ. With a
@@ -322,10 +332,13 @@ def build_bench(
         raise ValueError(f"candidate bit-widths {list(candidates)} contain duplicates")
     check_bits([act_bits], range(2, 17), "activation bit-width")
     check_rounding(rounding)
+    if not 1 <= int(test_images) <= TEST_IMAGES:
+        raise ValueError(f"--test-images must be in 1..{TEST_IMAGES}, got {test_images}")
     ckpt = Path(checkpoint or checkpoint_path(model)).resolve()
     spec = BenchSpec(
         model, str(ckpt), tuple(sorted(int(c) for c in candidates)), int(act_bits),
         rounding=rounding, adaround=adaround if rounding == "adaround" else None,
+        test_images=int(test_images),
     )  # fmt: skip
     net = load_model(model, ckpt)
     layers = layer_table(net)
@@ -340,7 +353,7 @@ def build_bench(
         "act_bits": spec.act_bits,
         "sample_seed": seed,
         "layers": [layer.to_dict() for layer in layers],
-        "test_images": 10000,
+        "test_images": spec.test_images,
     }
     out = Path(out)
     _check_extends(out, _existing_meta(out), meta, rounding)  # read-only, before the lock
@@ -590,6 +603,7 @@ class Bench:
             "candidates": list(self.candidates),
             "act_bits": self.meta["act_bits"],
             "rounding": self.rounding,
+            "test_images": self.meta["test_images"],
             "layers": len(self.layers),
             "params": int(self.params.sum()),
             "macs": int(self.macs.sum()),

@@ -19,9 +19,11 @@ from benchmark.ptq import QuantSim
 
 # Test images used where the full 10k set is not needed (first N of the test split).
 SUBSET = 2000
-# Random configurations in the shared bench: 4 uniform + BENCH_CONFIGS random rows.
+# Random configurations in the shared bench: 4 uniform + BENCH_CONFIGS random rows,
+# measured on the first BENCH_IMAGES test images (``--test-images``; shipped benches use all).
 BENCH_CONFIGS = 2
 BENCH_SEED = 0
+BENCH_IMAGES = 1000
 
 
 @pytest.fixture(scope="session")
@@ -71,14 +73,21 @@ def sim(resnet_sim) -> QuantSim:
 
 @pytest.fixture(scope="session")
 def small_bench(tmp_path_factory) -> dict:
-    """One small ResNet-20 bench file (4 uniform + 2 random configs), built once.
+    """One small ResNet-20 bench file (4 uniform + 2 random configs on 1,000 test images),
+    built once.
 
-    Returns its ``path``, the ``result`` of ``build_bench`` and the ``n_configs`` and
-    ``seed`` it was built with. Tests that modify a bench work on a copy.
+    Returns its ``path``, the ``result`` of ``build_bench`` and the ``n_configs``, ``seed``
+    and ``test_images`` it was built with (pass them on to extend it). Tests that modify a
+    bench work on a copy.
     """
     path = tmp_path_factory.mktemp("bench") / "resnet20.sqlite"
-    result = build_bench("resnet20", BENCH_CONFIGS, BENCH_SEED, path, progress=False)
-    return {"path": path, "result": result, "n_configs": BENCH_CONFIGS, "seed": BENCH_SEED}
+    result = build_bench(
+        "resnet20", BENCH_CONFIGS, BENCH_SEED, path, progress=False, test_images=BENCH_IMAGES
+    )
+    return {
+        "path": path, "result": result, "n_configs": BENCH_CONFIGS, "seed": BENCH_SEED,
+        "test_images": BENCH_IMAGES,
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -194,13 +194,14 @@ def test_input_cache_keys_of_nearest_rounding_are_unchanged():
 
 def test_adaround_bench_records_rounding_and_refuses_the_other(tmp_path, cache_env):
     out = tmp_path / "ada.sqlite"
-    result = build_bench("resnet20", 1, 0, out, rounding="adaround", progress=False)
+    result = build_bench("resnet20", 1, 0, out, rounding="adaround", progress=False,
+                         test_images=500)  # fmt: skip
     assert result["configs"] == 5
     bench = Bench.open(out)
     assert bench.rounding == "adaround" and bench.adaround == AdaRoundSettings()
     assert bench.meta["quantizer"]["adaround"]["iterations"] == AdaRoundSettings().iterations
     with pytest.raises(BenchError, match="built with --rounding adaround, not nearest"):
-        build_bench("resnet20", 1, 0, out, progress=False)
+        build_bench("resnet20", 1, 0, out, progress=False, test_images=500)
     with pytest.raises(BenchError, match="--rounding adaround"):
         bench.check_rounding("nearest")
     bench.check_rounding("adaround")

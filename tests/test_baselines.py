@@ -321,13 +321,15 @@ def test_dloss_measured_is_negated_loss_increase(tiny):
 
 @pytest.fixture(scope="module")
 def small_bench(tmp_path_factory, one_thread):
-    """A ResNet-20 bench of a random-init checkpoint: 4 uniform + 2 random configurations."""
+    """A ResNet-20 bench of a random-init checkpoint: 4 uniform + 2 random configurations
+    on the first 500 test images."""
     folder = tmp_path_factory.mktemp("baselines")
     torch.manual_seed(0)
     ckpt = folder / "resnet20-random.pt"
     torch.save(MODELS["resnet20"]().state_dict(), ckpt)
     path = folder / "bench.sqlite"
-    build_bench("resnet20", n_configs=2, seed=0, out=path, checkpoint=ckpt, progress=False)
+    build_bench("resnet20", n_configs=2, seed=0, out=path, checkpoint=ckpt, progress=False,
+                test_images=500)  # fmt: skip
     return Bench.open(path), ckpt
 
 

@@ -124,6 +124,7 @@ def test_bench_build_resumes_finished_file(small_bench, tmp_path, capsys):
     path = copy_bench(small_bench["path"], tmp_path / "copy.sqlite")
     argv = ["bench", "build", "--model", "resnet20", "--configs", str(small_bench["n_configs"])]
     argv += ["--seed", str(small_bench["seed"]), "--out", str(path), "--json"]
+    argv += ["--test-images", str(small_bench["test_images"])]
     code, out, _ = run(argv, capsys)
     assert code == 0
     assert json.loads(out) == {"path": str(path), "configs": 6, "measured": 0}
@@ -159,7 +160,8 @@ def test_bench_build_garbage_out_file(tmp_path, capsys):
 
 def test_bench_build_mismatched_seed(small_bench, tmp_path, capsys):
     path = copy_bench(small_bench["path"], tmp_path / "copy.sqlite")
-    argv = ["bench", "build", "--model", "resnet20", "--configs", "3", "--seed", "99"]
+    argv = ["bench", "build", "--model", "resnet20", "--configs", "3", "--seed", "99",
+            "--test-images", str(small_bench["test_images"])]  # fmt: skip
     assert_one_line_error(*run(argv + ["--out", str(path)], capsys), "sample_seed")
 
 
@@ -170,6 +172,8 @@ def test_bench_build_mismatched_seed(small_bench, tmp_path, capsys):
         (["--configs", "1", "--jobs", "0"], "jobs"),
         (["--configs", "1", "--bits", "2,1"], "[1]"),
         (["--configs", "1", "--act-bits", "40"], "[40]"),
+        (["--configs", "1", "--test-images", "0"], "--test-images"),
+        (["--configs", "1", "--test-images", "10001"], "--test-images"),
         (["--configs", "1", "--checkpoint", "/nonexistent/ckpt.pt"], "/nonexistent/ckpt.pt"),
     ],
 )

@@ -164,6 +164,7 @@ def test_cli_bench_build_on_cluster_equals_local_build(cluster, small_bench, tmp
     out = tmp_path / "cluster.sqlite"
     argv = ["bench", "build", "--model", "resnet20", "--configs", "0",
             "--seed", str(small_bench["seed"]), "--out", str(out),
+            "--test-images", str(small_bench["test_images"]),
             "--scheduler", cluster.scheduler_address]  # fmt: skip
     with Client(cluster) as observer, get_task_stream(observer) as stream:
         assert main(argv) == 0
@@ -216,7 +217,7 @@ def test_campaign_on_cluster_equals_local_campaign(client, evaluator, tmp_path):
 
 def test_killed_worker_loses_no_committed_result(client, small_bench, tmp_path):
     out = tmp_path / "killed.sqlite"
-    n, seed = small_bench["n_configs"], small_bench["seed"]
+    n, seed, images = small_bench["n_configs"], small_bench["seed"], small_bench["test_images"]
     total = len(sample_configs(20, n, seed))
     pids = client.run(os.getpid)
     outcome: dict = {}
@@ -224,7 +225,7 @@ def test_killed_worker_loses_no_committed_result(client, small_bench, tmp_path):
     def build() -> None:
         try:
             outcome["result"] = build_bench("resnet20", n, seed, out, progress=False,
-                                            client=client)  # fmt: skip
+                                            client=client, test_images=images)  # fmt: skip
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             outcome["error"] = exc
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from benchmark import options
-from benchmark.bench import Bench, build_bench, default_bench
+from benchmark.bench import TEST_IMAGES, Bench, build_bench, default_bench
 from benchmark.cluster import connected, scheduler_address
 from benchmark.models import HELDOUT_MODELS, MODELS
 from emq.commands.common import (
@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--bits", type=options.bit_list, default="2,3,4,8", help="weight bit candidates"
     )
     bb.add_argument("--act-bits", type=options.bits, default=8, help="activation bit-width")
+    bb.add_argument(
+        "--test-images", type=options.int_range(1, TEST_IMAGES, "a number of test images"),
+        default=TEST_IMAGES,
+        help="measure on the first N test images (default: all; fewer = a quick, noisier bench)",
+    )  # fmt: skip
     add_rounding_arguments(bb)
     bb.add_argument("--json", action="store_true")
     bi = bsub.add_parser("info", help="summarize a bench file")
@@ -56,6 +61,7 @@ def run_build(args: argparse.Namespace) -> None:
             args.model, args.configs, args.seed, args.out, jobs=args.jobs,
             checkpoint=args.checkpoint, candidates=args.bits, act_bits=args.act_bits,
             rounding=args.rounding, adaround=adaround_settings(args), client=client,
+            test_images=args.test_images,
         )  # fmt: skip
     print_json_or_table(result, args.json)
 
