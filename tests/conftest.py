@@ -12,10 +12,11 @@ import sqlite3
 import pytest
 import torch
 
-from benchmark.bench import build_bench, default_bench
+from benchmark.bench import Bench, build_bench, default_bench
 from benchmark.data import calibration_batch, load_split
 from benchmark.models import load_model
 from benchmark.ptq import QuantSim
+from emq.context import bench_evaluator
 
 # Test images used where the full 10k set is not needed (first N of the test split).
 SUBSET = 2000
@@ -24,6 +25,8 @@ SUBSET = 2000
 BENCH_CONFIGS = 2
 BENCH_SEED = 0
 BENCH_IMAGES = 1000
+# Calibration images of the proxy inputs in campaign and fitness tests (campaigns use 128).
+CALIB = 32
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +91,25 @@ def small_bench(tmp_path_factory) -> dict:
         "path": path, "result": result, "n_configs": BENCH_CONFIGS, "seed": BENCH_SEED,
         "test_images": BENCH_IMAGES,
     }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def inputs_cache(tmp_path_factory):
+    """One proxy-inputs cache folder for the whole test run: it is content-keyed, so tests
+    that need the same model's inputs with the same settings compute them once."""
+    return tmp_path_factory.mktemp("inputs-cache")
+
+
+@pytest.fixture(scope="session")
+def resnet20_bench() -> Bench:
+    """The shipped ResNet-20 bench (504 configurations)."""
+    return Bench.open(default_bench("resnet20"))
+
+
+@pytest.fixture(scope="session")
+def resnet20_evaluator(resnet20_bench, inputs_cache):
+    """An evaluator on the shipped ResNet-20 bench, every input, ``CALIB`` images."""
+    return bench_evaluator(resnet20_bench, CALIB, cache=inputs_cache)
 
 
 @pytest.fixture(scope="session")

@@ -15,28 +15,29 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.bench import Bench, default_bench
+from benchmark.bench import default_bench
 from emq.context import bench_evaluator
 from emq.evolve import Campaign, CampaignSettings, task_batches
 from emq.seeds import LITERATURE, fitting
 from primitives.inputs import INPUT_NAMES
 
-SETTINGS = CampaignSettings(population=8, offspring=4, seed=3)
+CALIB = 32  # calibration images (campaigns default to 128); as conftest.CALIB
+SETTINGS = CampaignSettings(population=8, offspring=4, seed=3, calib_images=CALIB)
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("inputs-cache")
+def cache_dir(inputs_cache):
+    return inputs_cache
 
 
 @pytest.fixture(scope="module")
-def bench():
-    return Bench.open(default_bench("resnet20"))
+def bench(resnet20_bench):
+    return resnet20_bench
 
 
 @pytest.fixture(scope="module")
-def evaluator(bench, cache_dir):
-    return bench_evaluator(bench, cache=cache_dir)
+def evaluator(resnet20_evaluator):
+    return resnet20_evaluator
 
 
 def _run(path, bench, evaluator, steps, settings=SETTINGS, jobs=1):
@@ -82,7 +83,7 @@ def test_same_seed_same_result(tmp_path, bench, evaluator, reference):
 
 
 def test_other_seed_other_result(tmp_path, bench, evaluator, reference):
-    other = CampaignSettings(population=8, offspring=4, seed=4)
+    other = replace(SETTINGS, seed=4)
     _run(tmp_path / "other", bench, evaluator, 3, other)
     assert _state(tmp_path / "other")[0] != _state(reference[0])[0]
 
@@ -119,7 +120,7 @@ def test_a_truncated_inputs_file_stops_a_parallel_campaign_and_it_resumes(
     cache.mkdir()
     src = Path(evaluator.inputs_path)
     shutil.copyfile(src, cache / src.name)
-    ev = bench_evaluator(bench, cache=cache)
+    ev = bench_evaluator(bench, CALIB, cache=cache)
     assert ev.inputs_path == str(cache / src.name)
     run = tmp_path / "run"
     _run(run, bench, ev, 1, jobs=2)
@@ -130,7 +131,7 @@ def test_a_truncated_inputs_file_stops_a_parallel_campaign_and_it_resumes(
         _run(run, bench, ev, 3, jobs=2)
     assert json.loads((run / "checkpoint.json").read_text())["step"] == 1
     (cache / src.name).unlink()  # what the error says
-    _run(run, bench, bench_evaluator(bench, cache=cache), 3, jobs=2)
+    _run(run, bench, bench_evaluator(bench, CALIB, cache=cache), 3, jobs=2)
     assert _state(run) == _state(reference[0])
 
 
@@ -138,7 +139,7 @@ def test_killed_cli_run_resumes_to_the_same_result(tmp_path, cache_dir, referenc
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "emq.cli", "evolve", "--run", str(run), "--steps", "3",
            "--population", "8", "--offspring", "4", "--seed", "3", "--models", "resnet20",
-           "--heldout", "none"]  # fmt: skip
+           "--heldout", "none", "--calib-images", str(CALIB)]  # fmt: skip
     env = {**os.environ, "EMQ_CACHE": str(cache_dir)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = run / "checkpoint.json"
@@ -161,7 +162,7 @@ def test_run_folder_of_other_settings_is_refused(tmp_path, bench, evaluator, ref
     copy = tmp_path / "copy"
     shutil.copytree(reference[0], copy)
     before = (copy / "checkpoint.json").read_bytes()
-    other = CampaignSettings(population=8, offspring=4, seed=99)
+    other = replace(SETTINGS, seed=99)
     with pytest.raises(ValueError, match="different settings.*seed"):
         _run(copy, bench, evaluator, 3, other)
     assert (copy / "checkpoint.json").read_bytes() == before
@@ -206,7 +207,8 @@ def test_search_restricted_to_some_inputs(tmp_path, bench, evaluator):
     from emq.graph import leaves
 
     allowed = ("W", "Ga", "E", "D")
-    settings = CampaignSettings(population=8, offspring=4, seed=5, inputs=allowed)
+    settings = CampaignSettings(population=8, offspring=4, seed=5, inputs=allowed,
+                                calib_images=CALIB)  # fmt: skip
     _run(tmp_path / "run", bench, evaluator, 2, settings)
     ck = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     used = set()
@@ -291,7 +293,7 @@ def test_seed_formulas_enter_the_initial_population(tmp_path, bench, evaluator):
     from emq.graph import canonical, expr_str
 
     seeds = ("revert(sum(abs(mul(Ga, D))))", "revert(mul(to_mean_scalar(H), sq_norm(E)))")
-    settings = CampaignSettings(population=8, offspring=4, seed=3, init=seeds, inputs=INPUT_NAMES)
+    settings = replace(SETTINGS, init=seeds, inputs=INPUT_NAMES)
     _run(tmp_path / "s", bench, evaluator, 0, settings)
     ck = json.loads((tmp_path / "s" / "checkpoint.json").read_text())
     formulas = {rec["formula"] for rec in ck["population"]}
@@ -342,7 +344,7 @@ def test_default_campaign_cli_starts_from_the_literature_seeds(tmp_path, cache_d
 
     monkeypatch.setenv("EMQ_CACHE", str(cache_dir))
     argv = ["evolve", "--run", str(tmp_path / "d"), "--steps", "0", "--population", "8",
-            "--models", "resnet20", "--heldout", "none"]  # fmt: skip
+            "--models", "resnet20", "--heldout", "none", "--calib-images", str(CALIB)]  # fmt: skip
     assert main(argv) == 0
     campaign = json.loads((tmp_path / "d" / "campaign.json").read_text())["settings"]
     assert "H" not in campaign["inputs"] and campaign["init"] == list(CampaignSettings().init)

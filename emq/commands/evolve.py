@@ -38,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument("--steps", type=options.nonneg_int, default=150, help="evolution steps")
     e.add_argument("--population", type=POPULATION, help="population size (default 48)")
     e.add_argument("--seed", type=options.seed, help="campaign seed (default 0)")
+    e.add_argument(
+        "--calib-images",
+        type=options.int_range(1, 60000, "a number of images"),
+        help="training images the proxy inputs are computed on (default 128)",
+    )
     e.add_argument("--jobs", type=options.jobs, default=1, help="parallel evaluation processes")
     add_scheduler_argument(e)
     e.add_argument("--checkpoint", help="weights the bench was built from (default: shipped)")
