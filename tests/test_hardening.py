@@ -503,7 +503,7 @@ def test_lock_is_released_when_the_holder_exits(tmp_path, holder):
 def test_allocate_killed_in_phase_1_resumes_to_the_same_allocation(tmp_path):
     """kill -9 while measured-SQNR phase 1 runs: the cache holds whole entries only, and
     the rerun gives the allocation of an uninterrupted run."""
-    argv = [sys.executable, "-m", "emq.cli", "allocate", "--model", "resnet20", "--method",
+    argv = [sys.executable, "-m", "emq.cli", "allocate", "--model", "vgg", "--method",
             "ilp", "--scorer", "sqnr-measured", "--budget-bops", "0.5", "--verify", "0",
             "--json"]  # fmt: skip
 
