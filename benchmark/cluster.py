@@ -54,8 +54,9 @@ def _check_address(address: str) -> None:
         ) from None
 
 
-def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
-    """A ``distributed.Client`` on ``address`` with at least one worker, within ``timeout`` s.
+def connect(address: str, timeout: float | None = None) -> Any:
+    """A ``distributed.Client`` on ``address`` with at least one worker, within ``timeout`` s
+    (default ``CONNECT_TIMEOUT``).
 
     Raises ``ClusterError`` naming the address and the fix when dask is not installed, the
     address is malformed, the scheduler does not answer, or no worker has joined it.
@@ -68,6 +69,7 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
             "(or drop --scheduler to run locally)"
         ) from None
     _check_address(address)
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
@@ -91,7 +93,7 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
 
 
 @contextmanager
-def connected(address: str | None, timeout: float = CONNECT_TIMEOUT) -> Iterator[Any]:
+def connected(address: str | None, timeout: float | None = None) -> Iterator[Any]:
     """``connect(address)`` for the duration of the block, or ``None`` when no address.
 
     Losing the scheduler (or a task's workers, repeatedly) inside the block becomes a

@@ -187,18 +187,16 @@ def test_foreign_folder_is_never_overwritten(tmp_path, bench, evaluator):
     assert (folder / "notes.txt").read_text() == "keep me"
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     from emq.cli import main
 
+    monkeypatch.delenv("EMQ_DEBUG", raising=False)
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"not a database at all")
-    proc = subprocess.run(
-        [sys.executable, "-m", "emq.cli", "evolve", "--bench", str(bad), "--run",
-         str(tmp_path / "r"), "--steps", "1"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("emq: error:") and len(proc.stderr.strip().splitlines()) == 1
+    code = main(["evolve", "--bench", str(bad), "--run", str(tmp_path / "r"), "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("emq: error:") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
     assert main(["evolve", "--bench", str(tmp_path / "missing.sqlite"), "--steps", "1"]) == 2
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -90,16 +89,20 @@ def make():
 """
 
 
-def _score(args, tmp_path):
-    env_path = str(tmp_path)
-    return subprocess.run(
-        [sys.executable, "-m", "emq.cli", "score", *args],
-        capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": env_path,
-                                             "EMQ_CACHE": str(tmp_path / "cache")},
-    )  # fmt: skip
+def _score(args, tmp_path, capsys, monkeypatch):
+    """``emq score ARGS`` in this process: (exit code, stdout, stderr). The user's model
+    module is imported from ``tmp_path`` (as from PYTHONPATH); the cache is private."""
+    from emq.cli import main
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("EMQ_DEBUG", raising=False)
+    code = main(["score", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def test_score_a_model_outside_the_zoo(tmp_path):
+def test_score_a_model_outside_the_zoo(tmp_path, capsys, monkeypatch):
     (tmp_path / "usermodel.py").write_text(USER_MODEL)
     torch.manual_seed(0)
     spec = importlib.util.spec_from_file_location("usermodel", tmp_path / "usermodel.py")
@@ -110,9 +113,10 @@ def test_score_a_model_outside_the_zoo(tmp_path):
     proxy = export_proxy(expr, tmp_path, "p")["json"]
     args = ["--proxy", str(proxy), "--model", "usermodel:make", "--checkpoint",
             str(tmp_path / "user.pt"), "--configs", "2,8;8,8;8,2", "--json"]  # fmt: skip
-    proc = _score(args, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    scores = [r["score"] for r in json.loads(proc.stdout)["scores"]]
+    code, out, err = _score(args, tmp_path, capsys, monkeypatch)
+    monkeypatch.delitem(sys.modules, "usermodel", raising=False)
+    assert code == 0, err
+    scores = [r["score"] for r in json.loads(out)["scores"]]
     assert scores[1] > scores[0] and scores[1] > scores[2]  # less error, higher score
     # Only the proxy's own input was computed and cached (no Hessian, no gradients).
     cached = list((tmp_path / "cache").rglob("*.f64"))
@@ -129,10 +133,10 @@ def test_score_a_model_outside_the_zoo(tmp_path):
         (["--model", "resnet20", "--checkpoint", "CKPT", "--configs", "2"], "does not fit"),
     ],
 )
-def test_score_bad_input_is_one_clear_line(tmp_path, args, message):
+def test_score_bad_input_is_one_clear_line(tmp_path, capsys, monkeypatch, args, message):
     torch.save(MODELS["mobilenetv2"]().state_dict(), tmp_path / "mbv2.pt")
     args = [str(tmp_path / "mbv2.pt") if a == "CKPT" else a for a in args]
-    proc = _score(["--proxy", "bparams", *args], tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("emq: error:") and message in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    code, _, err = _score(["--proxy", "bparams", *args], tmp_path, capsys, monkeypatch)
+    assert code == 2
+    assert err.startswith("emq: error:") and message in err
+    assert len(err.strip().splitlines()) == 1
