@@ -122,7 +122,8 @@ class SimulatorInputs:
         model = load_model(spec.model, spec.checkpoint)
         calib, _ = calibration_batch(spec.calib_images, spec.calib_seed)
         x, y = load_split("test")
-        x, y = x[: spec.test_images], y[: spec.test_images]
+        if spec.test_images < len(x):  # copies: a view would pickle the whole split
+            x, y = x[: spec.test_images].clone(), y[: spec.test_images].clone()
         if rounder is None:
             return cls(spec, model, calib, x, y)
         return cls(spec, model, calib, x, y, rounder.images, dict(rounder.cache.masks))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -179,15 +180,18 @@ def test_cli_bench_build_on_cluster_equals_local_build(cluster, small_bench, tmp
 
 
 @pytest.fixture(scope="module")
-def evaluator(tmp_path_factory):
-    """An evaluator whose inputs cache file is deleted: workers must receive the inputs."""
-    from benchmark.bench import default_bench
+def evaluator(tmp_path_factory, resnet20_bench, resnet20_evaluator):
+    """An evaluator whose inputs cache file is deleted: workers must receive the inputs.
 
-    bench = Bench.open(default_bench("resnet20"))
+    Loaded from a private copy of the test run's shared inputs file (the same settings)."""
     cache = tmp_path_factory.mktemp("inputs")
-    ev = bench_evaluator(bench, SETTINGS.calib_images, cache=cache)
-    Path(ev.inputs_path).unlink()
-    return bench, ev
+    shared = Path(resnet20_evaluator.inputs_path)
+    copy = cache / shared.name
+    shutil.copyfile(shared, copy)
+    ev = bench_evaluator(resnet20_bench, SETTINGS.calib_images, cache=cache)
+    assert ev.inputs_path == str(copy)  # read from the copy, not computed again
+    copy.unlink()
+    return resnet20_bench, ev
 
 
 def _campaign_state(run: Path) -> dict:
@@ -258,11 +262,10 @@ def test_workers_without_the_project_or_of_another_version_are_refused(client):
         check_workers(client, "no-such-emq-package", None)
 
 
-def test_workers_that_see_the_inputs_file_get_the_path_not_the_tensors(client, tmp_path):
-    from benchmark.bench import default_bench
-
-    bench = Bench.open(default_bench("resnet20"))
-    ev = bench_evaluator(bench, SETTINGS.calib_images, cache=tmp_path)
+def test_workers_that_see_the_inputs_file_get_the_path_not_the_tensors(
+    client, tmp_path, resnet20_bench, resnet20_evaluator
+):
+    bench, ev = resnet20_bench, resnet20_evaluator  # its inputs file is on this machine
     assert workers_can_read(client, [ev.inputs_path])
     camp = Campaign(tmp_path / "run", bench, ev, SETTINGS, progress=False, client=client)
     shipped, workers = camp._task_setup()

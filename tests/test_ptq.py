@@ -297,28 +297,36 @@ def uniform(sim: QuantSim, w: int | None, a: int | None = 8) -> None:
     sim.set_config([w] * sim.num_layers, [a] * sim.num_layers)
 
 
-def test_quantsim_w8a8_close_to_fp(sim, test_subset):
+@pytest.fixture(scope="module")
+def uniform_accuracy(resnet_sim, test_subset) -> dict:
+    """(top-1, loss) of the simulator on the test subset: FP and uniform W8/W4/W3/W2 (A8),
+    measured once for the tests below."""
     x, y = test_subset
-    fp, _ = sim.evaluate(x, y)
-    uniform(sim, 8)
-    q, _ = sim.evaluate(x, y)
-    assert abs(q - fp) <= 0.5
+    out = {}
+    for bits in (None, 8, 4, 3, 2):
+        if bits is None:
+            resnet_sim.set_fp()
+        else:
+            uniform(resnet_sim, bits)
+        out[bits] = resnet_sim.evaluate(x, y)
+    resnet_sim.set_fp()
+    return out
 
 
-def test_quantsim_fp_equals_original_model(sim, resnet20_trained, test_subset):
+def test_quantsim_w8a8_close_to_fp(uniform_accuracy):
+    assert abs(uniform_accuracy[8][0] - uniform_accuracy[None][0]) <= 0.5
+
+
+def test_quantsim_fp_equals_original_model(uniform_accuracy, resnet20_trained, test_subset):
     x, y = test_subset
-    acc, loss = sim.evaluate(x, y)
+    acc, loss = uniform_accuracy[None]
     ref_acc, ref_loss = evaluate(resnet20_trained, x, y)
     assert abs(acc - ref_acc) <= 0.1
     assert loss == pytest.approx(ref_loss, rel=1e-3)
 
 
-def test_quantsim_uniform_accuracy_monotone(sim, test_subset):
-    x, y = test_subset
-    acc = {}
-    for bits in (8, 4, 3, 2):
-        uniform(sim, bits)
-        acc[bits] = sim.evaluate(x, y)[0]
+def test_quantsim_uniform_accuracy_monotone(uniform_accuracy):
+    acc = {bits: uniform_accuracy[bits][0] for bits in (8, 4, 3, 2)}
     # Per-channel MSE-clipped 4-bit weights are nearly lossless on this net, so W8 vs W4 is
     # only ordered up to test-sample noise (0.5 points = 10 of 2000 images).
     assert acc[8] >= acc[4] - 0.5
