@@ -49,12 +49,20 @@ def test_shipped_resnet20_cache_is_complete(resnet_rounder):
     assert resnet_rounder.cache.path.name.startswith("adaround-")
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
-def test_resnet20_adaround_beats_nearest_on_heldout_images(resnet_rounder, bits):
-    # Images 256..511 of the calibration permutation: never seen by AdaRound (0..255).
+@pytest.fixture(scope="module")
+def heldout_layer_inputs(resnet_rounder) -> list:
+    """Each layer's inputs on images 256..511 of the calibration permutation: never seen by
+    AdaRound (0..255)."""
     held = calibration_batch(512, 0)[0][256:]
     assert not any(torch.equal(held[0], im) for im in resnet_rounder.images)
-    inputs = layer_inputs(resnet_rounder.model, resnet_rounder.layers, held)
+    return layer_inputs(resnet_rounder.model, resnet_rounder.layers, held)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_resnet20_adaround_beats_nearest_on_heldout_images(
+    resnet_rounder, heldout_layer_inputs, bits
+):
+    inputs = heldout_layer_inputs
     worse = []
     for i, layer in enumerate(resnet_rounder.layers):
         w_ada = resnet_rounder.weight(i, bits)
