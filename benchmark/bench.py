@@ -31,6 +31,7 @@ from benchmark.models import check_model_name, checkpoint_path, load_model
 from benchmark.ptq import DEFAULT_BITS, QuantSim, bops, check_bits, layer_table
 from benchmark.quantizers import CLIP_GRID, state_fingerprint
 from benchmark.schemas import (
+    IDENTITY_KEYS,
     MAX_ROWS,
     SCHEMA_VERSION,
     FileFormatError,
@@ -42,17 +43,6 @@ from benchmark.schemas import (
 SHIPPED = Path(__file__).resolve().parent / "benches"
 # Images in the Fashion-MNIST test split: a bench measures the first ``test_images`` of them.
 TEST_IMAGES = 10000
-# Meta keys that must agree before results may be added to an existing file.
-IDENTITY_KEYS = (
-    "schema_version",
-    "model",
-    "model_fingerprint",
-    "data_fingerprint",
-    "quantizer",
-    "candidates",
-    "act_bits",
-    "sample_seed",
-)
 
 
 class BenchError(FileFormatError):

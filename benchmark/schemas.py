@@ -274,20 +274,23 @@ LAYER_SCHEMA = {
     },
 }
 
+# Meta keys that identify a bench: results may be added to a file only when they agree, and
+# campaigns and exported proxies record them as the bench's fingerprint.
+IDENTITY_KEYS = (
+    "schema_version",
+    "model",
+    "model_fingerprint",
+    "data_fingerprint",
+    "quantizer",
+    "candidates",
+    "act_bits",
+    "sample_seed",
+)
+
 BENCH_META_SCHEMA = {
     "type": "object",
     "description": "the bench's meta table",
-    "required": [
-        "schema_version",
-        "model",
-        "model_fingerprint",
-        "data_fingerprint",
-        "quantizer",
-        "candidates",
-        "act_bits",
-        "sample_seed",
-        "layers",
-    ],  # fmt: skip
+    "required": [*IDENTITY_KEYS, "layers"],
     "properties": {
         "schema_version": {
             "type": "integer",

@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmark.schemas import (
     BENCH_META_SCHEMA,
+    IDENTITY_KEYS,
     MAX_TEXT,
     FileFormatError,
     check,
@@ -55,19 +56,7 @@ FINGERPRINT = {
     "type": "object",
     "description": "a bench fingerprint (the identity keys of a bench's meta table)",
     "required": ["schema_version", "model", "candidates", "act_bits"],
-    "properties": {
-        k: BENCH_META_SCHEMA["properties"][k]
-        for k in (
-            "schema_version",
-            "model",
-            "model_fingerprint",
-            "data_fingerprint",
-            "quantizer",
-            "candidates",
-            "act_bits",
-            "sample_seed",
-        )  # fmt: skip
-    },
+    "properties": {k: BENCH_META_SCHEMA["properties"][k] for k in IDENTITY_KEYS},
 }
 
 PROXY_SCHEMA = {

@@ -34,45 +34,37 @@ PROXIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def bench(resnet20_bench):
-    return resnet20_bench
-
-
-@pytest.fixture(scope="module")
-def evaluator(resnet20_evaluator):
-    return resnet20_evaluator
-
-
 @pytest.mark.parametrize("text", PROXIES)
-def test_score_table_equals_naive_per_config_evaluation(evaluator, text):
+def test_score_table_equals_naive_per_config_evaluation(resnet20_evaluator, text):
     expr = canonical(from_string(text))
-    configs = evaluator.bit_index[:12]
-    fast = config_scores(evaluator.table(expr), configs)
-    slow = naive_scores(expr, evaluator.inputs, configs)
+    configs = resnet20_evaluator.bit_index[:12]
+    fast = config_scores(resnet20_evaluator.table(expr), configs)
+    slow = naive_scores(expr, resnet20_evaluator.inputs, configs)
     np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=0)
 
 
-def test_fitness_is_spearman_at_topk_on_the_search_split(evaluator, bench):
+def test_fitness_is_spearman_at_topk_on_the_search_split(resnet20_evaluator, resnet20_bench):
     expr = canonical(from_string(PROXIES[1]))
-    result = evaluator.evaluate(expr)
-    scores = config_scores(evaluator.table(expr), bench.bit_index())
-    search, heldout = bench.split(0)
+    result = resnet20_evaluator.evaluate(expr)
+    scores = config_scores(resnet20_evaluator.table(expr), resnet20_bench.bit_index())
+    search, heldout = resnet20_bench.split(0)
     assert result["status"] == "ok"
     # Scores are ranked at a fixed relative precision (rank_scores) and fitness is rounded
     # to FITNESS_DIGITS decimals, so platforms one ULP apart agree.
     assert result["fitness"] == pytest.approx(
-        spearman_at_topk(rank_scores(scores[search]), bench.accuracy[search]),
+        spearman_at_topk(rank_scores(scores[search]), resnet20_bench.accuracy[search]),
         abs=0.5 * 10**-FITNESS_DIGITS,
     )
     assert not set(search) & set(heldout)
     assert result["fingerprint"] == rank_fingerprint(scores[search])
 
 
-def test_measured_sensitivity_proxy_ranks_well(evaluator):
+def test_measured_sensitivity_proxy_ranks_well(resnet20_evaluator):
     # -||D||_F grows with quantization noise at the layer outputs: it must correlate
     # positively with measured accuracy on the held-out split.
-    report = evaluator.report(canonical(from_string("revert(frobenius_norm(D))")), "heldout")
+    report = resnet20_evaluator.report(
+        canonical(from_string("revert(frobenius_norm(D))")), "heldout"
+    )
     assert report["spearman@100%"] > 0.3
 
 
@@ -83,27 +75,29 @@ def test_measured_sensitivity_proxy_ranks_well(evaluator):
         ("sub(b, b)", "constant"),
     ],
 )
-def test_invalid_genomes_never_get_nan_fitness(evaluator, text, reason):
-    result = evaluator.evaluate(canonical(from_string(text)))
+def test_invalid_genomes_never_get_nan_fitness(resnet20_evaluator, text, reason):
+    result = resnet20_evaluator.evaluate(canonical(from_string(text)))
     assert result["fitness"] == INVALID
     assert result["reason"] == reason
 
 
-def test_evaluator_pickles_without_tensors(evaluator):
-    blob = pickle.dumps(evaluator)
+def test_evaluator_pickles_without_tensors(resnet20_evaluator):
+    blob = pickle.dumps(resnet20_evaluator)
     assert len(blob) < 2_000_000  # bench arrays only; inputs reload from the cache file
     clone: Evaluator = pickle.loads(blob)
     expr = canonical(from_string(PROXIES[0]))
-    np.testing.assert_array_equal(clone.table(expr), evaluator.table(expr))
+    np.testing.assert_array_equal(clone.table(expr), resnet20_evaluator.table(expr))
 
 
 @pytest.fixture(scope="module")
-def multi(bench, evaluator):
+def multi(resnet20_bench, resnet20_evaluator):
     from emq.fitness import MultiEvaluator
 
     # Two views sharing the inputs: the shipped bench under two different splits.
-    other = Evaluator.from_bench(bench, evaluator.inputs, evaluator.inputs_path, split_seed=7)
-    return MultiEvaluator([evaluator, other])
+    other = Evaluator.from_bench(
+        resnet20_bench, resnet20_evaluator.inputs, resnet20_evaluator.inputs_path, split_seed=7
+    )
+    return MultiEvaluator([resnet20_evaluator, other])
 
 
 @pytest.mark.parametrize("text", PROXIES[1:])
@@ -143,26 +137,26 @@ def test_multi_bench_invalid_anywhere_is_invalid(multi):
 # ---------------------------------------------------------------- in a worker process
 
 
-def test_a_worker_maps_each_inputs_file_once_and_keeps_its_cache(evaluator):
+def test_a_worker_maps_each_inputs_file_once_and_keeps_its_cache(resnet20_evaluator):
     """Every task unpickles a fresh evaluator; the mapping and subexpression cache stay."""
-    first, second = (pickle.loads(pickle.dumps(evaluator)) for _ in range(2))
-    assert first.inputs is second.inputs is mapped_inputs(evaluator.inputs_path)
-    assert first.cache is second.cache is shared_cache(evaluator.inputs_path)
+    first, second = (pickle.loads(pickle.dumps(resnet20_evaluator)) for _ in range(2))
+    assert first.inputs is second.inputs is mapped_inputs(resnet20_evaluator.inputs_path)
+    assert first.cache is second.cache is shared_cache(resnet20_evaluator.inputs_path)
     expr = canonical(from_string("revert(abs(sum(mul(Ga, D))))"))
     assert evaluate_texts(first, [expr_str(expr)]) == [
-        {**evaluator.evaluate(expr), "seconds": pytest.approx(0, abs=60)}
+        {**resnet20_evaluator.evaluate(expr), "seconds": pytest.approx(0, abs=60)}
     ]
 
 
-def test_a_truncated_inputs_file_is_refused_never_misread(evaluator, tmp_path):
-    src = Path(evaluator.inputs_path)
+def test_a_truncated_inputs_file_is_refused_never_misread(resnet20_evaluator, tmp_path):
+    src = Path(resnet20_evaluator.inputs_path)
     copy = tmp_path / src.name
     shutil.copyfile(src, copy)
-    ev = replace(evaluator, inputs_path=str(copy), _inputs=None, _cache=None)
+    ev = replace(resnet20_evaluator, inputs_path=str(copy), _inputs=None, _cache=None)
     text = "revert(frobenius_norm(D))"
     assert (
         evaluate_texts(ev, [text])[0]["fitness"]
-        == evaluator.evaluate(canonical(from_string(text)))["fitness"]
+        == resnet20_evaluator.evaluate(canonical(from_string(text)))["fitness"]
     )
     # A new, truncated file in its place (a copy cut short): the worker maps it anew.
     cut = tmp_path / "cut"
