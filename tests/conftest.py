@@ -127,6 +127,17 @@ def vgg_bench_copy(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module's tests (restored after): on a machine whose
+    cores are busy, more threads make small convolutions and double backward (Hessian-vector
+    products) many times slower. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def allocate_env(monkeypatch, tmp_path):
     """For ``emq allocate`` tests: no traceback mode, a private cache, one thread."""

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from allocate_tiny import tiny_net
 
 from emq.allocate.ilp import allocate_ilp
@@ -20,13 +19,7 @@ from emq.allocate.verify import (
     uniform_choices,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 @pytest.fixture(scope="module")

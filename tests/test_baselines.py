@@ -36,14 +36,7 @@ HAWQ_RTOL_DEFAULT = 0.05
 HAWQ_RTOL_LONG = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a machine whose cores are busy, more threads make conv double
-    backward (Hessian-vector products) tens of times slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 class Tiny(nn.Module):

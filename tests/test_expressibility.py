@@ -53,13 +53,7 @@ class SmallNet(nn.Module):
         return self.fc(torch.flatten(self.features(x), 1))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the cores are shared with training jobs (contention is slow)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def small_inputs() -> LayerInputs:

@@ -66,12 +66,7 @@ LINEAR = _layer(1, (10, 16), (6, 10))
 LAYERS = [CONV, LINEAR]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def _shapes(layer: dict) -> dict[str, tuple[int, ...]]:

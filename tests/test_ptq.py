@@ -335,7 +335,8 @@ def test_quantsim_uniform_accuracy_monotone(uniform_accuracy):
 
 
 def test_quantsim_low_bits_worse_on_average(sim, test_subset):
-    x, y = test_subset[0][:1000], test_subset[1][:1000]
+    # 500 images: a mix of 2/3-bit layers costs tens of points, far above sampling noise.
+    x, y = test_subset[0][:500], test_subset[1][:500]
     rng = np.random.default_rng(0)
 
     def mean_acc(choices) -> float:
