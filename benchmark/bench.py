@@ -594,7 +594,7 @@ class Bench:
             "candidates": list(self.candidates),
             "act_bits": self.meta["act_bits"],
             "rounding": self.rounding,
-            "test_images": self.meta["test_images"],
+            "test_images": self.meta.get("test_images", TEST_IMAGES),
             "layers": len(self.layers),
             "params": int(self.params.sum()),
             "macs": int(self.macs.sum()),

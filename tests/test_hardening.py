@@ -97,6 +97,23 @@ def test_keyboard_interrupt_is_one_line(monkeypatch, capsys):
         (["evolve", "--no-such-option"], ["unrecognized arguments: --no-such-option"]),
         (["bench", "build", "--model", "vgg"], ["required", "--configs", "--out"]),
         (["evolve", "--mode", "fast"], ["--mode", "invalid choice"]),
+        (["evolve", "--calib-images", "0"], ["--calib-images '0'", "a number of images"]),
+        (["evolve", "--calib-images", "60001"], ["--calib-images"]),
+        (
+            [
+                "bench",
+                "build",
+                "--model",
+                "vgg",
+                "--configs",
+                "1",
+                "--out",
+                "x.sqlite",
+                "--test-images",
+                "2.5",
+            ],
+            ["--test-images '2.5'"],
+        ),  # fmt: skip
         (["score"], ["--model"]),
     ],
 )
