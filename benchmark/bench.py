@@ -43,6 +43,9 @@ from benchmark.schemas import (
 SHIPPED = Path(__file__).resolve().parent / "benches"
 # Images in the Fashion-MNIST test split: a bench measures the first ``test_images`` of them.
 TEST_IMAGES = 10000
+# Meta keys that must agree before results are added to a file: the identity, and the test
+# images (not in the fingerprint campaigns record: every bench before the option used all).
+EXTEND_KEYS = (*IDENTITY_KEYS, "test_images")
 
 
 class BenchError(FileFormatError):
@@ -283,9 +286,7 @@ def _existing_meta(path: Path) -> dict:
 
 
 def _mismatch(old: dict, new: dict) -> list[str]:
-    # ``test_images`` is checked too, but is not part of the fingerprint campaigns record
-    # (every bench before the option measured all 10,000 images).
-    return [k for k in (*IDENTITY_KEYS, "test_images") if k in old and old[k] != new[k]]
+    return [k for k in EXTEND_KEYS if k in old and old[k] != new[k]]
 
 
 def build_bench(

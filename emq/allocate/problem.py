@@ -62,6 +62,7 @@ from emq.allocate.sensitivity import (
     _JsonCache,
     cache_key,
     measured_sensitivity,
+    rounding_key,
     scorer_sensitivity,
 )
 from emq.allocate.sqnr import check_bops_budget, greedy_front
@@ -322,9 +323,8 @@ class AllocationProblem:
 
     def _verification_cache(self) -> _JsonCache:
         x, _ = self.data("validation")
-        parts = ["verify", _groups_key(self.groups), self.sim.clip_grid, self.rounding]
-        if self.sim.rounder is not None:
-            parts.append(f"adaround-{self.sim.rounder.key}")
+        parts = ["verify", _groups_key(self.groups), self.sim.clip_grid, self.rounding,
+                 *rounding_key(self.sim)]  # fmt: skip
         return _JsonCache(_cache_path(self.cache, cache_key(self.model, [self.sim.calib, x],
                                                             *parts)))  # fmt: skip
 

@@ -135,6 +135,12 @@ class _JsonCache:
         atomic_write_text(self.path, json.dumps(self.data))
 
 
+def rounding_key(sim: QuantSim) -> list[str]:
+    """The cache-key part of ``sim``'s weight rounding: AdaRound's learned-rounding cache key,
+    nothing for nearest rounding (whose keys predate the rounding option)."""
+    return [f"adaround-{sim.rounder.key}"] if sim.rounder is not None else []
+
+
 def _cache_path(cache: Path | str | bool | None, key: str) -> Path | None:
     if cache is False:
         return None
@@ -154,9 +160,7 @@ def measured_sensitivity(
     ``x``: the N calibration images; ``cache``: folder, ``None`` = default, ``False`` = off.
     ``on_measure(group, candidate)`` is called after each new measurement (progress, tests).
     """
-    parts = [MEASURED, _groups_key(groups), sim.clip_grid]
-    if sim.rounder is not None:  # AdaRound in phase 1: keyed by its learned-rounding cache
-        parts.append(f"adaround-{sim.rounder.key}")
+    parts = [MEASURED, _groups_key(groups), sim.clip_grid, *rounding_key(sim)]
     key = cache_key(sim.model, [sim.calib, x], *parts)
     store = _JsonCache(_cache_path(cache, key))
     start = time.perf_counter()
