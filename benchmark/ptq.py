@@ -3,7 +3,7 @@
 ``QuantSim`` evaluates bit configurations of a model, built on the fake quantizers of
 ``benchmark.quantizers``:
 
-* BatchNorm is folded into the preceding convolution.
+* BatchNorm is folded into the preceding convolution (where that is the same function).
 * Weights: per output channel, symmetric, MSE-clipped (``benchmark.quantizers``).
   ``Q_b(W)`` is computed once per (layer, bit) and reused.
 * Weight rounding: nearest, or AdaRound (``benchmark.adaround``) learned once per
@@ -42,17 +42,34 @@ DEFAULT_BITS = (2, 3, 4, 8)
 def fold_bn(model: nn.Module, check_input: torch.Tensor | None = None) -> nn.Module:
     """Return an eval-mode copy of ``model`` with each BatchNorm folded into its conv.
 
-    A BatchNorm is folded when it directly follows a conv in module order and has as many
-    features as the conv has output channels (true of the zoo models). When ``check_input``
-    is given, the folded copy is verified to compute the same function.
+    A BatchNorm is a candidate when it directly follows a conv in module order and has as
+    many features as the conv has output channels (true of the zoo models). Module order is
+    not execution order: a pre-activation block normalizes a conv's output on one branch
+    only, a model may declare its BatchNorms in any order. So when ``check_input`` is given,
+    each fold is kept only if the model still computes the same function on it; a
+    BatchNorm that cannot be folded stays a float operation after its quantized conv (per
+    output channel symmetric weight quantization gives the same weights folded or not, up
+    to the bias, which stays float either way).
     """
     folded = copy.deepcopy(model).eval()
+    ref = None
+    if check_input is not None:
+        modes = {m: m.training for m in model.modules()}
+        try:
+            with torch.no_grad():
+                ref = model.eval()(check_input)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
     modules = list(folded.named_modules())
     for (_, conv), (bn_name, bn) in zip(modules, modules[1:], strict=False):
         if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
             continue
         if bn.num_features != conv.out_channels or not bn.track_running_stats:
             continue
+        parent_name, _, child = bn_name.rpartition(".")
+        parent = folded.get_submodule(parent_name) if parent_name else folded
+        saved = (conv.weight.detach().clone(), conv.bias)
         with torch.no_grad():
             std = torch.sqrt(bn.running_var + bn.eps)
             gamma = bn.weight if bn.affine else torch.ones_like(std)
@@ -61,20 +78,18 @@ def fold_bn(model: nn.Module, check_input: torch.Tensor | None = None) -> nn.Mod
             bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
             conv.weight.copy_(conv.weight * factor.reshape(-1, 1, 1, 1))
             conv.bias = nn.Parameter(beta + (bias - bn.running_mean) * factor)
-        parent_name, _, child = bn_name.rpartition(".")
-        parent = folded.get_submodule(parent_name) if parent_name else folded
         setattr(parent, child, nn.Identity())
-    if check_input is not None:
-        modes = {m: m.training for m in model.modules()}
-        try:
-            with torch.no_grad():
-                ref, out = model.eval()(check_input), folded(check_input)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
-        if not torch.allclose(ref, out, rtol=1e-3, atol=1e-3):
-            raise ValueError("BatchNorm folding changed the model's output: unsupported layout")
+        if ref is not None and not _same_output(folded, check_input, ref):
+            with torch.no_grad():  # not this conv's BatchNorm: undo, keep it as it is
+                conv.weight.copy_(saved[0])
+            conv.bias = saved[1]
+            setattr(parent, child, bn)
     return folded
+
+
+def _same_output(model: nn.Module, x: torch.Tensor, ref: torch.Tensor) -> bool:
+    with torch.no_grad():
+        return bool(torch.allclose(model(x), ref, rtol=1e-3, atol=1e-3))
 
 
 def check_bits(bits: Sequence[int], candidates: Sequence[int], what: str = "bit-width") -> None:

@@ -57,8 +57,8 @@ def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise ValueError(
             f"layer {name!r} ({kind}){more} cannot be quantized: EMQ quantizes Conv2d and "
-            "Linear layers only; rewrite it with those (e.g. attention with nn.Linear "
-            "projections)"
+            "Linear layers only; rewrite it with those (nn.MultiheadAttention: "
+            "benchmark.convert.make_quantizable does it)"
         )
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     if not layers:

@@ -203,7 +203,26 @@ def trace_onnx(sim: QuantSim):
             raise ValueError(
                 f"{type(sim.model).__name__} cannot be exported to ONNX: {first}"
             ) from None
-    return onnx.load_from_string(buf.getvalue())
+    return _unshare_initializers(onnx.load_from_string(buf.getvalue()))
+
+
+def _unshare_initializers(proto):
+    """``proto`` with each initializer the exporter shared through ``Identity`` nodes copied.
+
+    The exporter merges initializers of equal value (two layers with equal weights, as in a
+    freshly cloned transformer stack) and feeds the second layer through an ``Identity``;
+    each layer needs its own weight to carry its own bits.
+    """
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)
+    for node in nodes:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            twin = graph.initializer.add()
+            twin.CopyFrom(inits[node.input[0]])
+            twin.name = node.output[0]
+            graph.node.remove(node)
+    return proto
 
 
 def _layer_nodes(graph, weight: str) -> list[tuple[int, str]]:

@@ -13,6 +13,7 @@ import numpy as np
 from torch import nn
 
 from benchmark.adaround import AdaRoundSettings
+from benchmark.convert import make_quantizable
 from benchmark.data import calibration_batch
 from benchmark.models import MODELS, load_model, load_state
 from benchmark.schemas import existing_path, parse_json, read_text
@@ -35,7 +36,8 @@ def build_model(spec: str, checkpoint: Path | str | None = None) -> nn.Module:
     ``nn.Module`` subclass whose signature takes no arguments: not a builtin such as
     ``os:system``), and what it returns must be an ``nn.Module``; anything it raises,
     ``SystemExit`` included, is one clear error. A user model's ``checkpoint`` (a
-    state_dict) is loaded with ``weights_only=True``.
+    state_dict) is loaded with ``weights_only=True``; then its ``nn.MultiheadAttention``
+    layers are rewritten with ``nn.Linear`` projections (``benchmark.convert``).
     """
     if spec in MODELS:
         return load_model(spec, checkpoint)
@@ -73,7 +75,7 @@ def build_model(spec: str, checkpoint: Path | str | None = None) -> nn.Module:
         )
     if checkpoint is not None:
         load_state(model, checkpoint)
-    return model.eval()
+    return make_quantizable(model.eval()).eval()
 
 
 def _check_factory(spec: str, factory: object) -> None:

@@ -249,7 +249,7 @@ def test_new_zoo_families_fold_and_quantize(name):
     torch.manual_seed(0)
     model = MODELS[name]().eval()
     x = torch.randn(4, 1, 28, 28)
-    folded = fold_bn(model, x)  # raises if folding changed the function
+    folded = fold_bn(model, x)  # a fold that changed the function would be undone
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert len(quantizable_layers(folded)) >= 8
 

@@ -208,7 +208,7 @@ def test_fold_bn_keeps_training_mode_of_user_model(test_subset):
     assert model.training
 
 
-def test_fold_bn_rejects_unsupported_layout():
+def test_fold_bn_keeps_a_batchnorm_it_cannot_fold():
     # The BatchNorm follows the conv in module order but is applied to the input instead.
     class BNFirst(nn.Module):
         def __init__(self):
@@ -224,8 +224,13 @@ def test_fold_bn_rejects_unsupported_layout():
     with torch.no_grad():
         model.bn.running_mean.uniform_(-1, 1)
         model.bn.running_var.uniform_(0.5, 2)
-    with pytest.raises(ValueError, match="folding"):
-        fold_bn(model, torch.randn(2, 4, 5, 5))
+    x = torch.randn(2, 4, 5, 5)
+    folded = fold_bn(model, x)
+    assert isinstance(folded.bn, nn.BatchNorm2d)  # kept, the conv untouched
+    assert torch.equal(folded.conv.weight, model.conv.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model.eval()(x))
+    assert isinstance(fold_bn(model).bn, nn.Identity)  # unchecked: folded by module order
 
 
 # ---------------------------------------------------------------- MACs and BOPs

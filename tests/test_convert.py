@@ -1,0 +1,149 @@
+"""Models outside the zoo: nn.MultiheadAttention rewritten with nn.Linear projections
+(``benchmark.convert``), BatchNorms folded only where folding keeps the function."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from user_models import OutOfOrderNet, PreActNet, TinyTransformer, TinyTransformerClones
+
+from benchmark.convert import LinearMultiheadAttention, make_quantizable
+from benchmark.data import load_split
+from benchmark.ptq import QuantSim, fold_bn
+from benchmark.quantizers import quantizable_layers
+from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset
+from emq.cli import main
+from emq.deploy import export_allocation, onnx_logits
+from emq.score import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
+
+
+def _attention_pair(batch_first: bool, kdim: int | None = None, bias: bool = True):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=batch_first, kdim=kdim, vdim=kdim,
+                                bias=bias).eval()  # fmt: skip
+    return mha, LinearMultiheadAttention.from_torch(mha).eval()
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("kdim", [None, 12])
+def test_rewritten_attention_computes_the_same_function(batch_first, kdim):
+    mha, lin = _attention_pair(batch_first, kdim)
+    n, lq, lk = 3, 5, 7
+    shape = (
+        (lambda length, e: (n, length, e)) if batch_first else (lambda length, e: (length, n, e))
+    )
+    q = torch.randn(*shape(lq, 16))
+    k = torch.randn(*shape(lk, kdim or 16))
+    v = torch.randn(*shape(lk, kdim or 16))
+    pad = torch.zeros(n, lk, dtype=torch.bool)
+    pad[0, -2:] = True
+    float_mask = torch.randn(lq, lk)
+    with torch.no_grad():
+        for kwargs in ({}, {"key_padding_mask": pad}, {"attn_mask": float_mask},
+                       {"attn_mask": float_mask > 1.0, "average_attn_weights": False}):  # fmt: skip
+            ref, ref_w = mha(q, k, v, **kwargs)
+            out, out_w = lin(q, k, v, **kwargs)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out_w, ref_w, rtol=1e-5, atol=1e-5)
+        if kdim is None:  # causal self-attention, no weights asked for
+            x = torch.randn(*shape(lq, 16))
+            mask = nn.Transformer.generate_square_subsequent_mask(lq)
+            ref, _ = mha(x, x, x, attn_mask=mask, is_causal=True, need_weights=False)
+            out, none = lin(x, x, x, attn_mask=None, is_causal=True, need_weights=False)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+            assert none is None
+    assert [type(m) for m in lin.children()] == [nn.Linear] * 4
+
+
+def test_transformer_layers_are_rewritten_and_run_through_the_projections():
+    model = TinyTransformer()
+    converted = make_quantizable(model)
+    assert converted is not model and any(
+        isinstance(m, nn.MultiheadAttention) for m in model.modules()
+    )  # the user's model is left as it was
+    names = [n for n, _ in quantizable_layers(converted)]
+    assert names[:5] == ["embed", "encoder.layers.0.self_attn.q_proj",
+                         "encoder.layers.0.self_attn.k_proj", "encoder.layers.0.self_attn.v_proj",
+                         "encoder.layers.0.self_attn.out_proj"]  # fmt: skip
+    assert len(names) == 1 + 2 * 6 + 1
+    calls = []  # the fused fast path would skip every projection's forward
+    for _, m in quantizable_layers(converted):
+        m.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        converted(torch.randn(2, 1, 28, 28))
+    assert len(calls) == len(names)
+    plain = OutOfOrderNet()
+    assert make_quantizable(plain) is plain  # nothing to rewrite: the model itself
+
+
+def test_attention_with_key_value_bias_is_refused():
+    model = nn.Sequential(nn.Flatten(1, 2))
+    model.attn = nn.MultiheadAttention(28, 4, add_bias_kv=True, batch_first=True)
+    with pytest.raises(ValueError, match="add_bias_kv"):
+        make_quantizable(model)
+
+
+def test_batchnorms_fold_only_where_the_function_is_kept():
+    x = torch.randn(8, 1, 28, 28)
+    for model, kept in ((OutOfOrderNet(), {"bn1", "bn2"}), (PreActNet(), {"bn1"})):
+        folded = fold_bn(model, x)
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+        left = {n for n, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)}
+        assert left == kept  # bn3 (OutOfOrderNet), bn2 (PreActNet) follow their conv: folded
+        unchecked = fold_bn(model)  # without a check input: folded by module order
+        with torch.no_grad():
+            assert not torch.allclose(unchecked(x), model(x), atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    x, y = load_split("test")
+    return x[:200], y[:200]
+
+
+@pytest.mark.parametrize(
+    "factory", [TinyTransformer, TinyTransformerClones, PreActNet, OutOfOrderNet]
+)
+def test_user_architectures_quantize_and_export_like_the_simulator(factory, test_images):
+    model = make_quantizable(factory())
+    calib, _ = training_subset(0, CALIB_IMAGES, CALIB_SEED)
+    sim = QuantSim(model, calib)
+    x, _ = test_images
+    n = sim.num_layers
+    with torch.no_grad():
+        fp = model(x).numpy()
+    w, a = [(2, 3, 4, 8)[i % 4] for i in range(n)], [(4, 8)[i % 2] for i in range(n)]
+    try:
+        sim.set_config([8] * n, [8] * n)
+        high = sim.forward(x).numpy()
+        sim.set_config(w, a)
+        ref = sim.forward(x).numpy()
+    finally:
+        sim.set_fp()
+    # W8A8 is close to full precision; the mixed allocation is not
+    assert np.abs(high - fp).max() < 0.05 * np.abs(fp).max()
+    assert np.abs(ref - fp).max() > np.abs(high - fp).max()
+    exported = export_allocation(sim, w, a, encodings=False)
+    out = onnx_logits(exported.model, x)
+    assert float((out.argmax(1) == ref.argmax(1)).mean()) >= 0.99
+    assert np.abs(out - ref).mean() < 0.02 * np.abs(ref).mean()
+
+
+def test_emq_score_takes_a_transformer_users_model(capsys):
+    n = 14
+    configs = ";".join(",".join([b] * n) for b in ("8", "4", "2"))
+    code = main(["score", "--model", "user_models:TinyTransformer", "--batch", "16",
+                 "--configs", configs, "--json"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    scores = [row["score"] for row in json.loads(out)["scores"]]
+    assert np.all(np.isfinite(scores)) and scores[0] > scores[1] > scores[2]
+    built = build_model("user_models:TinyTransformer")
+    assert not any(isinstance(m, nn.MultiheadAttention) for m in built.modules())

@@ -1,0 +1,96 @@
+"""Small user architectures outside the zoo, built the way users write them.
+
+Importable as ``user_models:NAME`` so the CLI tests can pass them as ``--model``: a
+transformer from ``nn.TransformerEncoder`` (``nn.MultiheadAttention`` inside), and CNNs
+whose BatchNorms do not follow their conv in module order (pre-activation blocks, modules
+declared out of order). Seeded; BatchNorm statistics are randomized so that folding a
+BatchNorm into the wrong conv changes the function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _seeded(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1, generator=g)
+            m.running_var.uniform_(0.5, 2, generator=g)
+            m.weight.data.uniform_(0.5, 2, generator=g)
+            m.bias.data.uniform_(-0.5, 0.5, generator=g)
+    return model.eval()
+
+
+class TinyTransformer(nn.Module):
+    """Patch embedding (7x7 patches), two ``nn.TransformerEncoderLayer``s, a linear head."""
+
+    distinct = True  # perturb the cloned layers apart (a trained model's are)
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Conv2d(1, 16, 7, stride=7)
+        self.pos = nn.Parameter(0.1 * torch.randn(1, 16, 16))
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        for p in self.encoder.parameters() if self.distinct else ():
+            p.data.add_(0.05 * torch.randn_like(p))  # the clones start equal
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 10)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2) + self.pos
+        return self.head(self.norm(self.encoder(tokens)).mean(1))
+
+
+class TinyTransformerClones(TinyTransformer):
+    """Its two encoder layers hold equal weights (as freshly cloned by TransformerEncoder)."""
+
+    distinct = False
+
+
+class PreActNet(nn.Module):
+    """A pre-activation residual block: each BatchNorm normalizes the *input* of a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+        _seeded(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+        return self.fc(F.adaptive_avg_pool2d(x + y, 1).flatten(1))
+
+
+class OutOfOrderNet(nn.Module):
+    """Conv-BN pairs whose BatchNorms are declared in the other pair's place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+        _seeded(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean((2, 3)))
