@@ -58,10 +58,13 @@ def test_race_prefers_a_surviving_uniform_candidate():
     close, clear = flips(4), flips(60)  # +0.2 and +3 points over the uniform candidate
     bounds = chunk_bounds(2000)
     for mixed, uniform_wins in ((close, True), (clear, False)):
-        flags = [mixed, base]
-        res = race(2, lambda i, c: flags[i][slice(*bounds[c])], len(bounds), prefer={1})
+
+        def correct_of(i: int, c: int, flags=(mixed, base)) -> np.ndarray:
+            return flags[i][slice(*bounds[c])]
+
+        res = race(2, correct_of, len(bounds), prefer={1})
         assert res.winner == (1 if uniform_wins else 0)
-        plain = race(2, lambda i, c: flags[i][slice(*bounds[c])], len(bounds))
+        plain = race(2, correct_of, len(bounds))
         assert plain.winner == 0  # without the preference the more accurate one wins
 
 
