@@ -457,7 +457,11 @@ class Campaign:
                 self._seeds = [from_string(t) for t in self.settings.init]
                 self.population = self._screen_batch(self.settings.population, self._fresh)
                 if len(self.population) < 2:
-                    raise RuntimeError("could not generate a valid initial population")
+                    raise ValueError(
+                        "no valid initial population: the seed formulas and random genomes "
+                        "were all rejected on these benches; try another --seed or a larger "
+                        "--population"
+                    )
                 self._record_step(time.perf_counter() - wall0)
                 self.save()
             bar = tqdm(

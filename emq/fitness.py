@@ -98,7 +98,7 @@ class Evaluator:
                 f"inputs have {inputs.num_layers} layers / bits {inputs.candidates}, bench "
                 f"{bench.path} has {bench.num_layers} layers / bits {bench.candidates}"
             )
-        search, heldout = bench.split(split_seed)
+        search, heldout = check_rankable(bench, split_seed)
         # The numeric probe runs on the two layers with the smallest inputs.
         sizes = [sum(t.numel() for t in layer.values()) for layer in inputs.tensors]
         probe = tuple(int(i) for i in np.argsort(sizes, kind="stable")[:2])
@@ -196,6 +196,20 @@ class Evaluator:
                     out["fingerprint"] = rank_fingerprint(scores[self.search])
         out["seconds"] = time.perf_counter() - start
         return out
+
+
+def check_rankable(bench: Bench, split_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The bench's search and held-out splits; a clear error when the search split's
+    configurations all have the same top-1 (nothing for a proxy to rank)."""
+    search, heldout = bench.split(split_seed)
+    top1 = np.asarray(bench.accuracy)[search]
+    if len(top1) and np.ptp(top1) == 0:
+        raise ValueError(
+            f"bench {bench.path}: every configuration of its search split has the same "
+            f"top-1 ({top1[0]:g} %), so no proxy can rank them (an untrained model?); "
+            "build the bench from trained weights (--checkpoint)"
+        )
+    return search, heldout
 
 
 def rank_fingerprint(scores: np.ndarray) -> str:
