@@ -26,8 +26,9 @@ from tqdm import tqdm
 from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
 from benchmark.cluster import pool
 from benchmark.data import calibration_batch, data_fingerprint, load_split
+from benchmark.factory import build_model, is_zoo_model
 from benchmark.lock import exclusive, file_lock
-from benchmark.models import check_model_name, checkpoint_path, load_model
+from benchmark.models import check_model_name, checkpoint_path
 from benchmark.ptq import DEFAULT_BITS, QuantSim, bops, check_bits, layer_table
 from benchmark.quantizers import CLIP_GRID, state_fingerprint
 from benchmark.schemas import (
@@ -112,7 +113,7 @@ class SimulatorInputs:
     @classmethod
     def load(cls, spec: BenchSpec, rounder: AdaRounder | None = None) -> SimulatorInputs:
         """Read from disk; ``rounder``'s learned rounding (an AdaRound bench) travels too."""
-        model = load_model(spec.model, spec.checkpoint)
+        model = build_model(spec.model, spec.checkpoint or None)
         calib, _ = calibration_batch(spec.calib_images, spec.calib_seed)
         x, y = load_split("test")
         if spec.test_images < len(x):  # copies: a view would pickle the whole split
@@ -314,7 +315,6 @@ def build_bench(
     ``distributed.Client``, configurations are measured on its workers (``jobs`` is then
     unused); only this process writes the file.
     """
-    check_model_name(model)
     if n_configs < 0:
         raise ValueError(f"--configs must be >= 0, got {n_configs}")
     if jobs < 1:
@@ -326,13 +326,16 @@ def build_bench(
     check_rounding(rounding)
     if not 1 <= int(test_images) <= TEST_IMAGES:
         raise ValueError(f"--test-images must be in 1..{TEST_IMAGES}, got {test_images}")
-    ckpt = Path(checkpoint or checkpoint_path(model)).resolve()
+    if is_zoo_model(model):
+        ckpt = str(Path(checkpoint or checkpoint_path(model)).resolve())
+    else:  # a user's module.path:factory: its checkpoint, else the factory's own weights
+        ckpt = str(Path(checkpoint).resolve()) if checkpoint else ""
     spec = BenchSpec(
-        model, str(ckpt), tuple(sorted(int(c) for c in candidates)), int(act_bits),
+        model, ckpt, tuple(sorted(int(c) for c in candidates)), int(act_bits),
         rounding=rounding, adaround=adaround if rounding == "adaround" else None,
         test_images=int(test_images),
     )  # fmt: skip
-    net = load_model(model, ckpt)
+    net = build_model(model, ckpt or None)
     layers = layer_table(net)
     check_config_count(len(layers), n_configs, spec.candidates)  # before any file is written
     meta = {
@@ -542,9 +545,15 @@ class Bench:
     def check_model(self, model: torch.nn.Module) -> None:
         """Raise ``BenchError`` unless ``model`` has the weights this bench measured."""
         if state_fingerprint(model) != self.meta["model_fingerprint"]:
+            hint = ""
+            if not is_zoo_model(self.meta["model"]):
+                hint = (
+                    "; a factory that draws new random weights on every call needs a fixed "
+                    "seed, or a saved state_dict given to every command (--checkpoint)"
+                )
             raise BenchError(
                 f"the model's weights differ from those {self.path} was measured with; "
-                "pass the checkpoint the bench was built from (--checkpoint)"
+                f"pass the checkpoint the bench was built from (--checkpoint){hint}"
             )
 
     def bit_index(self) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Reproducible training of zoo models (seeded SGD with a one-cycle schedule)."""
+"""Reproducible training of zoo models, or a user's ``module.path:factory`` model (seeded SGD
+with a one-cycle schedule; a zoo model's registered recipe, the defaults otherwise)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from tqdm import tqdm
 
 from benchmark.cache import atomic_path, atomic_write_text
 from benchmark.data import load_split
+from benchmark.factory import initial_model, is_zoo_model
 from benchmark.lock import exclusive, file_lock
-from benchmark.models import MODELS, TRAIN_RECIPES, check_model_name, checkpoint_path
+from benchmark.models import TRAIN_RECIPES, check_model_name, checkpoint_path
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,11 @@ class TrainConfig:
 
     @classmethod
     def for_model(cls, name: str, **overrides) -> TrainConfig:
-        """The model's registered recipe, then ``overrides`` (``None`` values ignored)."""
+        """The model's registered recipe (none for a user's factory), then ``overrides``
+        (``None`` values ignored)."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        return cls(**{**TRAIN_RECIPES[check_model_name(name)], **given})
+        recipe = TRAIN_RECIPES[check_model_name(name)] if is_zoo_model(name) else {}
+        return cls(**{**recipe, **given})
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -71,13 +75,19 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
 
 
 def train(name: str, cfg: TrainConfig, out: Path | None = None, progress: bool = True) -> dict:
-    """Train zoo model ``name`` from scratch; save its state_dict and a JSON record.
+    """Train model ``name`` (zoo name or ``module.path:factory``) from scratch; save its
+    state_dict and a JSON record beside it (``out``: required for a factory).
 
     The checkpoint is locked for the whole run (a second ``emq train`` to the same path is
     refused, naming this process) and both files are written atomically.
     """
-    check_model_name(name)
-    out = Path(out or checkpoint_path(name))
+    if is_zoo_model(name):
+        out = Path(out or checkpoint_path(name))
+    else:
+        initial_model(name)  # a bad name or factory is refused before the lock
+        if out is None:
+            raise ValueError(f"--model {name}: give the checkpoint path to write (--out)")
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(file_lock(out), f"checkpoint {out}"):
         return _train(name, cfg, out, progress)
@@ -86,7 +96,7 @@ def train(name: str, cfg: TrainConfig, out: Path | None = None, progress: bool =
 def _train(name: str, cfg: TrainConfig, out: Path, progress: bool) -> dict:
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = MODELS[name]()
+    model = initial_model(name).train()  # its own (seeded) initial weights
     x, y = load_split("train")
     xt, yt = load_split("test")
     decay = [p for p in model.parameters() if p.ndim > 1]

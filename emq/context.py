@@ -6,7 +6,7 @@ from pathlib import Path
 
 from benchmark.bench import Bench
 from benchmark.data import calibration_batch
-from benchmark.models import load_model
+from benchmark.factory import build_model
 from emq.fitness import Evaluator
 from primitives.inputs import INPUT_NAMES, InputSettings, LayerInputs, get_inputs
 
@@ -20,7 +20,7 @@ def bench_inputs(
     names: tuple[str, ...] = INPUT_NAMES,
 ) -> LayerInputs:
     """Proxy inputs (``names``) of the bench's model on the seeded calibration batch (cached)."""
-    model = load_model(bench.model, checkpoint)
+    model = build_model(bench.model, checkpoint)
     bench.check_model(model)
     x, y = calibration_batch(calib_images, calib_seed)
     settings = InputSettings(

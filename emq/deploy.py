@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 from benchmark.adaround import AdaRoundSettings
+from benchmark.factory import build_model
 from benchmark.ptq import QuantSim
 from benchmark.quantizers import act_qparams, mse_weight_scales, quantizable_layers, weight_qrange
 from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset
-from emq.score import build_model
 
 OPSET = 21  # int4 DequantizeLinear (ONNX 1.16+, onnxruntime 1.18+)
 TRACE_OPSET = 20  # the newest opset torch's TorchScript exporter writes; 20 -> 21 adds types

@@ -339,7 +339,7 @@ def test_model_factories_are_checked(tmp_path, monkeypatch, capsys, spec, needle
 
 
 def test_a_valid_user_factory_still_works():
-    from emq.score import build_model
+    from benchmark.factory import build_model
 
     model = build_model("benchmark.models:VGGSmall")  # an nn.Module class with defaults
     assert sum(1 for _ in model.parameters()) > 0

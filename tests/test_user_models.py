@@ -1,24 +1,32 @@
 """Models outside the zoo: nn.MultiheadAttention rewritten with nn.Linear projections
-(``benchmark.convert``), BatchNorms folded only where folding keeps the function."""
+(``benchmark.convert``), BatchNorms folded only where folding keeps the function, a user's
+``module.path:factory`` found from the current folder, benched, scored and searched."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
-from user_models import OutOfOrderNet, PreActNet, TinyTransformer, TinyTransformerClones
+from user_models import (
+    OutOfOrderNet,
+    PreActNet,
+    TinyTransformer,
+    TinyTransformerClones,
+    trained_mlp,
+)
 
 from benchmark.convert import LinearMultiheadAttention, make_quantizable
 from benchmark.data import load_split
+from benchmark.factory import build_model
 from benchmark.ptq import QuantSim, fold_bn
 from benchmark.quantizers import quantizable_layers
 from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset
 from emq.cli import main
 from emq.deploy import export_allocation, onnx_logits
-from emq.score import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
@@ -147,3 +155,90 @@ def test_emq_score_takes_a_transformer_users_model(capsys):
     assert np.all(np.isfinite(scores)) and scores[0] > scores[1] > scores[2]
     built = build_model("user_models:TinyTransformer")
     assert not any(isinstance(m, nn.MultiheadAttention) for m in built.modules())
+
+
+def test_a_factory_in_the_current_folder_is_found(tmp_path, monkeypatch):
+    (tmp_path / "my_net_here.py").write_text(
+        "from torch import nn\n\n"
+        "def net():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "my_net_here", raising=False)
+    model = build_model("my_net_here:net")
+    assert [n for n, _ in quantizable_layers(model)] == ["1"]
+    with pytest.raises(ValueError, match="cannot import module 'not_here'.*PYTHONPATH"):
+        build_model("not_here:net")
+
+
+def test_a_users_model_is_benched_scored_and_searched(tmp_path, capsys):
+    """``emq bench build``, ``score --bench`` and ``evolve --bench`` on a factory model."""
+    bench = tmp_path / "mlp.sqlite"
+    code = main(["bench", "build", "--model", "user_models:trained_mlp", "--configs", "3",
+                 "--test-images", "200", "--out", str(bench)])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    assert main(["bench", "info", str(bench), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["model"] == "user_models:trained_mlp" and info["configs"] == 3 + 4
+    assert info["fp_top1"] > 60 and info["top1_min"] < info["top1_max"]
+    code = main(["score", "--model", "user_models:trained_mlp", "--bench", str(bench), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)["bench"]
+    assert report["configs"] == 7 and np.isfinite(report["kendall"])
+    run = tmp_path / "run"
+    code = main(["evolve", "--bench", str(bench), "--heldout", "none", "--steps", "1",
+                 "--population", "8", "--calib-images", "16", "--run", str(run)])  # fmt: skip
+    assert code == 0 and (run / "best.json").is_file()
+    capsys.readouterr()
+    # other weights are refused by name, with what to do
+    code = main(["score", "--model", "user_models:trained_mlp", "--bench", str(bench),
+                 "--checkpoint", str(_other_weights(tmp_path))])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "weights differ" in err and "fixed seed" in err
+    other, run2 = str(tmp_path / "other.pt"), str(tmp_path / "r2")
+    code = main(["evolve", "--bench", str(bench), "--heldout", "none", "--steps", "1",
+                 "--checkpoint", other, "--run", run2])  # fmt: skip
+    assert code == 2 and "weights differ" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()  # the folder it created for nothing is gone
+
+
+def _other_weights(tmp_path) -> str:
+    state = {k: v + 0.01 for k, v in trained_mlp().state_dict().items()}
+    torch.save(state, tmp_path / "other.pt")
+    return tmp_path / "other.pt"
+
+
+def test_a_bench_with_nothing_to_rank_is_refused(tmp_path, capsys):
+    """An untrained model's bench: every configuration at the same top-1."""
+    bench = tmp_path / "untrained.sqlite"
+    code = main(["bench", "build", "--model", "user_models:PreActNet", "--configs", "2",
+                 "--test-images", "100", "--out", str(bench)])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    code = main(["evolve", "--bench", str(bench), "--heldout", "none", "--steps", "1",
+                 "--population", "8", "--run", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "no proxy can rank them" in err and not (tmp_path / "r").exists()
+
+
+def test_emq_train_trains_a_factory_model(tmp_path, monkeypatch, capsys):
+    (tmp_path / "linear_net.py").write_text(
+        "from torch import nn\n\n"
+        "def net():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "linear_net", raising=False)
+    code = main(["train", "--model", "linear_net:net", "--epochs", "1", "--batch-size", "500"])
+    assert code == 2 and "--out" in capsys.readouterr().err
+    assert main(["train", "--model", "linear_net:net", "--epochs", "1", "--batch-size", "500",
+                 "--out", "net.pt", "--json"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out)
+    assert record["model"] == "linear_net:net" and record["test_top1"] > 70
+    model = build_model("linear_net:net", tmp_path / "net.pt")  # the checkpoint loads back
+    x, y = load_split("test")
+    with torch.no_grad():
+        top1 = 100.0 * float((model(x).argmax(1) == y).float().mean())
+    assert top1 == pytest.approx(record["test_top1"], abs=0.01)

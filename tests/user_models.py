@@ -25,6 +25,31 @@ def _seeded(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+_TRAINED: dict[str, dict] = {}
+
+
+def trained_mlp() -> nn.Module:
+    """A small MLP trained for a moment on 2,000 training images (seeded; trained once per
+    process, so every call returns the same weights), accurate enough that quantizing it
+    changes its top-1."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    if "mlp" not in _TRAINED:
+        from benchmark.data import load_split
+
+        x, y = load_split("train")
+        x, y = x[:2000], y[:2000]
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(3):
+            for i in range(0, len(x), 100):
+                opt.zero_grad()
+                F.cross_entropy(model(x[i : i + 100]), y[i : i + 100]).backward()
+                opt.step()
+        _TRAINED["mlp"] = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(_TRAINED["mlp"])
+    return model.eval()
+
+
 class TinyTransformer(nn.Module):
     """Patch embedding (7x7 patches), two ``nn.TransformerEncoderLayer``s, a linear head."""
 

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmark.bench import Bench
-from benchmark.models import load_model
+from benchmark.factory import build_model
 from emq.baselines.registry import BASELINES, get_baseline
 from emq.metrics import CORR_KEYS, correlation_report
 from emq.reports.baselines import write_baselines
@@ -57,7 +57,7 @@ def bench_context(
     cache: Path | str | None | bool = None,
 ) -> ScoreContext:
     """The default context of a bench: its model and a seeded calibration batch."""
-    model = load_model(bench.model, checkpoint)
+    model = build_model(bench.model, checkpoint)
     return model_context(
         model, bench.candidates, batch, seed, cache, bench.rounding, bench.adaround
     )

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from benchmark import options
+from benchmark.factory import build_model
 from emq.allocate.budget import DEFAULT_BUDGETS, Budget, SizeSpec, parse_size
 from emq.allocate.compare import check_proxy, compare_budgets, run_compare
 from emq.allocate.problem import AllocationProblem
@@ -31,7 +32,6 @@ from emq.deploy import check_output_path, export_allocation, require_deploy, sav
 from emq.reports.allocate import compare_summary, format_allocation, rounding_summary
 from emq.reports.common import write_json
 from emq.schemas import GROUPS_SCHEMA, read_document
-from emq.score import build_model
 
 
 def default_out(model: str) -> Path:
@@ -183,7 +183,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="K",
         help="measured phase 2: race the answer, next-best ILP solutions and greedy "
         "front points (K in all) and every uniform configuration that fits on "
-        "validation images from the training split; 0 = off (default %(default)s)",
+        "validation images from the training split; a uniform one still in the race at "
+        "the end is kept; 0 = off (default %(default)s)",
     )
     p.add_argument("--accuracy-target", type=options.percent, metavar="A",
                    help="top-1 %% on the validation images (SQNR method)")  # fmt: skip

@@ -22,7 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b = subparsers.add_parser("bench", help="build or inspect a bench file")
     bsub = b.add_subparsers(dest="bench_command", required=True, metavar="ACTION")
     bb = bsub.add_parser("build", help="measure PTQ accuracy of sampled configurations")
-    bb.add_argument("--model", required=True, help=f"one of {', '.join(sorted(MODELS))}")
+    bb.add_argument(
+        "--model", required=True,
+        help=f"a zoo model ({', '.join(sorted(MODELS))}) or your own module.path:factory",
+    )  # fmt: skip
     bb.add_argument("--configs", type=CONFIG_COUNT, required=True, help="number of random configs")
     bb.add_argument("--seed", type=options.seed, default=0, help="sampling seed")
     bb.add_argument("--out", required=True, help="SQLite bench file (resumed if it exists)")

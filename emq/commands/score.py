@@ -10,10 +10,11 @@ import numpy as np
 
 from benchmark import options
 from benchmark.bench import Bench
+from benchmark.factory import build_model
 from benchmark.quantizers import quantizable_layers
 from emq.commands.common import adaround_settings, add_rounding_arguments
 from emq.metrics import correlation_report
-from emq.score import build_model, model_context, parse_configs, score
+from emq.score import model_context, parse_configs, score
 from emq.scorers import resolve_scorer
 from emq.scoring import scorer_inputs, scorer_label
 
@@ -53,6 +54,8 @@ def run(args: argparse.Namespace) -> None:
     )
     if bench is not None and bench.num_layers != n_layers:
         raise ValueError(f"bench {bench.path} has {bench.num_layers} layers, model {n_layers}")
+    if bench is not None:
+        bench.check_model(model)  # its measurements are of these weights
     names = scorer_inputs(scorer)  # only what the proxy reads (e.g. no Hessian)
     ctx = model_context(
         model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada, names=names

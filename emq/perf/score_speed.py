@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from emq.score import build_model, model_context, score
+from benchmark.factory import build_model
+from emq.score import model_context, score
 from emq.scorers import resolve_scorer
 from emq.scoring import config_scores, scorer_inputs
 
