@@ -183,8 +183,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="K",
         help="measured phase 2: race the answer, next-best ILP solutions and greedy "
         "front points (K in all) and every uniform configuration that fits on "
-        "validation images from the training split; a uniform one still in the race at "
-        "the end is kept; 0 = off (default %(default)s)",
+        "validation images from the training split; a uniform one still in the race is "
+        "kept unless the leader beats it by more than one standard error; 0 = off "
+        "(default %(default)s)",
     )
     p.add_argument("--accuracy-target", type=options.percent, metavar="A",
                    help="top-1 %% on the validation images (SQNR method)")  # fmt: skip
