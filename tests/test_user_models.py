@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from user_models import (
     trained_mlp,
 )
 
+from benchmark.bench import Bench
 from benchmark.convert import LinearMultiheadAttention, make_quantizable
 from benchmark.data import load_split
 from benchmark.factory import build_model
@@ -242,3 +244,18 @@ def test_emq_train_trains_a_factory_model(tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         top1 = 100.0 * float((model(x).argmax(1) == y).float().mean())
     assert top1 == pytest.approx(record["test_top1"], abs=0.01)
+
+
+def test_shipped_example_model_matches_its_bench(monkeypatch):
+    """``examples/torch_vit.py``: its checkpoint is the one its bench measured, and the
+    rewritten attention keeps the FP accuracy recorded at training time."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    monkeypatch.chdir(examples)  # found as a user's file in the current folder
+    monkeypatch.delitem(sys.modules, "torch_vit", raising=False)
+    bench = Bench.open(examples / "torch_vit.sqlite")
+    model = build_model("torch_vit:make", examples / "torch_vit.pt")
+    bench.check_model(model)
+    record = json.loads((examples / "torch_vit.json").read_text())
+    assert bench.model == "torch_vit:make" and len(bench) >= 250
+    assert bench.meta["test_images"] == 10000 and bench.num_layers == 26
+    assert abs(bench.meta["fp_top1"] - record["test_top1"]) <= 0.05
