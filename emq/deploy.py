@@ -291,9 +291,12 @@ def _separate_bias(node, inits: dict, tag: str, weight_ndim: int):
     if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
         return None
     bias = inits.get(node.input[2])
-    if bias is None or len(bias.dims) != 1:
+    # a layer called more than once shares its bias: the first call already reshaped it
+    shared = (bias is not None and node.op_type == "Conv" and len(bias.dims) == weight_ndim - 1
+              and all(d == 1 for d in bias.dims[1:]))  # fmt: skip
+    if bias is None or (len(bias.dims) != 1 and not shared):
         raise ValueError(f"layer {tag!r}: its bias is not a constant vector of the graph")
-    if node.op_type == "Conv":  # [C] -> [C, 1, 1, ...] to broadcast over [N, C, H, W, ...]
+    if node.op_type == "Conv" and not shared:  # [C] -> [C, 1, 1, ...] over [N, C, H, W, ...]
         bias.dims.extend([1] * (weight_ndim - 2))
     out = node.output[0]
     del node.input[2]

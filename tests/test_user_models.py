@@ -15,6 +15,7 @@ from torch import nn
 from user_models import (
     OutOfOrderNet,
     PreActNet,
+    SharedConvNet,
     TinyTransformer,
     TinyTransformerClones,
     trained_mlp,
@@ -119,7 +120,7 @@ def test_images():
 
 
 @pytest.mark.parametrize(
-    "factory", [TinyTransformer, TinyTransformerClones, PreActNet, OutOfOrderNet]
+    "factory", [TinyTransformer, TinyTransformerClones, PreActNet, OutOfOrderNet, SharedConvNet]
 )
 def test_user_architectures_quantize_and_export_like_the_simulator(factory, test_images):
     model = make_quantizable(factory())

@@ -79,6 +79,24 @@ class TinyTransformerClones(TinyTransformer):
     distinct = False
 
 
+class SharedConvNet(nn.Module):
+    """One conv module applied twice (weights shared between two places in the graph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.block = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        x = F.relu(self.block(x))
+        x = F.relu(self.block(x))
+        return self.fc(x.mean((2, 3)))
+
+
 class PreActNet(nn.Module):
     """A pre-activation residual block: each BatchNorm normalizes the *input* of a conv."""
 
