@@ -114,14 +114,16 @@ class LayerInfo:
 
 
 def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> list[LayerInfo]:
-    """Parameter counts and MACs per image of each quantizable layer (forward hooks)."""
+    """Parameter counts and MACs per image of each quantizable layer (forward hooks; a
+    layer called more than once counts every call). A layer the forward pass never calls
+    is refused by name: it cannot be measured, scored or allocated."""
     layers = quantizable_layers(model)
     macs: dict[str, int] = {}
 
     def hook(name: str):
         def fn(mod: nn.Module, inputs, output: torch.Tensor) -> None:
             per_out = mod.weight[0].numel()  # MACs per output element (Cin/groups * kh * kw)
-            macs[name] = int(output[0].numel() * per_out)
+            macs[name] = macs.get(name, 0) + int(output[0].numel() * per_out)
 
         return fn
 
@@ -136,6 +138,14 @@ def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> l
             h.remove()
         for m, mode in modes.items():
             m.training = mode
+    unused = [n for n, _ in layers if n not in macs]
+    if unused:
+        more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+        raise ValueError(
+            f"layer {unused[0]!r}{more} is never called by the model's forward pass: EMQ "
+            "cannot measure or score it; remove it from the model (or build it only where "
+            "it is used)"
+        )
     return [
         LayerInfo(
             name=n,

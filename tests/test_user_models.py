@@ -18,6 +18,7 @@ from user_models import (
     SharedConvNet,
     TinyTransformer,
     TinyTransformerClones,
+    WithUnusedHead,
     trained_mlp,
 )
 
@@ -260,3 +261,14 @@ def test_shipped_example_model_matches_its_bench(monkeypatch):
     assert bench.model == "torch_vit:make" and len(bench) >= 250
     assert bench.meta["test_images"] == 10000 and bench.num_layers == 26
     assert abs(bench.meta["fp_top1"] - record["test_top1"]) <= 0.05
+
+
+def test_a_shared_layer_counts_every_call_and_an_unused_one_is_refused(capsys):
+    from benchmark.ptq import layer_table
+
+    table = {layer.name: layer.macs for layer in layer_table(SharedConvNet())}
+    assert table["block"] == 2 * table["stem"] * 8  # two calls, 8 input channels vs. 1
+    with pytest.raises(ValueError, match="'unused' is never called"):
+        layer_table(WithUnusedHead())
+    assert main(["score", "--model", "user_models:WithUnusedHead", "--configs", "8,8"]) == 2
+    assert "never called" in capsys.readouterr().err

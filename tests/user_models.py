@@ -137,3 +137,17 @@ class OutOfOrderNet(nn.Module):
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))
         return self.fc(x.mean((2, 3)))
+
+
+class WithUnusedHead(nn.Module):
+    """A classifier that also defines a head its forward pass never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(784, 10)
+        self.unused = nn.Linear(10, 10)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
