@@ -248,18 +248,19 @@ def test_emq_train_trains_a_factory_model(tmp_path, monkeypatch, capsys):
     assert top1 == pytest.approx(record["test_top1"], abs=0.01)
 
 
-def test_shipped_example_model_matches_its_bench(monkeypatch):
-    """``examples/torch_vit.py``: its checkpoint is the one its bench measured, and the
-    rewritten attention keeps the FP accuracy recorded at training time."""
+@pytest.mark.parametrize("name, layers", [("torch_vit", 26), ("convnext", 15)])
+def test_shipped_example_model_matches_its_bench(name, layers, monkeypatch):
+    """``examples/NAME.py``: its checkpoint is the one its bench measured, and the model as
+    EMQ builds it (attention rewritten) keeps the FP accuracy recorded at training time."""
     examples = Path(__file__).resolve().parents[1] / "examples"
     monkeypatch.chdir(examples)  # found as a user's file in the current folder
-    monkeypatch.delitem(sys.modules, "torch_vit", raising=False)
-    bench = Bench.open(examples / "torch_vit.sqlite")
-    model = build_model("torch_vit:make", examples / "torch_vit.pt")
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    bench = Bench.open(examples / f"{name}.sqlite")
+    model = build_model(f"{name}:make", examples / f"{name}.pt")
     bench.check_model(model)
-    record = json.loads((examples / "torch_vit.json").read_text())
-    assert bench.model == "torch_vit:make" and len(bench) >= 250
-    assert bench.meta["test_images"] == 10000 and bench.num_layers == 26
+    record = json.loads((examples / f"{name}.json").read_text())
+    assert bench.model == f"{name}:make" and len(bench) >= 250
+    assert bench.meta["test_images"] == 10000 and bench.num_layers == layers
     assert abs(bench.meta["fp_top1"] - record["test_top1"]) <= 0.05
 
 
