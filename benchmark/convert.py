@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.models import evaluating
+
 CHECK_SEED = 0  # the fixed random input the converted model is checked on
 
 
@@ -153,17 +155,10 @@ def make_quantizable(
     converted = copy.deepcopy(model)
     for name, module in list(converted.named_modules()):
         if isinstance(module, nn.MultiheadAttention):
-            parent_name, _, child = name.rpartition(".")
-            parent = converted.get_submodule(parent_name) if parent_name else converted
-            setattr(parent, child, LinearMultiheadAttention.from_torch(module))
+            converted.set_submodule(name, LinearMultiheadAttention.from_torch(module))
     x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(CHECK_SEED))
-    modes = {m: m.training for m in model.modules()}
-    try:
-        with torch.no_grad():
-            ref, out = model.eval()(x), converted.eval()(x)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    with evaluating(model), torch.no_grad():
+        ref, out = model(x), converted.eval()(x)
     scale = float(ref.abs().max()) if torch.is_tensor(ref) else 1.0
     if not (
         torch.is_tensor(out) and torch.allclose(ref, out, rtol=1e-3, atol=atol * max(scale, 1))

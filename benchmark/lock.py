@@ -10,6 +10,7 @@ in place (``filelock`` keeps it so that waiters share one inode); it holds no da
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,3 +92,18 @@ def exclusive(lock_file: Path | str, what: str) -> Iterator[None]:
         if first:
             pid_file.unlink(missing_ok=True)
         lock.release()
+
+
+@contextmanager
+def created_folder(path: Path | str) -> Iterator[Path]:
+    """Create the folder ``path`` for the block; when the block fails and the folder was
+    created here and holds nothing but lock files, remove it again (nothing left behind)."""
+    path = Path(path)
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if created and path.is_dir() and all(is_lock_file(p) for p in path.iterdir()):
+            shutil.rmtree(path)
+        raise

@@ -5,7 +5,8 @@ Adding a model is one function decorated with ``@register("name")``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +17,18 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 MODELS: dict[str, Callable[[], nn.Module]] = {}
 # Per-model training settings that differ from ``benchmark.train.TrainConfig``'s defaults.
 TRAIN_RECIPES: dict[str, dict] = {}
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block; every module's training flag restored after."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def register(name: str, **train_recipe):

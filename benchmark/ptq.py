@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.adaround import AdaRounder, AdaRoundSettings, weight_quantizer
+from benchmark.models import evaluating
 from benchmark.quantizers import (
     CLIP_GRID,
     SUPPORTED_BITS,
@@ -54,21 +55,14 @@ def fold_bn(model: nn.Module, check_input: torch.Tensor | None = None) -> nn.Mod
     folded = copy.deepcopy(model).eval()
     ref = None
     if check_input is not None:
-        modes = {m: m.training for m in model.modules()}
-        try:
-            with torch.no_grad():
-                ref = model.eval()(check_input)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        with evaluating(model), torch.no_grad():
+            ref = model(check_input)
     modules = list(folded.named_modules())
     for (_, conv), (bn_name, bn) in zip(modules, modules[1:], strict=False):
         if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
             continue
         if bn.num_features != conv.out_channels or not bn.track_running_stats:
             continue
-        parent_name, _, child = bn_name.rpartition(".")
-        parent = folded.get_submodule(parent_name) if parent_name else folded
         saved = (conv.weight.detach().clone(), conv.bias)
         with torch.no_grad():
             std = torch.sqrt(bn.running_var + bn.eps)
@@ -78,12 +72,12 @@ def fold_bn(model: nn.Module, check_input: torch.Tensor | None = None) -> nn.Mod
             bias = conv.bias if conv.bias is not None else torch.zeros_like(std)
             conv.weight.copy_(conv.weight * factor.reshape(-1, 1, 1, 1))
             conv.bias = nn.Parameter(beta + (bias - bn.running_mean) * factor)
-        setattr(parent, child, nn.Identity())
+        folded.set_submodule(bn_name, nn.Identity())
         if ref is not None and not _same_output(folded, check_input, ref):
             with torch.no_grad():  # not this conv's BatchNorm: undo, keep it as it is
                 conv.weight.copy_(saved[0])
             conv.bias = saved[1]
-            setattr(parent, child, bn)
+            folded.set_submodule(bn_name, bn)
     return folded
 
 
@@ -128,16 +122,12 @@ def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> l
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(torch.zeros(1, *input_shape))
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     unused = [n for n, _ in layers if n not in macs]
     if unused:
         more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""

@@ -81,22 +81,18 @@ def train(name: str, cfg: TrainConfig, out: Path | None = None, progress: bool =
     The checkpoint is locked for the whole run (a second ``emq train`` to the same path is
     refused, naming this process) and both files are written atomically.
     """
-    if is_zoo_model(name):
-        out = Path(out or checkpoint_path(name))
-    else:
-        initial_model(name)  # a bad name or factory is refused before the lock
-        if out is None:
-            raise ValueError(f"--model {name}: give the checkpoint path to write (--out)")
-    out = Path(out)
+    torch.manual_seed(cfg.seed)
+    model = initial_model(name)  # seeded initial weights; a bad name or factory is refused
+    if out is None and not is_zoo_model(name):
+        raise ValueError(f"--model {name}: give the checkpoint path to write (--out)")
+    out = Path(out or checkpoint_path(name))
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(file_lock(out), f"checkpoint {out}"):
-        return _train(name, cfg, out, progress)
+        return _train(name, model.train(), cfg, out, progress)
 
 
-def _train(name: str, cfg: TrainConfig, out: Path, progress: bool) -> dict:
-    torch.manual_seed(cfg.seed)
+def _train(name: str, model: nn.Module, cfg: TrainConfig, out: Path, progress: bool) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = initial_model(name).train()  # its own (seeded) initial weights
     x, y = load_split("train")
     xt, yt = load_split("test")
     decay = [p for p in model.parameters() if p.ndim > 1]

@@ -154,13 +154,12 @@ def race(
             flags = np.asarray(correct_of(i, chunk), dtype=bool)
             correct[i].append(flags)
             measured, images = measured + 1, images + len(flags)
-        seen = {i: np.concatenate(correct[i]).astype(np.float64) for i in alive}
-        leader = max(alive, key=lambda i: (seen[i].mean(), -i))
+        seen = _flags(correct, alive)
+        leader = _most_accurate(seen, alive)
         kept = []
         for i in alive:
-            gap = seen[leader] - seen[i]
-            se = float(gap.std(ddof=1)) / np.sqrt(len(gap)) if len(gap) > 1 else 0.0
-            if i == leader or not (gap.mean() > 0 and gap.mean() > z * se):
+            lead, se = _paired_gap(seen[leader], seen[i])
+            if i == leader or not (lead > 0 and lead > z * se):
                 kept.append(i)
         alive = kept
         if len(alive) == 1:
@@ -179,15 +178,31 @@ def pick(
     ``prefer`` candidate (uniform) survived and the leader is ahead of the best such one
     by no more than ``z_prefer`` standard errors of their paired gap. Ties go to the
     earlier candidate."""
-    seen = {i: np.concatenate(correct[i]).astype(np.float64) for i in alive}
-    leader = max(alive, key=lambda i: (seen[i].mean(), -i))
+    seen = _flags(correct, alive)
+    leader = _most_accurate(seen, alive)
     kept = [i for i in alive if i in prefer]
     if leader in prefer or not kept:
         return leader
-    best = max(kept, key=lambda i: (seen[i].mean(), -i))
-    gap = seen[leader] - seen[best]
+    best = _most_accurate(seen, kept)
+    lead, se = _paired_gap(seen[leader], seen[best])
+    return best if lead <= z_prefer * se else leader
+
+
+def _flags(correct: Sequence[Sequence[np.ndarray]], ids: Sequence[int]) -> dict:
+    """Each candidate's correct flags on every image it has seen, as 0/1 floats."""
+    return {i: np.concatenate(correct[i]).astype(np.float64) for i in ids}
+
+
+def _most_accurate(seen: dict, ids: Sequence[int]) -> int:
+    """The most accurate of ``ids``; ties to the earlier candidate."""
+    return max(ids, key=lambda i: (seen[i].mean(), -i))
+
+
+def _paired_gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean of ``a - b`` over the same images and its standard error."""
+    gap = a - b
     se = float(gap.std(ddof=1)) / np.sqrt(len(gap)) if len(gap) > 1 else 0.0
-    return best if gap.mean() <= z_prefer * se else leader
+    return float(gap.mean()), se
 
 
 def chunk_bounds(total: int, chunks: Sequence[int] = CHUNKS) -> list[tuple[int, int]]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 from benchmark import options
 from benchmark.bench import Bench, default_bench
 from benchmark.cluster import connected, scheduler_address
-from benchmark.lock import RUN_LOCK, exclusive, run_folder_lock
+from benchmark.lock import created_folder, exclusive, run_folder_lock
 from emq.commands.common import POPULATION, add_scheduler_argument, campaign_settings, name_list
 from emq.evolve import DEFAULT_INPUTS, campaign_identity, check_run_folder
 from emq.fitness import AGGREGATES, check_rankable
@@ -96,21 +95,16 @@ def run(args: argparse.Namespace) -> None:
     check_run_folder(run_folder, identity, settings)
     for bench in benches:
         check_rankable(bench, settings.split_seed)
-    created = not run_folder.exists()
-    try:
-        with connected(scheduler_address(args.scheduler)) as client:  # before any file exists
-            run_folder.mkdir(parents=True, exist_ok=True)
-            with exclusive(run_folder_lock(run_folder), f"run folder {run_folder}"):
-                campaign = bench_campaign(
-                    run_folder, benches, settings, checkpoint=args.checkpoint,
-                    heldout=heldout, jobs=args.jobs, client=client,
-                )  # fmt: skip
-                summary = campaign.run_steps(args.steps)
-    except BaseException:
-        # a folder this command created and left holding only its lock: take it away
-        if created and run_folder.is_dir() and {p.name for p in run_folder.iterdir()} <= {RUN_LOCK}:
-            shutil.rmtree(run_folder)
-        raise
+    with (
+        connected(scheduler_address(args.scheduler)) as client,  # before any file exists
+        created_folder(run_folder),  # removed again if nothing gets written
+        exclusive(run_folder_lock(run_folder), f"run folder {run_folder}"),
+    ):
+        campaign = bench_campaign(
+            run_folder, benches, settings, checkpoint=args.checkpoint, heldout=heldout,
+            jobs=args.jobs, client=client,
+        )  # fmt: skip
+        summary = campaign.run_steps(args.steps)
     if args.json:
         print(json.dumps(summary, indent=2))
         return
