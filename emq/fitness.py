@@ -142,6 +142,13 @@ class Evaluator:
     def shapes(self) -> list[dict[str, tuple[int, ...]]]:
         return self.inputs.shapes()
 
+    def release(self) -> None:
+        """Drop this evaluator's mapped input pages from the process (``LayerInputs.release``):
+        done after each bench of a multi-bench evaluation, so a process holds the pages of one
+        model at a time, not of all of them."""
+        if self._inputs is not None:
+            self._inputs.release()
+
     def table(self, expr: Expr) -> np.ndarray:
         return score_table(expr, self.inputs, cache=self.cache)
 
@@ -314,13 +321,18 @@ class MultiEvaluator:
 
     def reports(self, expr: Expr, split: str = "heldout") -> list[dict[str, float]]:
         """One correlation report per bench, in order."""
-        return [p.report(expr, split) for p in self.parts]
+        out = []
+        for part in self.parts:
+            out.append(part.report(expr, split))
+            part.release()
+        return out
 
     def evaluate(self, expr: Expr) -> dict:
         start = time.perf_counter()
         results = []
         for part in self.parts:
             res = part.evaluate(expr)
+            part.release()
             if res["status"] != "ok":
                 res["seconds"] = time.perf_counter() - start
                 return res

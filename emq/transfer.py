@@ -102,6 +102,7 @@ def heldout_reports(
             names=settings.inputs,
         )  # fmt: skip
         rows.append({"model": bench.model, "configs": len(bench), **ev.report(expr, "all")})
+        ev.release()
     return rows
 
 
@@ -368,6 +369,7 @@ def score_pool(
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 done[model, text] = row
+            ev.release()
             release_heap()
     return done
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -519,6 +521,36 @@ def test_cached_inputs_are_float64_maps_of_the_file(batch, tmp_path):
     before = w.clone()
     w.add_(1.0)
     assert torch.equal(inputs_module.load_inputs(inputs.path).tensors[0]["W"], before)
+
+
+def _resident_kib(path: Path) -> int:
+    """Resident memory of this process's mappings of ``path`` (``/proc/self/smaps``)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps").read().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields[0].split("-")) == 2 and ":" not in fields[0]:
+            inside = len(fields) == 6 and fields[5] == str(path.resolve())
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+def test_release_drops_the_mapped_pages_and_keeps_the_values(batch, tmp_path):
+    """A multi-bench campaign holds one model's input pages at a time (``release``)."""
+    x, y = batch
+    inputs = get_inputs(tiny_model(), x, y, InputSettings(hutchinson_samples=2), cache=tmp_path)
+    values = [{k: v.clone() for k, v in t.items()} for t in inputs.tensors]
+    assert sum(float(v.sum()) for t in inputs.tensors for v in t.values()) != 0.0
+    assert _resident_kib(inputs.path) > 0
+    inputs.release()
+    assert _resident_kib(inputs.path) == 0
+    for t, before in zip(inputs.tensors, values, strict=True):  # read again from the file
+        for k, v in t.items():
+            assert torch.equal(v, before[k])
+    assert _resident_kib(inputs.path) > 0
+    shipped = pickle.loads(pickle.dumps(inputs))  # the values travel, the mapping does not
+    assert shipped.mapping is None and shipped.tensors[0]["W"].equal(values[0]["W"])
+    shipped.release()  # nothing mapped: nothing happens
 
 
 def test_cache_key_changes_with_model_batch_labels_candidates_and_settings(batch):
