@@ -94,6 +94,18 @@ def exclusive(lock_file: Path | str, what: str) -> Iterator[None]:
         lock.release()
 
 
+def check_folder_path(path: Path | str, option: str, given: Path | str | None = None) -> None:
+    """Refuse, before any work, a folder ``path`` (of the option's value ``given``, default
+    ``path``) that is a file or lies under a file: it could not be created at the end."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise ValueError(f"{option} {given or path}: {existing} is a file, not a "
+                                 f"folder; use another {option}")  # fmt: skip
+            return
+
+
 @contextmanager
 def created_folder(path: Path | str) -> Iterator[Path]:
     """Create the folder ``path`` for the block; when the block fails and the folder was

@@ -77,6 +77,17 @@ def float_range(
     return parse
 
 
+def text(value: str) -> str:
+    """Free text (a path, a name, a list of names): refused when empty or only separators,
+    which would otherwise read as "option not given" and silently fall back to a default."""
+    if not value.replace(",", "").replace(";", "").strip():
+        raise argparse.ArgumentTypeError(
+            f"{_shown(value)}: expected a value (a path, name or list); leave the option out "
+            "for its default"
+        )
+    return value
+
+
 seed = int_range(0, MAX_SEED, "a seed, an integer")
 positive_int = int_range(1, MAX_COUNT, "an integer")
 nonneg_int = int_range(0, MAX_COUNT, "an integer")

@@ -76,7 +76,7 @@ def parse_json(
     try:
         refuse = _refuse_constant(source)
         return json.loads(
-            raw.decode("utf-8"),
+            raw.decode("utf-8-sig"),  # a byte-order mark (Windows editors) is no error
             parse_constant=refuse,
             parse_float=lambda t: v if math.isfinite(v := float(t)) else refuse(t),
         )
@@ -93,7 +93,7 @@ def read_text(path: Path | str, what: str, max_bytes: int = MAX_JSON_BYTES) -> s
     path = Path(path)
     data = _read_bytes(path, what, max_bytes)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors) is no error
     except UnicodeDecodeError as exc:
         raise FileFormatError(f"{what} {path} is not UTF-8 text ({exc.reason})") from None
 
@@ -248,6 +248,34 @@ BITS = integer(
 MAX_LAYERS = 4096
 MAX_ROWS = 2_000_000
 
+ADAROUND_SCHEMA = {
+    "type": "object",
+    "description": "AdaRound settings {iterations, lr, reg_weight, beta_start, beta_end, "
+    "warm_up, batch_size, images, seed} (benchmark.adaround.AdaRoundSettings)",
+    "additionalProperties": False,
+    "properties": {
+        "iterations": integer(1, 10**9, "AdaRound Adam steps, an integer >= 1"),
+        "lr": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1e6,
+            "description": "the AdaRound learning rate, a number > 0",
+        },
+        "reg_weight": number(0, 1e6, "the rounding-regularizer weight, a number >= 0"),
+        "beta_start": number(0, 1e6, "a number >= 0"),
+        "beta_end": number(0, 1e6, "a number >= 0"),
+        "warm_up": {
+            "type": "number",
+            "minimum": 0,
+            "exclusiveMaximum": 1,
+            "description": "the warm-up fraction, in [0, 1)",
+        },
+        "batch_size": integer(1, 10**6, "an integer >= 1"),
+        "images": integer(1, 10**7, "calibration images, an integer >= 1"),
+        "seed": integer(0, 2**32 - 1, "an integer seed >= 0"),
+    },
+}
+
 QUANTIZER_SCHEMA = {
     "type": "object",
     "description": "the quantizer settings the bench was measured with",
@@ -257,7 +285,7 @@ QUANTIZER_SCHEMA = {
         "clip_grid": integer(1, 100_000, "clip-ratio grid size, an integer >= 1"),
         "calib_images": integer(1, 10_000_000, "calibration images, an integer >= 1"),
         "calib_seed": integer(description="an integer seed"),
-        "adaround": {"type": "object", "description": "AdaRound settings (an object)"},
+        "adaround": ADAROUND_SCHEMA,
     },
 }
 

@@ -4,6 +4,7 @@ with a one-cycle schedule; a zoo model's registered recipe, the defaults otherwi
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,10 +15,12 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmark.cache import atomic_path, atomic_write_text
+from benchmark.convert import make_quantizable
 from benchmark.data import load_split
 from benchmark.factory import initial_model, is_zoo_model
-from benchmark.lock import exclusive, file_lock
-from benchmark.models import TRAIN_RECIPES, check_model_name, checkpoint_path
+from benchmark.lock import check_folder_path, exclusive, file_lock
+from benchmark.models import TRAIN_RECIPES, check_model_name, checkpoint_path, evaluating
+from benchmark.quantizers import quantizable_layers
 
 
 @dataclass(frozen=True)
@@ -79,16 +82,31 @@ def train(name: str, cfg: TrainConfig, out: Path | None = None, progress: bool =
     state_dict and a JSON record beside it (``out``: required for a factory).
 
     The checkpoint is locked for the whole run (a second ``emq train`` to the same path is
-    refused, naming this process) and both files are written atomically.
+    refused, naming this process) and both files are written atomically. The model (one
+    EMQ can quantize, with parameters to train) and the output path are checked first.
     """
     torch.manual_seed(cfg.seed)
     model = initial_model(name)  # seeded initial weights; a bad name or factory is refused
     if out is None and not is_zoo_model(name):
         raise ValueError(f"--model {name}: give the checkpoint path to write (--out)")
     out = Path(out or checkpoint_path(name))
+    check_trainable(model, name)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the checkpoint file to write, e.g. "
+                         f"{out / 'model.pt'}")  # fmt: skip
+    check_folder_path(out.parent, "--out", out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(file_lock(out), f"checkpoint {out}"):
         return _train(name, model.train(), cfg, out, progress)
+
+
+def check_trainable(model: nn.Module, name: str) -> None:
+    """Refuse, before training, a model without trainable parameters or one EMQ could not
+    quantize once trained (its layers as the other commands will see them)."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"--model {name}: the model has no trainable parameters")
+    with torch.random.fork_rng(devices=[]), evaluating(model):  # training's RNG untouched
+        quantizable_layers(make_quantizable(model))
 
 
 def _train(name: str, model: nn.Module, cfg: TrainConfig, out: Path, progress: bool) -> dict:
@@ -113,6 +131,12 @@ def _train(name: str, model: nn.Module, cfg: TrainConfig, out: Path, progress: b
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             xb = augment(x[idx], gen)
             loss = F.cross_entropy(model(xb), y[idx], label_smoothing=cfg.label_smoothing)
+            if not math.isfinite(loss.item()):  # diverged: nothing is saved
+                bar.close()
+                raise ValueError(
+                    f"training {name} diverged (loss {loss.item()}) at epoch {epoch + 1}, step "
+                    f"{i + 1}; nothing was saved: lower --lr (now {cfg.max_lr:g})"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

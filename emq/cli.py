@@ -18,6 +18,7 @@ import re
 import sqlite3
 import sys
 
+from benchmark.options import text
 from emq.commands import (
     ablate,
     allocate,
@@ -62,7 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub).set_defaults(emq_command=command)
+    _refuse_empty_text(p)
     return p
+
+
+def _refuse_empty_text(parser: argparse.ArgumentParser) -> None:
+    """Every free-text option of every subcommand (paths, names, lists) refuses an empty
+    value (``--checkpoint ""``, ``--models ,``): it would read as not given and silently
+    fall back to the default."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _refuse_empty_text(sub)
+        elif (
+            isinstance(action, (argparse._StoreAction, argparse._AppendAction))
+            and action.type is None
+            and action.choices is None
+        ):
+            action.type = text
 
 
 def _one_line(exc: BaseException) -> str:
@@ -84,20 +102,21 @@ def _one_line(exc: BaseException) -> str:
 def _stdout_gone() -> int:
     """stdout was closed by its reader (``emq ... | head``): stop quietly, as the Python
     docs recommend (``signal`` docs, "Note on SIGPIPE"): point stdout at devnull so the
-    interpreter's final flush does not fail again."""
+    interpreter's final flush does not fail again. Exit 141, as a shell reports a process
+    that SIGPIPE ended (128 + 13)."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # stdout is not a real file (tests capture it)
         pass
-    return 1
+    return 141
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``emq`` console script; returns the exit status.
 
     0 on success; 2 and one ``emq: error: ...`` line on stderr for any bad input (the
-    command line, a file, a locked folder); 130 on Ctrl-C; 1 (quietly) when stdout's
+    command line, a file, a locked folder); 130 on Ctrl-C; 141 (quietly) when stdout's
     reader went away. ``--help`` exits 0 through ``SystemExit``.
     """
     try:

@@ -42,7 +42,9 @@ from benchmark.adaround import AdaRoundSettings
 from benchmark.factory import build_model
 from benchmark.ptq import QuantSim
 from benchmark.quantizers import act_qparams, mse_weight_scales, quantizable_layers, weight_qrange
+from benchmark.schemas import read_json
 from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset
+from emq.schemas import ALLOCATION_SCHEMA, check_document
 
 OPSET = 21  # int4 DequantizeLinear (ONNX 1.16+, onnxruntime 1.18+)
 TRACE_OPSET = 20  # the newest opset torch's TorchScript exporter writes; 20 -> 21 adds types
@@ -50,20 +52,6 @@ MAX_BITS = 8  # int8/uint8 containers; 16-bit QDQ is not offered
 INT4_BITS = 4  # weights of at most this many bits are stored as int4
 AIMET_VERSION = "0.6.1"
 INSTALL_HINT = "pip install 'emq[deploy]'"
-
-ALLOCATION_SCHEMA = {
-    "type": "object",
-    "required": ["model", "layer_names", "w_bits", "a_bits"],
-    "properties": {
-        "model": {"type": "string", "minLength": 1},
-        "layer_names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "w_bits": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
-        "a_bits": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
-        "rounding": {"enum": ["nearest", "adaround"]},
-        "adaround": {"type": ["object", "null"]},
-        "checkpoint": {"type": ["string", "null"]},
-    },
-}
 
 
 def require_deploy():
@@ -77,26 +65,10 @@ def require_deploy():
 
 
 def load_allocation(path: Path | str) -> dict:
-    """An allocation JSON written by ``emq allocate``, validated against its schema."""
-    try:
-        import jsonschema
-    except ImportError:
-        raise ValueError(f"jsonschema is not installed: {INSTALL_HINT}") from None
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"allocation file {path} does not exist")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"allocation file {path} is not valid JSON: {exc}") from None
-    try:
-        jsonschema.validate(doc, ALLOCATION_SCHEMA)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "top level"
-        raise ValueError(
-            f"allocation file {path} is not an allocation written by emq allocate "
-            f"({where}: {exc.message})"
-        ) from None
+    """An allocation JSON written by ``emq allocate``: strict JSON within limits, validated
+    against ``emq.schemas.ALLOCATION_SCHEMA``, its lists of one length."""
+    source = f"allocation file {path} is not an allocation written by emq allocate"
+    doc = check_document(read_json(path, "allocation file"), ALLOCATION_SCHEMA, source)
     n = len(doc["layer_names"])
     if len(doc["w_bits"]) != n or len(doc["a_bits"]) != n:
         raise ValueError(

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.schemas import (
+    ADAROUND_SCHEMA,
     BENCH_META_SCHEMA,
+    BITS,
     IDENTITY_KEYS,
     MAX_TEXT,
     FileFormatError,
@@ -312,6 +314,42 @@ CONFIGS_SCHEMA = {
 }
 
 
+LAYER_NAMES = {
+    "type": "array",
+    "items": text(400, "a layer name", 1),
+    "minItems": 1,
+    "maxItems": 100_000,
+    "description": "the quantizable layers' names",
+}
+LAYER_BITS = {
+    "type": "array",
+    "items": BITS,
+    "minItems": 1,
+    "maxItems": 100_000,
+    "description": "one bit-width per layer, integers from 2 to 16",
+}
+ALLOCATION_SCHEMA = {
+    "type": "object",
+    "description": "an object {'model', 'layer_names', 'w_bits', 'a_bits', ...}",
+    "required": ["model", "layer_names", "w_bits", "a_bits"],
+    "properties": {
+        "model": text(400, "a zoo model name or module.path:factory", 1),
+        "layer_names": LAYER_NAMES,
+        "w_bits": LAYER_BITS,
+        "a_bits": LAYER_BITS,
+        "rounding": {"enum": ["nearest", "adaround"], "description": "'nearest' or 'adaround'"},
+        "adaround": {
+            "anyOf": [ADAROUND_SCHEMA, {"type": "null"}],
+            "description": ADAROUND_SCHEMA["description"] + " or null",
+        },
+        "checkpoint": {
+            "anyOf": [text(MAX_TEXT, "", 1), {"type": "null"}],
+            "description": "the checkpoint's path, or null (shipped)",
+        },
+    },
+}
+
+
 def read_document(path: Path | str, schema: dict, what: str) -> Any:
     """Read ``path`` as strict JSON within limits and validate it against ``schema``."""
     doc = read_json(path, what)
@@ -324,6 +362,7 @@ def check_document(doc: Any, schema: dict, source: str) -> Any:
 
 
 __all__ = [
+    "ALLOCATION_SCHEMA",
     "BEST_SCHEMA",
     "CAMPAIGN_SCHEMA",
     "CHECKPOINT_SCHEMA",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,6 +54,12 @@ def parse_configs(text: str, num_layers: int, candidates: tuple[int, ...]) -> np
     try:
         configs = [[int(str(b).strip()) for b in row] for row in rows]
     except ValueError as exc:
+        if path is None and not re.fullmatch(r"[\d\s,;+-]*", text):
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            raise ValueError(
+                f"--configs {shown!r} is neither an existing file nor inline configurations "
+                "'b1,b2,...[;b1,b2,...]'"
+            ) from None
         raise ValueError(f"configurations must be integers separated by commas: {exc}") from exc
     if not configs:
         raise ValueError("no configuration given")

@@ -42,6 +42,7 @@ import numpy as np
 from emq.allocate.groups import QuantizerGroup, candidate_name
 
 VERIFY_K = 4  # candidates besides the uniform ones (CLI default)
+MAX_VERIFY_K = 100  # each candidate is measured: more would run for hours (CLI limit)
 CHUNKS = (250, 250, 500, 1000)  # validation images per round: 250, 500, 1000, 2000 seen
 Z = 2.5  # standard errors of the paired gap that put a candidate out of the race
 Z_PREFER = 1.0  # a mixed leader must beat the best surviving uniform one by more than this

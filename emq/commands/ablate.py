@@ -7,7 +7,7 @@ from pathlib import Path
 
 from benchmark import options
 from benchmark.bench import Bench, default_bench
-from benchmark.lock import exclusive, run_folder_lock
+from benchmark.lock import created_folder, exclusive, run_folder_lock
 from emq.ablation import VARIANTS, run_ablation
 from emq.commands.common import POPULATION, check_output_folder
 from emq.context import bench_evaluator
@@ -35,8 +35,7 @@ def run(args: argparse.Namespace) -> None:
     bench = Bench.open(args.bench or default_bench())
     out = Path(args.out or f"runs/ablation-{bench.model}")
     check_output_folder(out, "--out", ("ablation.csv", "ablation.md", *VARIANTS))
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive(run_folder_lock(out), f"ablation folder {out}"):
+    with created_folder(out), exclusive(run_folder_lock(out), f"ablation folder {out}"):
         evaluator = bench_evaluator(bench, base.calib_images, base.calib_seed, base.split_seed)
         rows = run_ablation(bench, evaluator, base, args.steps, seeds, out, args.jobs)
     print(format_ablation(rows))

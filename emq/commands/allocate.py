@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmark import options
 from benchmark.factory import build_model
+from benchmark.lock import check_folder_path
 from emq.allocate.budget import DEFAULT_BUDGETS, Budget, SizeSpec, parse_size
 from emq.allocate.compare import check_proxy, compare_budgets, run_compare
 from emq.allocate.problem import AllocationProblem
@@ -26,7 +27,7 @@ from emq.allocate.rounding import run_rounding_compare
 from emq.allocate.sensitivity import MEASURED
 from emq.allocate.smpq import BETA, PERMUTATIONS, SMPQ_VALUES, THRESHOLD, XI
 from emq.allocate.sqnr import SEARCHES
-from emq.allocate.verify import VERIFY_K
+from emq.allocate.verify import MAX_VERIFY_K, VERIFY_K
 from emq.commands.common import adaround_knobs, adaround_settings, add_rounding_arguments
 from emq.deploy import check_output_path, export_allocation, require_deploy, save_exported
 from emq.reports.allocate import compare_summary, format_allocation, rounding_summary
@@ -61,6 +62,18 @@ def output_folder(args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out else default_out(args.model)
 
 
+def check_distinct_outputs(paths: dict[str, Path | None]) -> None:
+    """Refuse two outputs that are one file (the second would overwrite the first)."""
+    seen: dict[Path, str] = {}
+    for what, path in paths.items():
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {what} are the same file {path}; give each its own")
+        seen[key] = what
+
+
 def print_report(doc: dict, text: str, as_json: bool) -> None:
     """The document as indented JSON, or the text report."""
     print(json.dumps(doc, indent=2) if as_json else text)
@@ -92,6 +105,7 @@ def compare_rounding(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> None:
+    check_folder_path(output_folder(args), "--out")  # before any work, not when writing
     if args.compare:
         compare(args)
         return
@@ -115,6 +129,7 @@ def run(args: argparse.Namespace) -> None:
             onnx_path = check_output_path(args.export_onnx, "--export-onnx", created=out)
         if args.encodings:
             encodings_path = check_output_path(args.encodings, "--encodings", created=out)
+        check_distinct_outputs({"--export-onnx": onnx_path, "--encodings": encodings_path})
     problem = build_problem(args)
     size = problem.size_fraction(args.budget_size)
     if size is not None:  # the model's floor, before phase 1 is paid for
@@ -140,9 +155,12 @@ def run(args: argparse.Namespace) -> None:
             encodings=encodings_path is not None,
         )  # fmt: skip
     out = output_folder(args)
-    out.mkdir(parents=True, exist_ok=True)
     budget = budget_label(args.budget_bops, args.budget_size, args.accuracy_target)
     path = out / f"{args.method}-{alloc.scorer}-{budget}.json"
+    check_distinct_outputs(
+        {"the allocation": path, "--export-onnx": onnx_path, "--encodings": encodings_path}
+    )
+    out.mkdir(parents=True, exist_ok=True)
     write_json(path, doc)  # atomically: a reader, or a second run, never sees half a file
     if exported is not None:
         save_exported(exported, onnx_path, encodings_path)
@@ -178,7 +196,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "size (e.g. 0.5); combinable with --budget-bops")  # fmt: skip
     p.add_argument(
         "--verify",
-        type=options.nonneg_int,
+        type=options.int_range(0, MAX_VERIFY_K, "a number of candidates"),
         default=VERIFY_K,
         metavar="K",
         help="measured phase 2: race the answer, next-best ILP solutions and greedy "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmark import options
 from benchmark.bench import Bench, default_bench
-from benchmark.lock import exclusive, run_folder_lock
+from benchmark.lock import created_folder, exclusive, run_folder_lock
 from emq.baselines import BASELINES, get_baseline
 from emq.baselines.table import SPLITS, default_out_dir, run_baselines
 from emq.commands.common import name_list
@@ -39,8 +39,7 @@ def run(args: argparse.Namespace) -> None:
         get_baseline(name)
     bench = Bench.open(args.bench or default_bench())
     out = Path(args.out) if args.out else default_out_dir(bench)
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive(run_folder_lock(out), f"output folder {out}"):
+    with created_folder(out), exclusive(run_folder_lock(out), f"output folder {out}"):
         rows = run_baselines(
             bench, args.split, out, names, seed=args.seed, checkpoint=args.checkpoint,
             batch=args.batch, progress=not args.json,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmark import options
 from benchmark.adaround import ROUNDINGS, AdaRoundSettings
-from benchmark.lock import is_lock_file
+from benchmark.lock import check_folder_path, is_lock_file
 from emq.evolve import CampaignSettings
 
 CONFIG_COUNT = options.int_range(0, 1_000_000, "a number of configurations")
@@ -39,6 +39,7 @@ def check_output_folder(out: Path, option: str, ours: tuple[str, ...]) -> None:
     """Refuse an output path that is a file, or a folder of something else (read-only)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {out} is a file, not a folder; use another {option}")
+    check_folder_path(out, option)
     if out.is_dir():
         foreign = [
             p.name for p in out.iterdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmark.lock import exclusive, run_folder_lock
+from benchmark.lock import created_folder, exclusive, run_folder_lock
 from emq.export import export_run
 from emq.proxy import read_best
 
@@ -20,8 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     read_best(Path(args.run))  # validated before anything is written
     out = Path(args.out or args.run)
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive(run_folder_lock(out), f"folder {out}"):
+    with created_folder(out), exclusive(run_folder_lock(out), f"folder {out}"):
         paths = export_run(args.run, args.out)
     for kind, path in paths.items():
         print(f"{kind:<8} {path}")

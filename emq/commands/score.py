@@ -53,7 +53,11 @@ def run(args: argparse.Namespace) -> None:
         parse_configs(args.configs, n_layers, cands) if args.configs else np.empty((0, n_layers))
     )
     if bench is not None and bench.num_layers != n_layers:
-        raise ValueError(f"bench {bench.path} has {bench.num_layers} layers, model {n_layers}")
+        raise ValueError(
+            f"bench {bench.path} is of model {bench.model} ({bench.num_layers} layers), not of "
+            f"--model {args.model} ({n_layers} layers); pass --model {bench.model}, or a bench "
+            f"built with 'emq bench build --model {args.model}'"
+        )
     if bench is not None:
         bench.check_model(model)  # its measurements are of these weights
     names = scorer_inputs(scorer)  # only what the proxy reads (e.g. no Hessian)

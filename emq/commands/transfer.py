@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmark import options
 from benchmark.bench import Bench
-from benchmark.lock import exclusive, run_folder_lock
+from benchmark.lock import created_folder, exclusive, run_folder_lock
 from emq.baselines import get_baseline
 from emq.commands.common import POPULATION, campaign_settings, check_output_folder, name_list
 from emq.fitness import AGGREGATES
@@ -72,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     seeds = args.seeds
     models = parse_models(args.models, "--models") or zoo_models_with_bench()
+    if len(models) < 2:
+        raise ValueError(f"--models {args.models}: leave-one-out needs at least two models, "
+                         "e.g. --models vgg,resnext")  # fmt: skip
     kw = {"population": args.population, "bench_agg": args.bench_agg}
     if args.inputs is not None:
         kw["inputs"] = name_list(args.inputs)
@@ -88,13 +91,12 @@ def run(args: argparse.Namespace) -> None:
             raise ValueError(f"--pool: {r} is not a campaign run folder (no checkpoint.json)")
     out = Path(args.out)
     check_output_folder(out, "--out", ("transfer", "leave-", "pool-", "aggregates"))
-    out.mkdir(parents=True, exist_ok=True)
     if args.pool:
-        with exclusive(run_folder_lock(out), f"transfer folder {out}"):
+        with created_folder(out), exclusive(run_folder_lock(out), f"transfer folder {out}"):
             doc = aggregate_study(out, benches, runs, settings, baselines=names, top=args.pool_top)
         print_aggregates(doc, args.json)
         return
-    with exclusive(run_folder_lock(out), f"transfer folder {out}"):
+    with created_folder(out), exclusive(run_folder_lock(out), f"transfer folder {out}"):
         result = run_transfer(
             out, benches, seeds, args.steps, settings, baselines=names, jobs=args.jobs
         )
