@@ -431,3 +431,21 @@ def _expect_value_error(*args) -> None:
     except ValueError:
         return
     raise SystemExit(1)
+
+
+_REPO = Path(__file__).resolve().parents[1]
+SHIPPED_BENCHES = sorted(
+    [*(_REPO / "benchmark/benches").glob("*.sqlite"), *(_REPO / "examples").glob("*.sqlite")]
+)
+
+
+@pytest.mark.parametrize("shipped", SHIPPED_BENCHES, ids=lambda p: p.name)
+def test_reading_a_shipped_bench_leaves_no_file_beside_it(shipped, tmp_path):
+    """A finished bench is one file in rollback-journal mode: opening it read-only (every
+    command but ``bench build``) creates no ``-wal``/``-shm`` files in the user's folder."""
+    copy = tmp_path / shipped.name
+    shutil.copyfile(shipped, copy)
+    bench = Bench.open(copy)
+    assert len(bench) >= 250
+    assert sorted(p.name for p in tmp_path.iterdir()) == [shipped.name]
+    assert copy.read_bytes() == shipped.read_bytes()
