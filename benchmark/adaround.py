@@ -225,8 +225,10 @@ class RoundingCache:
     written atomically after each (layer, bit).
     """
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, shapes: Sequence[tuple[int, ...]] | None = None):
+        """``shapes``: the weight shape of each layer, which every stored mask must have."""
         self.key = key
+        self.shapes = None if shapes is None else [tuple(sh) for sh in shapes]
         self.path = cache_dir() / f"adaround-{key}.npz"
         self.masks: dict[tuple[int, int], torch.Tensor] = {}
         self.stats: dict[tuple[int, int], dict] = {}
@@ -240,13 +242,21 @@ class RoundingCache:
                 meta = json.loads(str(z["meta"]))
                 if meta["key"] != self.key:
                     raise ValueError(f"key {meta['key']} != {self.key}")
+                if not isinstance(meta["entries"], list):
+                    raise ValueError("'entries' is not a list")
                 for entry in meta["entries"]:
                     layer, bits, shape = entry["layer"], entry["bits"], tuple(entry["shape"])
+                    if self.shapes is not None and (
+                        not isinstance(layer, int)
+                        or not 0 <= layer < len(self.shapes)
+                        or shape != self.shapes[layer]
+                    ):
+                        raise ValueError(f"a mask of shape {list(shape)} for layer {layer}")
                     packed = z[f"l{layer}_b{bits}"]
                     flat = np.unpackbits(packed, count=int(np.prod(shape))).astype(bool)
                     self.masks[(layer, bits)] = torch.from_numpy(flat.reshape(shape))
                     self.stats[(layer, bits)] = entry["stats"]
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ValueError(
                 f"AdaRound cache {path} is corrupt ({exc}); delete it and rerun to recompute"
             ) from exc
@@ -328,7 +338,7 @@ class AdaRounder(WeightQuantizer):
             )
         fingerprint = f"unfolded:{fingerprint}" if fingerprint else state_fingerprint(self.model)
         self.key = settings_key(fingerprint, self.images, clip_grid, self.settings)
-        self.cache = RoundingCache(self.key)
+        self.cache = RoundingCache(self.key, [layer.weight.shape for layer in self.layers])
         self._inputs: list[torch.Tensor] | None = None
 
     def _layer_inputs(self) -> list[torch.Tensor]:

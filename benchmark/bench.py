@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from benchmark.adaround import AdaRounder, AdaRoundSettings, check_rounding
 from benchmark.cluster import pool
-from benchmark.data import calibration_batch, data_fingerprint, load_split
+from benchmark.data import calibration_batch, data_dir, data_fingerprint, load_split, split_size
 from benchmark.factory import build_model, is_zoo_model
 from benchmark.lock import exclusive, file_lock
 from benchmark.models import check_model_name, checkpoint_path
@@ -338,6 +338,13 @@ def build_bench(
     net = build_model(model, ckpt or None)
     layers = layer_table(net)
     check_config_count(len(layers), n_configs, spec.candidates)  # before any file is written
+    available = split_size("test")
+    if spec.test_images > available:  # else the meta would claim images never measured
+        raise ValueError(
+            f"--test-images {spec.test_images}: the test split in {data_dir()} holds only "
+            f"{available} images; pass --test-images {available} or less, or point EMQ_DATA "
+            "at the full Fashion-MNIST files"
+        )
     meta = {
         "schema_version": SCHEMA_VERSION,
         "model": model,

@@ -25,8 +25,22 @@ def cache_root() -> Path:
 
 
 def cache_dir(kind: str) -> Path:
-    """The folder of one kind of cache (not created)."""
-    return cache_root() / kind
+    """The folder of one kind of cache (not created). Refused at once when it could not be
+    created: a file in its place or above it, or an existing folder above it that this
+    process may not write (not after minutes of computing what it would hold)."""
+    root = cache_root()
+    folder = root / kind
+    where = "EMQ_CACHE" if os.environ.get("EMQ_CACHE") else "the user cache folder"
+    for existing in (folder, *folder.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise ValueError(f"cache folder {folder} ({where}) cannot be made: {existing} "
+                                 "is a file; set EMQ_CACHE to a writable folder")  # fmt: skip
+            if existing != folder and not os.access(existing, os.W_OK | os.X_OK):
+                raise ValueError(f"cache folder {folder} ({where}) cannot be made: {existing} "
+                                 "is not writable; set EMQ_CACHE to a writable folder")  # fmt: skip
+            break
+    return folder
 
 
 @contextmanager

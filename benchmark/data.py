@@ -52,6 +52,11 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(
+            f"{path} is truncated: its header promises {ndim} dimensions; reinstall the data "
+            "or point EMQ_DATA at the Fashion-MNIST IDX files"
+        )
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -62,10 +67,21 @@ def read_idx(path: Path) -> np.ndarray:
 @lru_cache(maxsize=2)
 def _load_raw(split: str, folder: str) -> tuple[np.ndarray, np.ndarray]:
     img_stem, lbl_stem = FILES[split]
-    images = read_idx(_find(Path(folder), img_stem))
-    labels = read_idx(_find(Path(folder), lbl_stem))
+    img_path, lbl_path = _find(Path(folder), img_stem), _find(Path(folder), lbl_stem)
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    fix = "; reinstall the data or point EMQ_DATA at the Fashion-MNIST IDX files"
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.shape[0] == 0:
+        raise ValueError(f"{img_path} holds an array of shape {list(images.shape)}, not "
+                         f"28x28 images [N, 28, 28]{fix}")  # fmt: skip
+    if labels.ndim != 1:
+        raise ValueError(f"{lbl_path} holds an array of shape {list(labels.shape)}, not one "
+                         f"label per image [N]{fix}")  # fmt: skip
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
+        raise ValueError(f"{split}: {img_path} holds {images.shape[0]} images but {lbl_path} "
+                         f"{labels.shape[0]} labels{fix}")  # fmt: skip
+    if labels.max() > 9:
+        raise ValueError(f"{lbl_path} holds label {int(labels.max())}: Fashion-MNIST labels "
+                         f"are 0 to 9{fix}")  # fmt: skip
     return images, labels
 
 
@@ -77,6 +93,11 @@ def load_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     x = (x - MEAN) / STD
     return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def split_size(split: str) -> int:
+    """Number of images in a split of the data folder in use."""
+    return len(_load_raw(split, str(data_dir()))[1])
 
 
 def data_fingerprint(split: str) -> str:
@@ -92,7 +113,9 @@ def calibration_batch(n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.
     """A seeded random batch of ``n`` training images and labels (never test images)."""
     images, labels = _load_raw("train", str(data_dir()))
     if not 0 < n <= len(images):
-        raise ValueError(f"calibration batch size must be in 1..{len(images)}, got {n}")
+        raise ValueError(f"calibration batch size must be in 1..{len(images)}, got {n}"
+                         + (f" (the training split in {data_dir()} holds {len(images)} images)"
+                            if n > len(images) else ""))  # fmt: skip
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(images), generator=g)[:n].numpy()
     # Normalized after indexing (element-wise, so the values of ``load_split``'s), not all

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 
 from benchmark.quantizers import SUPPORTED_BITS
@@ -92,7 +93,10 @@ seed = int_range(0, MAX_SEED, "a seed, an integer")
 positive_int = int_range(1, MAX_COUNT, "an integer")
 nonneg_int = int_range(0, MAX_COUNT, "an integer")
 images = int_range(1, TRAIN_IMAGES, "a number of images")
-jobs = int_range(1, 1024, "a number of processes")
+# Local worker processes: each imports torch and holds a model; a thousand of them would
+# swap the machine to a halt. Four per core is the most that can help (more: --scheduler).
+MAX_JOBS = 4 * (os.cpu_count() or 1)
+jobs = int_range(1, MAX_JOBS, "a number of local processes (4 per CPU core)")
 fraction = float_range(0.0, 1.0, lo_open=True, what="a fraction")
 # Relative BOPs (vs W8A8): at most 4, W16A16 everywhere (the widest supported candidate);
 # the allocator then checks the budget against its groups' own range.

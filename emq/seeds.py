@@ -37,7 +37,7 @@ def fitting(seeds: Iterable[str], inputs: Iterable[str]) -> tuple[str, ...]:
 def load_seeds(spec: str, inputs: Iterable[str] | None = None) -> tuple[str, ...]:
     """Formulas of a built-in seed set (``literature``, ``none``) or of a file (one per line,
     ``#`` comments). A built-in set keeps only the seeds that fit ``inputs`` (when given);
-    a file's formulas are all kept (one outside ``--inputs`` is an error later)."""
+    a file's formulas are all kept, and one outside ``inputs`` (when given) is an error."""
     if spec in BUILTIN:
         return BUILTIN[spec] if inputs is None else fitting(BUILTIN[spec], inputs)
     path = existing_path(spec)
@@ -50,9 +50,17 @@ def load_seeds(spec: str, inputs: Iterable[str] | None = None) -> tuple[str, ...
     raw = read_text(path, "--init file")
     lines = [ln.strip() for ln in raw.splitlines()]
     formulas = tuple(ln for ln in lines if ln and not ln.startswith("#"))
+    if not formulas:
+        raise ValueError(f"--init file {path} holds no formula (one per line, '#' starts a "
+                         "comment); use --init none to start from random genomes only")  # fmt: skip
+    allowed = None if inputs is None else set(inputs)
     for i, text in enumerate(formulas):
         try:
-            from_string(text)
+            outside = sorted(leaves(canonical(from_string(text))) - (allowed or set()))
         except ValueError as exc:
             raise ValueError(f"--init file {path}, formula {i + 1}: {exc}") from None
+        if allowed is not None and outside:
+            raise ValueError(f"--init file {path}, formula {i + 1} '{text}' uses "
+                             f"{', '.join(outside)}, outside --inputs {','.join(inputs)}; "
+                             "remove it or add the input to --inputs")  # fmt: skip
     return formulas

@@ -368,10 +368,9 @@ def test_run_baselines_heldout_split_and_model_check(small_bench, tmp_path):
         run_baselines(bench, "train", tmp_path, context=ctx)
 
 
-def test_cli_json_and_table(small_bench, tmp_path, capsys, monkeypatch):
+def test_cli_json_and_table(vgg_bench_copy, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "cache"))
-    bench, ckpt = small_bench
-    argv = ["baselines", "--bench", str(bench.path), "--checkpoint", str(ckpt), "--split", "all",
+    argv = ["baselines", "--bench", str(vgg_bench_copy), "--split", "all",
             "--batch", "16", "--only", "bparams,sqnr_measured", "--out", str(tmp_path)]  # fmt: skip
     assert main([*argv, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

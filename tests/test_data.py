@@ -101,7 +101,7 @@ def test_image_label_count_mismatch(tmp_path, monkeypatch):
     images, labels = tiny_split(3, n=5)
     write_split(tmp_path, "test", images, labels[:4], gz=False)
     monkeypatch.setenv("EMQ_DATA", str(tmp_path))
-    with pytest.raises(ValueError, match="5 images but 4 labels"):
+    with pytest.raises(ValueError, match="holds 5 images but .* 4 labels"):
         load_split("test")
 
 
@@ -253,5 +253,5 @@ def test_calibration_batch_does_not_alias_training_set():
 
 @pytest.mark.parametrize("n", [0, -1, 60001])
 def test_calibration_batch_bad_size(n):
-    with pytest.raises(ValueError, match=f"got {n}$"):
+    with pytest.raises(ValueError, match=rf"got {n}(?!\d)"):
         calibration_batch(n)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_checks import files, refused
 
 from benchmark.bench import Bench
 from benchmark.lock import LockedError, exclusive, file_lock, run_folder_lock
@@ -35,24 +36,6 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "EMQ_DEBUG"}, "PYTHONPATH"
 @pytest.fixture(autouse=True)
 def no_debug(monkeypatch):
     monkeypatch.delenv("EMQ_DEBUG", raising=False)
-
-
-def refused(argv: list[str], capsys, *needles: str) -> str:
-    """``main`` returns 2 with exactly one ``emq: error:`` line naming ``needles``."""
-    code = main(argv)
-    captured = capsys.readouterr()
-    err = captured.err
-    assert code == 2, err
-    assert captured.out == ""
-    assert err.startswith("emq: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
-def files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 # --------------------------------------------------------------------------- valid input crashes

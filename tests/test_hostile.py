@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import refused
 
 from benchmark.models import checkpoint_path
 from emq.cli import main
@@ -123,28 +124,6 @@ def hostile(tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     return work
-
-
-def files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
-def refused(argv: list[str], capsys, *needles: str, folder: Path | None = None) -> str:
-    """``main`` returns 2 with exactly one ``emq: error:`` line naming ``needles``, and
-    leaves ``folder`` as it was."""
-    before = files(folder) if folder is not None else None
-    code = main(argv)
-    captured = capsys.readouterr()
-    err = captured.err
-    assert code == 2, err
-    assert captured.out == ""
-    assert err.startswith("emq: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in err, err
-    if folder is not None:
-        assert files(folder) == before
-    return err
 
 
 # --------------------------------------------------------------------------- model factories
@@ -363,3 +342,207 @@ def test_a_missing_config_file_is_named_as_such(capsys):
 def test_score_with_a_bench_of_another_model_says_which(capsys):
     refused(["score", "--model", "resnet20", "--bench", str(BENCHES / "vgg.sqlite")], capsys,
             "is of model vgg (8 layers)", "--model resnet20 (20 layers)")  # fmt: skip
+
+
+# =========================================================================== second sweep
+# Environment (EMQ_DATA, EMQ_CACHE, cache files), evolve / bench / baselines / score inputs.
+
+VGG_CONFIG = ",".join("4" * 8)
+
+
+def _idx(array) -> bytes:
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    head = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return head + array.tobytes()
+
+
+def _data(folder: Path, n_train: int = 64, n_test: int = 64, **override: bytes) -> Path:
+    """A small Fashion-MNIST-like IDX folder (zero images, labels 0..9); ``override`` maps
+    ``train_images`` etc. to raw file bytes."""
+    import numpy as np
+
+    folder.mkdir()
+    files = {
+        "train_images": _idx(np.zeros((n_train, 28, 28))),
+        "train_labels": _idx(np.arange(n_train) % 10),
+        "test_images": _idx(np.zeros((n_test, 28, 28))),
+        "test_labels": _idx(np.arange(n_test) % 10),
+    }
+    names = {"train_images": "train-images-idx3-ubyte",
+             "train_labels": "train-labels-idx1-ubyte",
+             "test_images": "t10k-images-idx3-ubyte",
+             "test_labels": "t10k-labels-idx1-ubyte"}  # fmt: skip
+    for key, raw in {**files, **override}.items():
+        (folder / names[key]).write_bytes(raw)
+    return folder
+
+
+@pytest.mark.parametrize("override, needles", [
+    ({"train_images": bytes([0, 0, 8, 255]) + bytes(64)}, ["promises 255 dimensions"]),
+    ({"train_images": _idx([0] * (64 * 784))}, ["shape [50176], not 28x28 images"]),
+    ({"train_images": _idx([[[0] * 32] * 32] * 64)}, ["shape [64, 32, 32]"]),
+    ({"train_labels": _idx([200] * 64)}, ["holds label 200", "0 to 9"]),
+    ({"train_labels": _idx([[1, 2]] * 64)}, ["shape [64, 2], not one label per image"]),
+    ({"train_labels": _idx([1] * 63)}, ["holds 64 images but", "63 labels"]),
+])  # fmt: skip
+def test_emq_data_files_of_the_wrong_content_are_refused(tmp_path, monkeypatch, capsys,
+                                                        override, needles):  # fmt: skip
+    # was: a traceback (IndexError "Target 200 is out of bounds" from cross_entropy), a numpy
+    # "offset must be non-negative" message, or a model shape error about (128, 1, 32, 32)
+    monkeypatch.setenv("EMQ_DATA", str(_data(tmp_path / "data", **override)))
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "cache"))
+    refused(["score", "--model", "vgg", "--configs", VGG_CONFIG], capsys, *needles,
+            "EMQ_DATA", folder=tmp_path)  # fmt: skip
+
+
+def test_bench_build_on_a_short_test_split_is_refused(tmp_path, monkeypatch, capsys):
+    # was: exit 0, a bench whose meta says test_images 10000 (or the --test-images asked)
+    # while every row was measured on the 50 images the folder holds
+    monkeypatch.setenv("EMQ_DATA", str(_data(tmp_path / "data", n_test=50)))
+    out = tmp_path / "b.sqlite"
+    argv = ["bench", "build", "--model", "vgg", "--configs", "0", "--seed", "0", "--out", str(out)]
+    refused(argv, capsys, "--test-images 10000", "holds only 50 images", folder=tmp_path)
+    refused([*argv, "--test-images", "51"], capsys, "pass --test-images 50 or less",
+            folder=tmp_path)  # fmt: skip
+
+
+def test_a_calibration_batch_larger_than_the_data_names_the_folder(tmp_path, monkeypatch):
+    from benchmark.data import calibration_batch
+
+    monkeypatch.setenv("EMQ_DATA", str(_data(tmp_path / "data", n_train=20)))
+    with pytest.raises(ValueError, match=r"got 128 \(the training split in .*data holds 20"):
+        calibration_batch(128)
+
+
+@pytest.mark.parametrize("cache", ["afile", "afile/sub"])
+def test_emq_cache_under_a_file_is_refused_naming_emq_cache(tmp_path, monkeypatch, capsys,
+                                                           cache):  # fmt: skip
+    # was: "emq: error: Not a directory: .../afile/inputs" (neither EMQ_CACHE nor the fix)
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path / cache))
+    refused(["score", "--model", "vgg", "--configs", VGG_CONFIG], capsys,
+            "(EMQ_CACHE) cannot be made", "afile is a file", "set EMQ_CACHE to a writable "
+            "folder", folder=tmp_path)  # fmt: skip
+
+
+def test_an_inputs_cache_file_missing_an_input_is_refused(tmp_path, vgg_bench_copy):
+    # was: exit 0: a cache file whose header lost one tensor (here D of the first layer)
+    # made every genome reading it fail, counted invalid, silently
+    from benchmark.bench import Bench
+    from emq.context import bench_inputs
+
+    bench = Bench.open(vgg_bench_copy)
+    inputs = bench_inputs(bench, 8, names=("W", "D"), cache=tmp_path)
+    raw = inputs.path.read_bytes()
+    needle = b'"layer": 0, "name": "D"'
+    assert raw.count(needle) == 1
+    inputs.path.write_bytes(raw.replace(needle, b'"layer": 0, "name": "Q"'))
+    with pytest.raises(ValueError, match=r"has no input D for layer features.0.0; delete it"):
+        bench_inputs(bench, 8, names=("W", "D"), cache=tmp_path)
+
+
+def test_corrupt_allocator_cache_entries_are_recomputed_not_used(tmp_path):
+    # was: a traceback ("table": 5), an opaque scipy error (NaN in the table), or
+    # "could not convert string to float" - a stale cache must never decide an allocation
+    import numpy as np
+
+    from emq.allocate.sensitivity import _JsonCache
+
+    path = tmp_path / "c.json"
+    path.write_text('{"table": 5, "t2": [[1, NaN]], "t3": [[1, 2]], "a": NaN, "b": "x", '
+                    '"c": true, "d": 0.25}')  # fmt: skip
+    store = _JsonCache(path)
+    assert store.table("table", 2, 1) is None and store.table("t2", 2, 1) is None
+    assert store.table("t3", 2, 2) is None and store.table("t3", 3, 1) is None
+    assert np.array_equal(store.table("t3", 2, 1), [[1.0, 2.0]])
+    assert [store.number(k) for k in "abcd"] == [None, None, None, 0.25]
+
+
+@pytest.mark.parametrize("entries, needle", [
+    (5, "'entries' is not a list"),
+    ([{"layer": 3, "bits": 2, "shape": [2], "stats": {}}], "for layer 3"),
+    ([{"layer": 0, "bits": 2, "shape": [3], "stats": {}}], "a mask of shape [3] for layer 0"),
+    (["x"], "corrupt"),
+])  # fmt: skip
+def test_corrupt_adaround_cache_files_are_refused(tmp_path, monkeypatch, entries, needle):
+    # was: a traceback (TypeError), or masks of another shape stitched onto a layer
+    import numpy as np
+
+    from benchmark.adaround import RoundingCache
+
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path))
+    (tmp_path / "adaround").mkdir()
+    meta = json.dumps({"key": "k", "entries": entries})
+    np.savez(tmp_path / "adaround" / "adaround-k.npz", meta=np.array(meta),
+             l0_b2=np.packbits(np.ones(2, dtype=bool)))  # fmt: skip
+    with pytest.raises(ValueError, match="AdaRound cache .* is corrupt") as info:
+        RoundingCache("k", shapes=[(2,)])
+    assert needle in str(info.value)
+
+
+# --------------------------------------------------------------------------- evolve inputs
+
+
+@pytest.mark.parametrize("extra, seeds, needles", [
+    (["--inputs", "D,A,D"], None, ["--inputs D,A,D: D given twice"]),
+    ([], "", ["holds no formula", "--init none"]),
+    ([], "# only a comment\n\n", ["holds no formula"]),
+    ([], "revert(sq_norm(D))\nsq_norm(H)\r\n", ["formula 2 'sq_norm(H)' uses H, outside --inputs",
+                                                "add the input to --inputs"]),
+    (["--inputs", "W,D"], "sq_norm(A)\n", ["uses A, outside --inputs W,D"]),
+    (["--jobs", "100000"], None, ["--jobs", "4 per CPU core"]),
+])  # fmt: skip
+def test_evolve_inputs_and_seed_files_are_checked(tmp_path, vgg_bench_copy, capsys, extra,
+                                                 seeds, needles):  # fmt: skip
+    # was: duplicates accepted (weighting an input twice), an empty seed file read as
+    # "random genomes only", a seed outside --inputs refused without the file's name
+    argv = ["evolve", "--bench", str(vgg_bench_copy), "--run", str(tmp_path / "run"),
+            "--steps", "1", "--population", "8", *extra]  # fmt: skip
+    if seeds is not None:
+        (tmp_path / "seeds.txt").write_text(seeds)
+        argv += ["--init", str(tmp_path / "seeds.txt")]
+    refused(argv, capsys, *needles, folder=tmp_path)
+
+
+def test_transfer_refuses_duplicate_inputs(tmp_path, capsys):
+    refused(["transfer", "--models", "vgg,resnext", "--inputs", "E,E", "--out",
+             str(tmp_path / "t")], capsys, "E given twice", folder=tmp_path)  # fmt: skip
+
+
+def _bench_rows(tmp_path: Path, source: Path, rows: int | None = None, top1=None) -> Path:
+    path = tmp_path / "bench.sqlite"
+    shutil.copy(source, path)
+    con = sqlite3.connect(path)
+    with con:
+        if rows is not None:
+            con.execute("DELETE FROM results WHERE idx >= ?", (rows,))
+        if top1 is not None:
+            con.execute("UPDATE results SET top1 = ?", (top1,))
+    con.close()
+    return path
+
+
+def test_evolve_on_a_bench_too_small_to_rank_is_refused(tmp_path, vgg_bench_copy, capsys):
+    # was: exit 0 and "search fitness 1.0000" on a 4-row bench (--configs 0, or one still
+    # being built): a Spearman of 3 search and 1 held-out configurations
+    bench = _bench_rows(tmp_path, vgg_bench_copy, rows=4)
+    refused(["evolve", "--bench", str(bench), "--run", str(tmp_path / "run"), "--steps", "1",
+             "--population", "8"], capsys, "holds 4 configurations, 3 to search on and 1 "
+            "held out: too few to rank", folder=tmp_path)  # fmt: skip
+
+
+def test_baselines_and_score_refuse_splits_nothing_can_rank(tmp_path, vgg_bench_copy, capsys):
+    # was: exit 0 with a table of NaN correlations (1 held-out row, or every top-1 equal)
+    small = _bench_rows(tmp_path, vgg_bench_copy, rows=4)
+    out = tmp_path / "out"
+    refused(["baselines", "--bench", str(small), "--only", "bparams", "--out", str(out)],
+            capsys, "--split heldout", "holds 1 configuration(s)", "use --split all",
+            folder=tmp_path)  # fmt: skip
+    small.unlink()
+    flat = _bench_rows(tmp_path, vgg_bench_copy, top1=50.0)
+    refused(["baselines", "--bench", str(flat), "--only", "bparams", "--split", "all", "--out",
+             str(out)], capsys, "same top-1 (50 %)", folder=tmp_path)  # fmt: skip
+    refused(["score", "--model", "vgg", "--bench", str(flat)], capsys, "same top-1 (50 %)",
+            folder=tmp_path)  # fmt: skip

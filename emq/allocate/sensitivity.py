@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,27 @@ class _JsonCache:
             if not isinstance(self.data, dict):
                 self.data = {}
 
+    # A value of the wrong type or shape, or not finite (a torn, edited or foreign file):
+    # a miss, recomputed and written over, never a wrong allocation or a traceback.
+
+    def number(self, key: str) -> float | None:
+        """The finite number stored at ``key``, else None."""
+        value = self.data.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value) if math.isfinite(value) else None
+
+    def table(self, key: str, columns: int, min_rows: int) -> np.ndarray | None:
+        """The finite 2-D table at ``key`` with ``columns`` columns and at least ``min_rows``
+        rows, else None."""
+        try:
+            table = np.asarray(self.data.get(key), dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if table.ndim != 2 or table.shape[1] != columns or table.shape[0] < min_rows:
+            return None
+        return table if np.all(np.isfinite(table)) else None
+
     def put(self, key: str, value: object) -> None:
         self.data[key] = value
         if self.path is None:
@@ -172,8 +194,9 @@ def measured_sensitivity(
             row = np.empty(len(g.candidates))
             for ci, (w, a) in enumerate(g.candidates):
                 entry = f"{gi}|{candidate_name((w, a))}"
-                if entry in store.data:
-                    row[ci], hits = store.data[entry], hits + 1
+                cached = store.number(entry)
+                if cached is not None:
+                    row[ci], hits = cached, hits + 1
                     continue
                 if ref is None:
                     sim.set_fp()
@@ -242,8 +265,10 @@ def scorer_sensitivity(
     store = _JsonCache(_cache_path(cache, key))
     start = time.perf_counter()
     hits = 0
-    if "table" in store.data:
-        table, hits = np.asarray(store.data["table"], dtype=np.float64), 1
+    n_layers = max(i for g in groups for i in g.layers) + 1
+    cached = store.table("table", len(ctx.candidates), n_layers)
+    if cached is not None:
+        table, hits = cached, 1
     else:
         table = np.asarray(scorer(ctx), dtype=np.float64)
         if table.ndim != 2 or table.shape[1] != len(ctx.candidates):
@@ -254,7 +279,6 @@ def scorer_sensitivity(
         if not np.all(np.isfinite(table)):
             raise ValueError(f"scorer {ident} returned non-finite scores")
         store.put("table", table.tolist())
-    n_layers = max(i for g in groups for i in g.layers) + 1
     if table.shape[0] < n_layers:
         raise ValueError(f"scorer table has {table.shape[0]} layers, the groups use {n_layers}")
     values = table_sensitivity(table, groups, ctx.candidates)

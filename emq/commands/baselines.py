@@ -12,7 +12,7 @@ from benchmark.bench import Bench, default_bench
 from benchmark.lock import created_folder, exclusive, run_folder_lock
 from emq.baselines import BASELINES, get_baseline
 from emq.baselines.table import SPLITS, default_out_dir, run_baselines
-from emq.commands.common import name_list
+from emq.commands.common import check_rankable_split, name_list
 from emq.reports.baselines import format_baselines
 from emq.reports.common import clean
 
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> None:
     for name in names or ():
         get_baseline(name)
     bench = Bench.open(args.bench or default_bench())
+    check_rankable_split(bench, args.split, args.seed)
     out = Path(args.out) if args.out else default_out_dir(bench)
     with created_folder(out), exclusive(run_folder_lock(out), f"output folder {out}"):
         rows = run_baselines(

@@ -7,9 +7,13 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+
 from benchmark import options
 from benchmark.adaround import ROUNDINGS, AdaRoundSettings
+from benchmark.bench import Bench
 from benchmark.lock import check_folder_path, is_lock_file
+from emq.baselines.table import split_indices
 from emq.evolve import CampaignSettings
 
 CONFIG_COUNT = options.int_range(0, 1_000_000, "a number of configurations")
@@ -33,6 +37,16 @@ def print_json_or_table(obj: dict, as_json: bool) -> None:
 def name_list(text: str) -> tuple[str, ...]:
     """``"A, W,,G"`` -> ``("A", "W", "G")``: comma-separated names, blanks dropped."""
     return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def distinct_names(text: str, option: str) -> tuple[str, ...]:
+    """``name_list`` of an option whose names must each appear once (``--inputs A,A`` would
+    silently weight A twice)."""
+    names = name_list(text)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{option} {text}: {', '.join(twice)} given twice; name each once")
+    return names
 
 
 def check_output_folder(out: Path, option: str, ours: tuple[str, ...]) -> None:
@@ -100,3 +114,21 @@ def campaign_settings(**kw) -> CampaignSettings:
     left to the defaults."""
     names = {f.name for f in fields(CampaignSettings)}
     return CampaignSettings(**{k: v for k, v in kw.items() if k in names and v is not None})
+
+
+def check_rankable_split(bench: Bench, split: str, seed: int = 0) -> None:
+    """Refuse a split a correlation cannot be computed on (too few configurations, or all
+    of one top-1): every figure of the table would be NaN, at exit 0."""
+    top1 = np.asarray(bench.accuracy)[split_indices(bench, split, seed)]
+    what = f"bench {bench.path}" if split == "all" else f"--split {split} of bench {bench.path}"
+    if len(top1) < 3:
+        raise ValueError(
+            f"{what} holds {len(top1)} configuration(s), too few to rank (at least 3); "
+            + ("use --split all, or " if split != "all" else "")
+            + "add configurations with emq bench build --configs N"
+        )
+    if np.ptp(top1) == 0:
+        raise ValueError(
+            f"{what}: every configuration has the same top-1 "
+            f"({top1[0]:g} %), so no proxy can rank them; build the bench from trained weights"
+        )

@@ -10,11 +10,20 @@ from benchmark import options
 from benchmark.bench import Bench, default_bench
 from benchmark.cluster import connected, scheduler_address
 from benchmark.lock import created_folder, exclusive, run_folder_lock
-from emq.commands.common import POPULATION, add_scheduler_argument, campaign_settings, name_list
+from emq.commands.common import (
+    POPULATION,
+    add_scheduler_argument,
+    campaign_settings,
+    distinct_names,
+)
 from emq.evolve import DEFAULT_INPUTS, campaign_identity, check_run_folder
 from emq.fitness import AGGREGATES, check_rankable
 from emq.seeds import load_seeds
 from emq.transfer import bench_campaign, parse_models, resolve_split
+
+# A search split of fewer configurations, or a held-out split of fewer than two, gives a
+# fitness of +-1 or NaN: a campaign on it would look perfect and mean nothing.
+MIN_SEARCH, MIN_HELDOUT = 3, 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,7 +80,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("give --bench files or --models, not both")
     kw = vars(args)
     if args.inputs is not None:
-        kw = {**kw, "inputs": name_list(args.inputs)}
+        kw = {**kw, "inputs": distinct_names(args.inputs, "--inputs")}
     if args.init is not None:
         kw = {**kw, "init": load_seeds(args.init, kw.get("inputs") or DEFAULT_INPUTS)}
     settings = campaign_settings(**kw)
@@ -94,7 +103,14 @@ def run(args: argparse.Namespace) -> None:
     identity = campaign_identity(settings, benches[0], tuple(benches[1:]))
     check_run_folder(run_folder, identity, settings)
     for bench in benches:
-        check_rankable(bench, settings.split_seed)
+        search, held_out = check_rankable(bench, settings.split_seed)
+        if len(search) < MIN_SEARCH or len(held_out) < MIN_HELDOUT:
+            raise ValueError(
+                f"bench {bench.path} holds {len(bench)} configurations, {len(search)} to "
+                f"search on and {len(held_out)} held out: too few to rank (at least "
+                f"{MIN_SEARCH} and {MIN_HELDOUT}); add configurations with emq bench "
+                "build --configs N and the bench's --seed"
+            )
     with (
         connected(scheduler_address(args.scheduler)) as client,  # before any file exists
         created_folder(run_folder),  # removed again if nothing gets written

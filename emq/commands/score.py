@@ -12,7 +12,7 @@ from benchmark import options
 from benchmark.bench import Bench
 from benchmark.factory import build_model
 from benchmark.quantizers import quantizable_layers
-from emq.commands.common import adaround_settings, add_rounding_arguments
+from emq.commands.common import adaround_settings, add_rounding_arguments, check_rankable_split
 from emq.metrics import correlation_report
 from emq.score import model_context, parse_configs, score
 from emq.scorers import resolve_scorer
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> None:
         )
     if bench is not None:
         bench.check_model(model)  # its measurements are of these weights
+        check_rankable_split(bench, "all")
     names = scorer_inputs(scorer)  # only what the proxy reads (e.g. no Hessian)
     ctx = model_context(
         model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada, names=names

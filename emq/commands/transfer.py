@@ -11,7 +11,13 @@ from benchmark import options
 from benchmark.bench import Bench
 from benchmark.lock import created_folder, exclusive, run_folder_lock
 from emq.baselines import get_baseline
-from emq.commands.common import POPULATION, campaign_settings, check_output_folder, name_list
+from emq.commands.common import (
+    POPULATION,
+    campaign_settings,
+    check_output_folder,
+    distinct_names,
+    name_list,
+)
 from emq.fitness import AGGREGATES
 from emq.transfer import (
     POOL_TOP,
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> None:
                          "e.g. --models vgg,resnext")  # fmt: skip
     kw = {"population": args.population, "bench_agg": args.bench_agg}
     if args.inputs is not None:
-        kw["inputs"] = name_list(args.inputs)
+        kw["inputs"] = distinct_names(args.inputs, "--inputs")
     settings = campaign_settings(**kw)
     names = None
     if args.baselines == "none":
