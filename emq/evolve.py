@@ -318,9 +318,10 @@ class Campaign:
         if self._parallel is None or len(texts) == 1:
             batches = ([self.evaluator.evaluate(e)] for e in exprs)
         else:
+            first = self.startup_seconds is None  # the invocation's first results
             tasks = (
                 delayed(evaluate_texts)(self._task_evaluator, batch)
-                for batch in task_batches(texts, self._workers)
+                for batch in task_batches(texts, self._workers, first=first)
             )
             batches = self._parallel(tasks)  # a generator: batches in order, as they finish
         results = []
@@ -606,13 +607,18 @@ class _NoParallel:
         return False
 
 
-def task_batches(texts: list[str], workers: int) -> list[list[str]]:
+def task_batches(texts: list[str], workers: int, first: bool = False) -> list[list[str]]:
     """``texts`` in order, cut into about two batches per worker.
 
     A genome costs milliseconds to seconds; one task per genome spends a round trip (the
     evaluator pickled, a result sent back) on each, one task per worker leaves a worker idle
-    behind the other's slow genome. Two per worker balances the two.
+    behind the other's slow genome. Two per worker balances the two. With ``first`` (the
+    first evaluation of an invocation, while the workers start) each worker's first task is
+    one genome, so the first result waits for a worker's start-up and one genome, not for a
+    whole batch.
     """
+    if first and len(texts) > workers:
+        return [[t] for t in texts[:workers]] + task_batches(texts[workers:], workers)
     n = max(1, min(len(texts), 2 * max(1, workers)))
     size, extra = divmod(len(texts), n)
     bounds = [0]

@@ -109,6 +109,9 @@ def test_tasks_are_about_two_batches_per_worker_in_order():
         assert max(map(len, batches)) - min(map(len, batches)) <= 1
     assert task_batches(texts, 2) == [texts[0:3], texts[3:5], texts[5:7], texts[7:9]]
     assert task_batches(["a"], 4) == [["a"]]
+    # start-up: each worker's first task is one genome, then the batches as usual
+    assert task_batches(texts, 2, first=True) == [["g0"], ["g1"], *task_batches(texts[2:], 2)]
+    assert task_batches(["a"], 4, first=True) == [["a"]]
 
 
 def test_a_truncated_inputs_file_stops_a_parallel_campaign_and_it_resumes(
