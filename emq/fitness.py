@@ -205,10 +205,20 @@ class Evaluator:
         return out
 
 
-def check_rankable(bench: Bench, split_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def check_rankable(
+    bench: Bench, split_seed: int = 0, min_search: int = 0, min_heldout: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The bench's search and held-out splits; a clear error when the search split's
-    configurations all have the same top-1 (nothing for a proxy to rank)."""
+    configurations all have the same top-1 (nothing for a proxy to rank), or when a split
+    holds fewer configurations than ``min_search`` / ``min_heldout``."""
     search, heldout = bench.split(split_seed)
+    if len(search) < min_search or len(heldout) < min_heldout:
+        raise ValueError(
+            f"bench {bench.path} holds {len(bench)} configurations, {len(search)} to "
+            f"search on and {len(heldout)} held out: too few to rank (at least "
+            f"{min_search} and {min_heldout}); add configurations with emq bench "
+            "build --configs N and the bench's --seed"
+        )
     top1 = np.asarray(bench.accuracy)[search]
     if len(top1) and np.ptp(top1) == 0:
         raise ValueError(

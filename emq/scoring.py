@@ -110,43 +110,10 @@ class ScoreContext:
     @property
     def inputs(self) -> LayerInputs:
         if self._inputs is None:
-            inputs = get_inputs(
+            self._inputs = get_inputs(
                 self.model, self.x, self.y, self.settings, self.cache, self.quantizer
             )
-            check_inputs(inputs, self.settings)
-            self._inputs = inputs
         return self._inputs
-
-
-def check_inputs(
-    inputs: LayerInputs, settings: InputSettings, layers: Sequence[str] | None = None
-) -> None:
-    """Refuse inputs (from a cache file) that lack an input of ``settings`` in some layer or
-    hold it with another bit axis, or whose layers are not ``layers`` (names): a genome
-    reading them would fail, and be counted invalid, silently."""
-    bits = len(settings.candidates)
-    where = f"input cache file {inputs.path}" if inputs.path else "the computed inputs"
-    if tuple(inputs.candidates) != tuple(settings.candidates):
-        raise ValueError(f"{where} holds bit-widths {list(inputs.candidates)}, not "
-                         f"{list(settings.candidates)}; delete it")  # fmt: skip
-    if len(inputs.tensors) != len(inputs.layers) or not inputs.layers:
-        raise ValueError(f"{where} holds {len(inputs.tensors)} layers of inputs for "
-                         f"{len(inputs.layers)} layers; delete it")  # fmt: skip
-    names = [layer.name for layer in inputs.layers]
-    if layers is not None and names != list(layers):
-        raise ValueError(f"{where} holds the inputs of layers {names}, not {list(layers)}; "
-                         "delete it")  # fmt: skip
-    for layer, tensors in zip(inputs.layers, inputs.tensors, strict=True):
-        missing = [n for n in settings.names if n not in tensors]
-        if missing:
-            raise ValueError(f"{where} has no input {', '.join(missing)} for layer "
-                             f"{layer.name}; delete it")  # fmt: skip
-        for name in settings.names:
-            t = tensors[name]
-            if t.ndim == 0 or t.shape[0] not in (1, bits):
-                raise ValueError(f"{where}: input {name} of layer {layer.name} has shape "
-                                 f"{list(t.shape)}, not a leading axis of 1 or {bits} "
-                                 "bit-widths; delete it")  # fmt: skip
 
 
 @runtime_checkable

@@ -28,10 +28,15 @@ LITERATURE = (
 BUILTIN = {"literature": LITERATURE, "none": ()}
 
 
+def inputs_of(formula: str) -> set[str]:
+    """The proxy inputs a formula reads."""
+    return leaves(canonical(from_string(formula)))
+
+
 def fitting(seeds: Iterable[str], inputs: Iterable[str]) -> tuple[str, ...]:
     """The seeds that use only ``inputs`` (a built-in set adapts to ``--inputs``)."""
     allowed = set(inputs)
-    return tuple(s for s in seeds if leaves(canonical(from_string(s))) <= allowed)
+    return tuple(s for s in seeds if inputs_of(s) <= allowed)
 
 
 def load_seeds(spec: str, inputs: Iterable[str] | None = None) -> tuple[str, ...]:
@@ -56,7 +61,7 @@ def load_seeds(spec: str, inputs: Iterable[str] | None = None) -> tuple[str, ...
     allowed = None if inputs is None else set(inputs)
     for i, text in enumerate(formulas):
         try:
-            outside = sorted(leaves(canonical(from_string(text))) - (allowed or set()))
+            outside = sorted(inputs_of(text) - (allowed or set()))
         except ValueError as exc:
             raise ValueError(f"--init file {path}, formula {i + 1}: {exc}") from None
         if allowed is not None and outside:

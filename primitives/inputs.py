@@ -396,6 +396,31 @@ def load_inputs(path: Path) -> LayerInputs:
     )
 
 
+def check_inputs(inputs: LayerInputs, settings: InputSettings) -> None:
+    """Refuse inputs read from a cache file that lack an input of ``settings`` in some layer
+    or hold it with another bit axis: a genome reading them would fail, and be counted
+    invalid, silently."""
+    bits = len(settings.candidates)
+    where = f"input cache file {inputs.path}" if inputs.path else "the computed inputs"
+    if tuple(inputs.candidates) != tuple(settings.candidates):
+        raise ValueError(f"{where} holds bit-widths {list(inputs.candidates)}, not "
+                         f"{list(settings.candidates)}; delete it")  # fmt: skip
+    if len(inputs.tensors) != len(inputs.layers) or not inputs.layers:
+        raise ValueError(f"{where} holds {len(inputs.tensors)} layers of inputs for "
+                         f"{len(inputs.layers)} layers; delete it")  # fmt: skip
+    for layer, tensors in zip(inputs.layers, inputs.tensors, strict=True):
+        missing = [n for n in settings.names if n not in tensors]
+        if missing:
+            raise ValueError(f"{where} has no input {', '.join(missing)} for layer "
+                             f"{layer.name}; delete it")  # fmt: skip
+        for name in settings.names:
+            t = tensors[name]
+            if t.ndim == 0 or t.shape[0] not in (1, bits):
+                raise ValueError(f"{where}: input {name} of layer {layer.name} has shape "
+                                 f"{list(t.shape)}, not a leading axis of 1 or {bits} "
+                                 "bit-widths; delete it")  # fmt: skip
+
+
 def get_inputs(
     model: nn.Module,
     x: torch.Tensor,
@@ -418,6 +443,7 @@ def get_inputs(
     path = folder / f"{key}{SUFFIX}"
     if path.is_file():
         inputs = load_inputs(path)
+        check_inputs(inputs, settings)
         inputs.key, inputs.path, inputs.from_cache = key, path, True
         return inputs
     save_inputs(compute_inputs(model, x, y, settings, quantizer), path)

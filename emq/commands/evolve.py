@@ -103,14 +103,7 @@ def run(args: argparse.Namespace) -> None:
     identity = campaign_identity(settings, benches[0], tuple(benches[1:]))
     check_run_folder(run_folder, identity, settings)
     for bench in benches:
-        search, held_out = check_rankable(bench, settings.split_seed)
-        if len(search) < MIN_SEARCH or len(held_out) < MIN_HELDOUT:
-            raise ValueError(
-                f"bench {bench.path} holds {len(bench)} configurations, {len(search)} to "
-                f"search on and {len(held_out)} held out: too few to rank (at least "
-                f"{MIN_SEARCH} and {MIN_HELDOUT}); add configurations with emq bench "
-                "build --configs N and the bench's --seed"
-            )
+        check_rankable(bench, settings.split_seed, MIN_SEARCH, MIN_HELDOUT)
     with (
         connected(scheduler_address(args.scheduler)) as client,  # before any file exists
         created_folder(run_folder),  # removed again if nothing gets written
