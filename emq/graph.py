@@ -9,8 +9,10 @@ identifies equivalent genomes.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
@@ -19,8 +21,8 @@ from deap import gp
 
 from benchmark.cluster import libc
 from emq.scoring import reduce_to_bits
-from primitives.inputs import BIT_DEPENDENT, LayerInputs
-from primitives.operations import OPS
+from primitives.inputs import BIT_DEPENDENT, PER_SAMPLE, LayerInputs
+from primitives.operations import OPS, REDUCE_PER_SAMPLE, Kind, ShapeError
 
 Expr = str | tuple  # an input name, or (op_name, *children)
 
@@ -194,45 +196,233 @@ def evaluate(
 
     An intermediate result is held only until its last use, so the peak memory is the
     live working set of the graph, not the sum of all its nodes (a chain of products over
-    ``D`` on a large layer is several hundred MB per node).
+    ``D`` on a large layer is several hundred MB per node). A large value computed
+    pointwise from the per-sample inputs and then reduced is computed a few calibration
+    samples at a time (``_Evaluation``).
     """
-    uses: dict[str, int] = {}
+    return _Evaluation(expr, tensors, cache, layer).value()
 
-    def count(e: Expr) -> None:
+
+def evaluate_per_bit(
+    expr: Expr,
+    tensors: dict[str, torch.Tensor],
+    num_bits: int,
+    cache: SubexpressionCache | None = None,
+    layer: int = 0,
+) -> torch.Tensor:
+    """``reduce_to_bits(evaluate(...), num_bits)``: one value per bit option; a large
+    per-sample output is averaged a chunk of samples at a time, never held whole."""
+    return reduce_to_bits(_Evaluation(expr, tensors, cache, layer).value(mean=True), num_bits)
+
+
+# Sample-chunked evaluation. The per-sample inputs (``PER_SAMPLE``: A, Ga, D, shaped
+# [k, N, ...]) are 10-50 MB a layer in float64; a pointwise chain over them that ends in a
+# reduction streams every intermediate through memory and allocates (page-faults) each one
+# afresh. Computed a few samples at a time, a chunk's intermediates stay in the CPU cache and
+# small allocations are reused. The chunk size depends on shapes only, so every machine sums
+# in the same order; partial sums differ from whole-tensor sums in the last bits, which
+# ``rank_scores`` rounds away.
+CHUNK_ELEMENTS = 1 << 17  # elements of a chunk's largest intermediate (1 MB in float64)
+CHUNK_MIN_ELEMENTS = 1 << 20  # values smaller than this are computed whole
+
+# Full reductions computed from chunks: (part of a chunk's [k, m] slots, how parts combine,
+# finish(total, elements per slot)).
+_PARTS: dict[str, tuple] = {
+    "sum": (lambda f: f.sum(1), "sum", None),
+    "sq_norm": (lambda f: torch.square(f).sum(1), "sum", None),
+    "normalized_sum": (lambda f: f.sum(1), "sum", lambda t, n: t / n),
+    "to_mean_scalar": (lambda f: f.sum(1), "sum", lambda t, n: t / n),
+    "l1_norm": (lambda f: f.abs().sum(1), "sum", lambda t, n: t / n),
+    "frobenius_norm": (lambda f: torch.square(f).sum(1), "sum", lambda t, n: torch.sqrt(t)),
+    "max_abs": (lambda f: f.abs().amax(1), "max", None),
+}
+_MEAN = "to_mean_scalar"  # how ``reduce_to_bits`` reduces a graph output
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Static facts of one node: its shape; whether its axis 1 is the calibration sample
+    (``samples``); whether a chunk of it is computed from chunks of its operands
+    (``chunkable``); the largest value computed per chunk in its chunkable subgraph."""
+
+    shape: tuple[int, ...]
+    samples: bool
+    chunkable: bool
+    largest: int
+
+
+class _Evaluation:
+    """One evaluation of a graph on one layer's inputs (see ``evaluate``)."""
+
+    def __init__(self, expr, tensors, cache, layer):
+        self.expr, self.tensors, self.cache, self.layer = expr, tensors, cache, layer
+        self.uses: dict[str, int] = {}
+        self.memo: dict[str, torch.Tensor] = {}
+        self._count(expr)
+        self.plan = self._plan() if leaves(expr) & PER_SAMPLE else {}
+
+    def _count(self, e: Expr) -> None:
         if isinstance(e, str):
             return
         key = expr_str(e)
-        uses[key] = uses.get(key, 0) + 1
-        if uses[key] == 1:
+        self.uses[key] = self.uses.get(key, 0) + 1
+        if self.uses[key] == 1:
             for c in e[1:]:
-                count(c)
+                self._count(c)
 
-    count(expr)
-    memo: dict[str, torch.Tensor] = {}
+    def value(self, mean: bool = False) -> torch.Tensor:
+        try:
+            with torch.no_grad():
+                if mean and self._chunks(self.expr):
+                    value = self._chunked(_MEAN, self.expr)
+                    if value is not None:
+                        return value
+                return self._walk(self.expr)
+        finally:
+            self.memo.clear()
 
-    def walk(e: Expr) -> torch.Tensor:
+    # -- static plan ---------------------------------------------------------------------
+
+    def _plan(self) -> dict[str, _Plan]:
+        raw = getattr(self.tensors, "tensors", self.tensors)  # shapes without a cast
+        plan: dict[str, _Plan] = {}
+
+        def walk(e: Expr) -> _Plan:
+            key = expr_str(e)
+            if key in plan:
+                return plan[key]
+            if isinstance(e, str):
+                shape = tuple(raw[e].shape)
+                samples = e in PER_SAMPLE and len(shape) >= 2
+                plan[key] = _Plan(shape, samples, samples, math.prod(shape))
+                return plan[key]
+            op = OPS[e[0]]
+            kids = [walk(c) for c in e[1:]]
+            shape = tuple(op.output_shape(*(k.shape for k in kids)))
+            if op.arity == 1:
+                samples = kids[0].samples and (
+                    op.kind in (Kind.POINTWISE, Kind.SLOTWISE) or op.shape_rule is REDUCE_PER_SAMPLE
+                )
+                chunkable = samples and op.kind is not Kind.SLOTWISE
+            else:
+                rank = len(shape)
+                samples = op.kind is Kind.POINTWISE and any(k.samples for k in kids)
+                # Chunks line up only if every per-sample operand keeps its sample axis at
+                # axis 1 and every other operand broadcasts along it.
+                samples = samples and all(
+                    len(k.shape) == rank if k.samples else len(k.shape) < rank or k.shape[1] == 1
+                    for k in kids
+                )
+                chunkable = samples
+            largest = max(
+                [math.prod(shape)] + [k.largest for k in kids if k.chunkable and chunkable]
+            )
+            plan[key] = _Plan(shape, samples, chunkable, largest)
+            return plan[key]
+
+        try:
+            walk(self.expr)
+        except (ShapeError, TypeError):
+            return {}  # evaluated whole: the operation raises as it would without a plan
+        return plan
+
+    def _chunks(self, e: Expr) -> bool:
+        """Whether ``e``'s value is large and computed per chunk (when reduced)."""
+        info = self.plan.get(expr_str(e)) if not isinstance(e, str) else None
+        return bool(info and info.chunkable and math.prod(info.shape) >= CHUNK_MIN_ELEMENTS)
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    def _walk(self, e: Expr) -> torch.Tensor:
         if isinstance(e, str):
-            return tensors[e]
+            return self.tensors[e]
         key = expr_str(e)
-        value = memo.get(key)
+        value = self.memo.get(key)
         if value is None:
-            value = cache.get(layer, key) if cache is not None else None
+            cache = self.cache
+            value = cache.get(self.layer, key) if cache is not None else None
             if value is None:
-                value = OPS[e[0]].fn(*(walk(c) for c in e[1:]))
+                name = e[0]
+                reduces = name in _PARTS or OPS[name].shape_rule is REDUCE_PER_SAMPLE
+                if reduces and self._chunks(e[1]):
+                    value = self._chunked(name, e[1])
+                if value is None:
+                    value = OPS[name].fn(*(self._walk(c) for c in e[1:]))
                 if cache is not None:
-                    cache.put(layer, key, value)
-        uses[key] -= 1
-        if uses[key] > 0:
-            memo[key] = value
+                    cache.put(self.layer, key, value)
+        self.uses[key] -= 1
+        if self.uses[key] > 0:
+            self.memo[key] = value
         else:
-            memo.pop(key, None)
+            self.memo.pop(key, None)
         return value
 
-    try:
-        with torch.no_grad():
-            return walk(expr)
-    finally:
-        memo.clear()  # ``walk`` is a closure cycle: never let it hold tensors until a GC
+    def _region(self, top: Expr) -> tuple[list, list[Expr]] | None:
+        """The chunkable subgraph under a reduction: its nodes in evaluation order (key,
+        function, operand references) and the operands computed whole (``outside``, once
+        per reference); None when a node of it is also used outside it."""
+        order: list = []
+        outside: list[Expr] = []
+        refs: dict[str, int] = {}
+
+        def visit(e: Expr) -> tuple[str, str]:
+            if isinstance(e, str):
+                return ("leaf", e)
+            key = expr_str(e)
+            if not self.plan[key].chunkable:
+                outside.append(e)
+                return ("whole", key)
+            refs[key] = refs.get(key, 0) + 1
+            if refs[key] == 1:
+                operands = [visit(c) for c in e[1:]]
+                order.append((key, OPS[e[0]].fn, operands))
+            return ("node", key)
+
+        visit(top)
+        if any(self.uses[k] != n for k, n in refs.items()):
+            return None
+        return order, outside
+
+    def _chunked(self, name: str, top: Expr) -> torch.Tensor | None:
+        """Reduction ``name`` of the large chunkable value ``top``, a chunk of samples at a
+        time: per-sample reductions are concatenated, full ones combined from parts."""
+        region = self._region(top)
+        if region is None:
+            return None
+        order, outside = region
+        whole = {expr_str(e): self._walk(e) for e in outside}
+        info = self.plan[expr_str(top)]
+        n = info.shape[1]
+        step = max(1, min(n, CHUNK_ELEMENTS * n // info.largest))
+        parts, count = [], 0
+        for start in range(0, n, step):
+            chunk = self._chunk(order, whole, slice(start, start + step))
+            if name in _PARTS:
+                flat = chunk.reshape(chunk.shape[0], -1)
+                parts.append(_PARTS[name][0](flat))
+                count += flat.shape[1]
+            else:
+                parts.append(OPS[name].fn(chunk))
+        if name not in _PARTS:
+            return torch.cat(parts, dim=1)
+        _, combine, finish = _PARTS[name]
+        stacked = torch.stack(parts)
+        total = stacked.sum(0) if combine == "sum" else stacked.amax(0)
+        return total if finish is None else finish(total, count)
+
+    def _chunk(self, order: list, whole: dict[str, torch.Tensor], rows: slice) -> torch.Tensor:
+        """The region's top value on the samples ``rows``."""
+        vals: dict[str, torch.Tensor] = {}
+        for key, fn, operands in order:
+            args = []
+            for kind, name in operands:
+                if kind == "node":
+                    args.append(vals[name])
+                    continue
+                value = self.tensors[name] if kind == "leaf" else whole[name]
+                args.append(value[:, rows] if self.plan[name].samples else value)
+            vals[key] = fn(*args)
+        return vals[order[-1][0]]
 
 
 def score_table(
@@ -250,7 +440,7 @@ def score_table(
     for i in idx:
         # Inputs are cast on first access: a genome found in the cache touches none.
         lazy = _LazyFloat64(inputs.tensors[i], names)
-        rows.append(reduce_to_bits(evaluate(expr, lazy, cache, i), nbits))
+        rows.append(evaluate_per_bit(expr, lazy, nbits, cache, i))
     release_heap()
     return torch.stack(rows).numpy()
 

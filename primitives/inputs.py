@@ -51,6 +51,8 @@ INPUT_DOCS = {
 }
 INPUT_NAMES = tuple(INPUT_DOCS)
 BIT_DEPENDENT = frozenset({"Wq", "E", "D", "b"})
+# Inputs whose axis 1 is the calibration sample (the others' axis 1 is the output channel).
+PER_SAMPLE = frozenset({"A", "Ga", "D"})
 NEEDS_LABELS = frozenset({"G", "H", "Ga"})
 
 

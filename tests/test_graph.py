@@ -23,6 +23,7 @@ from emq.graph import (
     dag_hash,
     depends_on_bits,
     evaluate,
+    evaluate_per_bit,
     expr_str,
     infer_shape,
     leaves,
@@ -464,3 +465,120 @@ def test_heap_is_released_after_each_score_table():
 
     # On glibc (every Linux CI machine) malloc_trim is found and called.
     assert release_heap() is sys.platform.startswith("linux")
+
+
+# --------------------------------------------------------------------------- sample chunks
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunk the test layers' per-sample values (N = 6) two samples at a time."""
+    import emq.graph
+
+    monkeypatch.setattr(emq.graph, "CHUNK_MIN_ELEMENTS", 100)
+    monkeypatch.setattr(emq.graph, "CHUNK_ELEMENTS", 1600)  # D is 4 x 6 x 200: 2 samples
+
+
+def _whole(expr, layer):
+    import emq.graph
+
+    saved = emq.graph.CHUNK_MIN_ELEMENTS
+    emq.graph.CHUNK_MIN_ELEMENTS = 1 << 62
+    try:
+        return evaluate_per_bit(expr, as_float64(layer), len(BITS))
+    finally:
+        emq.graph.CHUNK_MIN_ELEMENTS = saved
+
+
+def _spy(monkeypatch, names):
+    """Record the shape of every result of the operations ``names``."""
+    import dataclasses
+
+    shapes = []
+    for name in names:
+        op = OPS[name]
+
+        def spy(*xs, _fn=op.fn):
+            out = _fn(*xs)
+            shapes.append(tuple(out.shape))
+            return out
+
+        monkeypatch.setitem(OPS, name, dataclasses.replace(op, fn=spy))
+    return shapes
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sq_norm(sample_sum(mul(D, Ga)))",  # per-sample reduction: chunks concatenated
+        "revert(sq_norm(mul(D, Ga)))",
+        "l1_norm(abssqrt(mul(D, A)))",
+        "normalized_sum(mul(D, sq_norm(E)))",  # a per-bit scalar broadcast into the chunk
+        "frobenius_norm(sub(D, Ga))",
+        "max_abs(mul(tanh(D), Ga))",
+        "to_mean_scalar(mul(normalize(D), Ga))",  # a slot statistic: computed whole, sliced
+        "mul(D, Ga)",  # the output itself: averaged per bit a chunk at a time
+        "sample_norm(mul(D, add(Ga, D)))",
+    ],
+)
+def test_chunked_evaluation_equals_whole_evaluation(monkeypatch, small_chunks, text):
+    expr = _canon(text)
+    shapes = _spy(monkeypatch, ["mul", "sub", "abssqrt", "tanh"])
+    for layer in LAYERS:
+        whole = _whole(expr, layer)
+        shapes.clear()
+        chunked = evaluate_per_bit(expr, as_float64(layer), len(BITS))
+        torch.testing.assert_close(chunked, whole, rtol=1e-13, atol=0)
+        if layer is CONV:  # the conv layer's D (4 x 6 x 8 x 5 x 5) is chunked by 2 samples
+            assert shapes and all(s[1] == 2 for s in shapes if len(s) == 5), shapes
+
+
+def test_per_sample_reductions_of_chunks_are_exact(small_chunks):
+    expr = _canon("sample_sum(mul(D, Ga))")
+    out = evaluate(expr, as_float64(CONV))
+    assert out.shape == (4, 6)
+    layer = as_float64(CONV)
+    torch.testing.assert_close(out, (layer["D"] * layer["Ga"]).reshape(4, 6, -1).sum(2))
+
+
+def test_a_value_also_used_outside_the_reduction_is_computed_whole(monkeypatch, small_chunks):
+    # mul(D, Ga) feeds both the reduction and normalize: it is computed once, whole.
+    expr = _canon("add(mul(D, Ga), normalize(mul(D, Ga)))")
+    shapes = _spy(monkeypatch, ["mul"])
+    out = evaluate_per_bit(expr, as_float64(CONV), len(BITS))
+    assert shapes == [(4, 6, 8, 5, 5)]
+    torch.testing.assert_close(out, _whole(expr, CONV), rtol=1e-13, atol=0)
+
+
+def test_misaligned_sample_axes_are_evaluated_whole(monkeypatch, small_chunks):
+    # sample_sum(D) is (4, 6): broadcast against A it lines up with A's last axis, not its
+    # samples, so no chunk of it is taken.
+    layer = {**as_float64(CONV), "A": torch.randn(1, 6, 8, 5, 6, dtype=torch.float64)}
+    expr = _canon("sum(mul(A, sample_sum(D)))")
+    shapes = _spy(monkeypatch, ["mul"])
+    out = evaluate_per_bit(expr, layer, len(BITS))
+    assert shapes == [(4, 6, 8, 5, 6)]
+    expected = (layer["A"] * layer["D"].reshape(4, 6, -1).sum(2)[:, None, None, None, :]).sum(
+        (1, 2, 3, 4)
+    )
+    torch.testing.assert_close(out, expected, rtol=1e-13, atol=0)
+
+
+def test_chunked_scores_rank_generated_genomes_like_whole_ones(small_chunks):
+    from emq.scoring import rank_scores
+
+    checked = 0
+    for g in _genomes(150, seed=11):
+        expr = canonical(g)
+        for layer in LAYERS:
+            try:
+                whole = _whole(expr, layer).numpy()
+            except ShapeError:
+                continue
+            chunked = evaluate_per_bit(expr, as_float64(layer), len(BITS)).numpy()
+            np.testing.assert_array_equal(np.isfinite(chunked), np.isfinite(whole))
+            fin = np.isfinite(whole)
+            np.testing.assert_allclose(chunked[fin], whole[fin], rtol=1e-9, atol=1e-300)
+            np.testing.assert_array_equal(rank_scores(chunked), rank_scores(whole))
+            checked += 1
+    assert checked > 50
