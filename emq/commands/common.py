@@ -51,8 +51,6 @@ def distinct_names(text: str, option: str) -> tuple[str, ...]:
 
 def check_output_folder(out: Path, option: str, ours: tuple[str, ...]) -> None:
     """Refuse an output path that is a file, or a folder of something else (read-only)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{option} {out} is a file, not a folder; use another {option}")
     check_folder_path(out, option)
     if out.is_dir():
         foreign = [
