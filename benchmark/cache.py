@@ -18,6 +18,8 @@ from pathlib import Path
 
 from platformdirs import user_cache_dir
 
+from benchmark.lock import nearest_existing
+
 
 def cache_root() -> Path:
     """``$EMQ_CACHE``, or the user's cache folder for ``emq``."""
@@ -31,15 +33,13 @@ def cache_dir(kind: str) -> Path:
     root = cache_root()
     folder = root / kind
     where = "EMQ_CACHE" if os.environ.get("EMQ_CACHE") else "the user cache folder"
-    for existing in (folder, *folder.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                raise ValueError(f"cache folder {folder} ({where}) cannot be made: {existing} "
-                                 "is a file; set EMQ_CACHE to a writable folder")  # fmt: skip
-            if existing != folder and not os.access(existing, os.W_OK | os.X_OK):
-                raise ValueError(f"cache folder {folder} ({where}) cannot be made: {existing} "
-                                 "is not writable; set EMQ_CACHE to a writable folder")  # fmt: skip
-            break
+    existing = nearest_existing(folder)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"cache folder {folder} ({where}) cannot be made: {existing} "
+                         "is a file; set EMQ_CACHE to a writable folder")  # fmt: skip
+    if existing not in (None, folder) and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cache folder {folder} ({where}) cannot be made: {existing} "
+                         "is not writable; set EMQ_CACHE to a writable folder")  # fmt: skip
     return folder
 
 

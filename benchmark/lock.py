@@ -94,16 +94,20 @@ def exclusive(lock_file: Path | str, what: str) -> Iterator[None]:
         lock.release()
 
 
+def nearest_existing(path: Path | str) -> Path | None:
+    """``path`` itself if it exists, else its nearest existing parent (what decides whether
+    the folder ``path`` can be created)."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
 def check_folder_path(path: Path | str, option: str, given: Path | str | None = None) -> None:
     """Refuse, before any work, a folder ``path`` (of the option's value ``given``, default
     ``path``) that is a file or lies under a file: it could not be created at the end."""
-    path = Path(path)
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                raise ValueError(f"{option} {given or path}: {existing} is a file, not a "
-                                 f"folder; use another {option}")  # fmt: skip
-            return
+    existing = nearest_existing(path)
+    if existing is not None and not existing.is_dir():
+        raise ValueError(f"{option} {given or path}: {existing} is a file, not a "
+                         f"folder; use another {option}")  # fmt: skip
 
 
 @contextmanager

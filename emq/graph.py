@@ -171,6 +171,10 @@ class SubexpressionCache:
         self.max_bytes, self.nbytes = max_bytes, 0
         self.entries: dict[tuple[int, str], torch.Tensor] = {}
 
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0
+
     def get(self, layer: int, key: str) -> torch.Tensor | None:
         return self.entries.get((layer, key))
 
@@ -179,8 +183,7 @@ class SubexpressionCache:
             return
         size = value.numel() * value.element_size()
         if self.nbytes + size > self.max_bytes:
-            self.entries.clear()
-            self.nbytes = 0
+            self.clear()
         self.entries[(layer, key)] = value
         self.nbytes += size
 

@@ -45,8 +45,7 @@ def timed_fitness(evaluators: list, texts: list[str], chunked: bool) -> tuple[fl
     saved = emq.graph.CHUNK_MIN_ELEMENTS
     emq.graph.CHUNK_MIN_ELEMENTS = saved if chunked else 1 << 62
     for ev in evaluators:  # each run starts without the other's small subexpression results
-        ev.cache.entries.clear()
-        ev.cache.nbytes = 0
+        ev.cache.clear()
     try:
         fits = np.zeros((len(texts), len(evaluators)))
         start = time.perf_counter()
