@@ -36,7 +36,7 @@ from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names
 from emq.osp import OperationSampler
 from emq.plots import plot_campaign
 from emq.schemas import CAMPAIGN_SCHEMA, CHECKPOINT_SCHEMA, read_document
-from emq.screen import STAGES, Screener, validity_rate
+from emq.screen import STAGES, VALID, Screener, validity_rate
 from emq.seeds import LITERATURE, fitting
 from primitives.inputs import BIT_DEPENDENT, INPUT_NAMES
 
@@ -212,6 +212,7 @@ class Campaign:
         client: Any = None,
         extra_benches: tuple[Bench, ...] = (),
         heldout_report: Callable[[Any], list[dict]] | None = None,
+        prune: bool = True,
     ):
         self.run = Path(run)
         # expr -> the best proxy's reports on models never searched (``emq.transfer``)
@@ -219,6 +220,9 @@ class Campaign:
         self.bench, self.evaluator, self.settings = bench, evaluator, settings
         self.extra_benches = tuple(extra_benches)  # also searched on (``MultiEvaluator``)
         self.jobs, self.progress = jobs, progress
+        # Stop evaluating a child once it cannot survive selection (steady state, several
+        # benches). The campaign's result is the same either way (``emq.perf.prune_speed``).
+        self.prune = prune
         self.client = client  # a distributed.Client: evaluate on its workers (jobs unused)
         self.rng = random.Random(settings.seed)
         self.sampler = OperationSampler(enabled=settings.osp, terminals=settings.inputs)
@@ -312,15 +316,15 @@ class Campaign:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _evaluate(self, exprs: list) -> list[dict]:
+    def _evaluate(self, exprs: list, floor: float | None = None) -> list[dict]:
         start = time.perf_counter()
         texts = [expr_str(e) for e in exprs]
         if self._parallel is None or len(texts) == 1:
-            batches = ([self.evaluator.evaluate(e)] for e in exprs)
+            batches = ([self.evaluator.evaluate(e, floor)] for e in exprs)
         else:
             first = self.startup_seconds is None  # the invocation's first results
             tasks = (
-                delayed(evaluate_texts)(self._task_evaluator, batch)
+                delayed(evaluate_texts)(self._task_evaluator, batch, floor)
                 for batch in task_batches(texts, self._workers, first=first)
             )
             batches = self._parallel(tasks)  # a generator: batches in order, as they finish
@@ -333,22 +337,52 @@ class Campaign:
         self.evaluations += len(exprs)
         return results
 
-    def _screen_batch(self, n: int, make) -> list[Genome]:
-        """Produce ``n`` new genomes that pass screening, evaluated and with fitness set."""
+    def _screen_batch(self, n: int, make, floor: float | None = None) -> list[Genome]:
+        """Produce ``n`` new genomes that pass screening, evaluated and with fitness set.
+
+        ``floor``: genomes whose fitness cannot reach it may stop evaluating early (pruned,
+        ``MultiEvaluator.evaluate``); they are returned with their upper bound as fitness,
+        so they count among the ``n`` and are dropped by selection as they would have been.
+        """
         accepted: list[Genome] = []
+        mates: list[list] = []  # [genome, expr, key, result] of each accepted genome
         in_pop = {g.canonical for g in self.population}
         fps = {g.fingerprint for g in self.population}
 
-        def admit(g: Genome, res: dict) -> None:
-            # With DPS, a semantic duplicate of a member (same ranking of every search
-            # configuration, hence the same fitness) adds nothing: it is not admitted.
-            if g.canonical in in_pop or (self.settings.dps and res.get("fingerprint") in fps):
+        def settle(mate: list) -> None:
+            """Evaluate a pruned genome in full (its fingerprint is needed)."""
+            g, expr, key, _ = mate
+            res = self.screener.settle(key, self._evaluate([expr])[0])
+            g.fitness.values, g.fingerprint, mate[3] = (res["fitness"],), res["fingerprint"], res
+
+        def admit(g: Genome, expr, key: str, res: dict) -> None:
+            # With DPS, a semantic duplicate of a member or of an earlier child (same
+            # ranking of every search configuration, hence the same fitness) adds nothing:
+            # it is not admitted. A pruned genome is no member's duplicate (it ranks below
+            # them all), nor a child's whose ranking differs on a bench both evaluated; if
+            # a child's might not, both are evaluated in full to decide, as without pruning.
+            if g.canonical in in_pop:
+                return
+            mate = [g, expr, key, res]
+            if self.settings.dps and res["status"] == "pruned":
+                twins = [m for m in mates if _may_share_ranking(m[3], res)]
+                if twins:
+                    for m in twins:
+                        if m[3]["status"] == "pruned":
+                            settle(m)
+                            fps.add(m[0].fingerprint)
+                    settle(mate)
+                    res = mate[3]
+            fp = res.get("fingerprint")
+            if self.settings.dps and fp is not None and fp in fps:
                 return
             g.fitness.values = (res["fitness"],)
-            g.fingerprint = res.get("fingerprint")
+            g.fingerprint = fp
             accepted.append(g)
+            mates.append(mate)
             in_pop.add(g.canonical)
-            fps.add(g.fingerprint)
+            if fp is not None:
+                fps.add(fp)
 
         attempts = 0
         while len(accepted) < n and attempts < 100 * n:
@@ -365,15 +399,15 @@ class Campaign:
                 if v.stage != "s1_equivalent":
                     self.sampler.record(ops_used(v.expr), accepted=False)
                     continue
-                if v.cached.get("status") == "ok":
-                    admit(g, v.cached)
-            results = self._evaluate([e for _, e, _ in pending])
+                if v.cached.get("status") in VALID:
+                    admit(g, v.expr, v.key, v.cached)
+            results = self._evaluate([e for _, e, _ in pending], floor)
             for (g, expr, key), res in zip(pending, results, strict=True):
                 res = self.screener.record(key, res)
-                ok = res["status"] == "ok"
+                ok = res["status"] in VALID
                 self.sampler.record(ops_used(expr), accepted=ok)
                 if ok:
-                    admit(g, res)
+                    admit(g, expr, key, res)
         return accepted
 
     # ------------------------------------------------------------------ selection
@@ -507,7 +541,14 @@ class Campaign:
     def _one_step(self) -> None:
         s = self.settings
         if s.mode == "steady":
-            children = self._screen_batch(s.offspring, self._offspring)
+            # A child below every member is dropped whatever its exact fitness: with a full
+            # population its evaluation may stop early (``prune``). The population minimum
+            # never falls, so a pruned genome met again later is dropped again.
+            full = len(self.population) >= s.population
+            floor = min(g.fitness.values[0] for g in self.population) if full else None
+            children = self._screen_batch(
+                s.offspring, self._offspring, floor if self.prune else None
+            )
             pool = self.population + children
             # Remove the worst; among equals, the oldest goes first (list order).
             order = sorted(range(len(pool)), key=lambda i: (-pool[i].fitness.values[0], -i))
@@ -571,6 +612,15 @@ class Campaign:
     @staticmethod
     def screener_expr(g: Genome):
         return canonical(from_string(g.canonical))
+
+
+def _may_share_ranking(a: dict, b: dict) -> bool:
+    """Whether two evaluated genomes may be semantic duplicates as far as the benches that
+    both evaluated show (True when a result does not say, e.g. from an older campaign)."""
+    fa, fb = a.get("bench_fingerprints"), b.get("bench_fingerprints")
+    if fa is None or fb is None:
+        return True
+    return all(x == y for x, y in zip(fa, fb, strict=True) if x is not None and y is not None)
 
 
 def _finite(value: Any) -> Any:

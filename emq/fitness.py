@@ -12,6 +12,7 @@ batch of genomes given as formula text (``evaluate_texts``).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -181,8 +182,11 @@ class Evaluator:
             return "constant"
         return None
 
-    def evaluate(self, expr: Expr) -> dict:
-        """Probe, then full score table and fitness. Never returns NaN as fitness."""
+    def evaluate(self, expr: Expr, floor: float | None = None) -> dict:
+        """Probe, then full score table and fitness. Never returns NaN as fitness.
+
+        ``floor`` is for multi-bench pruning (``MultiEvaluator.evaluate``); one bench has
+        nothing left to skip, so it is ignored here."""
         start = time.perf_counter()
         reason = self.probe(expr)
         out: dict = {"status": "probe", "reason": reason, "fitness": INVALID}
@@ -235,16 +239,20 @@ def rank_fingerprint(scores: np.ndarray) -> str:
     return hashlib.sha1(order.astype(np.int32).tobytes()).hexdigest()[:16]
 
 
-def evaluate_text(evaluator: Evaluator | MultiEvaluator, text: str) -> dict:
-    """Evaluate a canonical formula given as text."""
-    return evaluator.evaluate(canonical(from_string(text)))
+def evaluate_text(
+    evaluator: Evaluator | MultiEvaluator, text: str, floor: float | None = None
+) -> dict:
+    """Evaluate a canonical formula given as text (``floor``: ``MultiEvaluator.evaluate``)."""
+    return evaluator.evaluate(canonical(from_string(text)), floor)
 
 
-def evaluate_texts(evaluator: Evaluator | MultiEvaluator, texts: list[str]) -> list[dict]:
+def evaluate_texts(
+    evaluator: Evaluator | MultiEvaluator, texts: list[str], floor: float | None = None
+) -> list[dict]:
     """Worker entry point: a batch of formulas, evaluated in order with one torch thread
     (workers share the cores; one thread each is their fastest setting)."""
     torch.set_num_threads(1)
-    return [evaluate_text(evaluator, t) for t in texts]
+    return [evaluate_text(evaluator, t, floor) for t in texts]
 
 
 def naive_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.ndarray:
@@ -276,6 +284,10 @@ AGGREGATES = {
     "min": np.min,
     "mean-std": _mean_minus_std,
 }
+# For pruning: a function that, given the benches' fitness with every bench not yet
+# evaluated set to 1 (the largest Spearman value), bounds the aggregate from above. The mean,
+# median and min grow with each argument, so they bound themselves; mean - std <= mean.
+AGGREGATE_BOUNDS = {"mean": np.mean, "median": np.median, "min": np.min, "mean-std": np.mean}
 
 
 @dataclass
@@ -290,7 +302,8 @@ class MultiEvaluator:
     """
 
     parts: list[Evaluator]
-    agg: str = "mean"  # "mean" of the benches' fitness, or "min" (agreement on every bench)
+    agg: str = "mean"  # how the benches' fitness combine (``AGGREGATES``)
+    _order: list[int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.parts:
@@ -318,7 +331,7 @@ class MultiEvaluator:
         return self.parts[0].heldout
 
     def portable(self) -> MultiEvaluator:
-        return MultiEvaluator([p.portable() for p in self.parts], self.agg)
+        return MultiEvaluator([p.portable() for p in self.parts], self.agg, self._order)
 
     def shapes(self) -> list[dict[str, tuple[int, ...]]]:
         return [s for p in self.parts for s in p.shapes()]
@@ -337,23 +350,58 @@ class MultiEvaluator:
             part.release()
         return out
 
-    def evaluate(self, expr: Expr) -> dict:
+    def order(self) -> list[int]:
+        """The benches in evaluation order: cheapest first (fewest input elements; shapes
+        only, so the order is the same on every machine), so a pruned genome is stopped
+        having spent little. The fitness does not depend on this order."""
+        if self._order is None:
+            sizes = [sum(math.prod(s) for layer in p.shapes() for s in layer.values())
+                     for p in self.parts]  # fmt: skip
+            self._order = [int(i) for i in np.argsort(sizes, kind="stable")]
+        return self._order
+
+    def evaluate(self, expr: Expr, floor: float | None = None) -> dict:
+        """Fitness over every bench (``agg``), or the first invalid bench's result.
+
+        With ``floor`` (a steady-state campaign's population minimum: a child below it is
+        dropped), evaluation stops as soon as the aggregate cannot reach ``floor`` even if
+        every bench not yet evaluated scored a perfect 1: the result is ``pruned``, with
+        that upper bound as its fitness, and the genome is dropped exactly as its full
+        evaluation would have had it dropped. ``bench_fingerprints`` holds each bench's rank
+        fingerprint (None for a bench a pruned genome skipped): two genomes that differ on a
+        bench are not semantic duplicates (``Campaign._screen_batch``).
+        """
         start = time.perf_counter()
-        results = []
-        for part in self.parts:
+        results: list[dict | None] = [None] * len(self.parts)
+        done: list[float] = []
+        for i in self.order():
+            part = self.parts[i]
             res = part.evaluate(expr)
             part.release()
             if res["status"] != "ok":
                 res["seconds"] = time.perf_counter() - start
                 return res
-            results.append(res)
-        fitness = round(
-            float(AGGREGATES[self.agg]([r["fitness"] for r in results])), FITNESS_DIGITS
-        )
-        key = "/".join(r["fingerprint"] for r in results)
+            results[i] = res
+            done.append(res["fitness"])
+            left = len(self.parts) - len(done)
+            if floor is not None and left:
+                bound = float(AGGREGATE_BOUNDS[self.agg](done + [1.0] * left))
+                # A margin of 1e-12 so that summation order cannot put the full fitness
+                # above the bound after rounding.
+                if round(bound + 1e-12, FITNESS_DIGITS) < floor:
+                    return {
+                        "status": "pruned", "reason": f"below {floor:g} after {len(done)} "
+                        f"of {len(self.parts)} benches",
+                        "fitness": round(bound + 1e-12, FITNESS_DIGITS),
+                        "bench_fingerprints": [r and r["fingerprint"] for r in results],
+                        "seconds": time.perf_counter() - start,
+                    }  # fmt: skip
+        fits = [r["fitness"] for r in results]
+        fitness = round(float(AGGREGATES[self.agg](fits)), FITNESS_DIGITS)
+        fps = [r["fingerprint"] for r in results]
         return {
             "status": "ok", "reason": None, "fitness": fitness,
-            "fitness_per_bench": [r["fitness"] for r in results],
-            "fingerprint": hashlib.sha1(key.encode()).hexdigest()[:16],
+            "fitness_per_bench": fits, "bench_fingerprints": fps,
+            "fingerprint": hashlib.sha1("/".join(fps).encode()).hexdigest()[:16],
             "seconds": time.perf_counter() - start,
         }  # fmt: skip

@@ -4,7 +4,10 @@
 2. static shape inference on every layer's input shapes (no tensor math), and rejection of
    graphs that read no bit-dependent input (they cannot rank configurations);
 3. numeric probe on the two smallest layers (``Evaluator.probe``, run with the evaluation);
-4. rank fingerprint of the evaluated scores: semantic duplicates are marked.
+4. rank fingerprint of the evaluated scores: semantic duplicates are marked;
+5. pruning (several benches, steady state): a child whose fitness can no longer reach the
+   population's minimum stops evaluating after the benches done so far. It counts as
+   evaluated (it was valid on them) and as ``pruned``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ STAGES = (
     "invalid",
     "evaluated",
     "s4_semantic_dup",
+    "pruned",
 )
+VALID = ("ok", "pruned")  # statuses of genomes that evaluated validly
 
 
 @dataclass
@@ -72,7 +77,7 @@ class Screener:
         return Verdict(expr, key, stage, result)
 
     def record(self, key: str, result: dict) -> dict:
-        """Store an evaluation result (stages 3-4); marks semantic duplicates."""
+        """Store an evaluation result (stages 3-5); marks semantic duplicates."""
         status = result["status"]
         if status == "probe":
             self.counts["s3_probe"] += 1
@@ -80,13 +85,25 @@ class Screener:
             self.counts["invalid"] += 1
         else:
             self.counts["evaluated"] += 1
-            fp = result["fingerprint"]
-            if fp in self.fingerprints and self.fingerprints[fp] != key:
-                self.counts["s4_semantic_dup"] += 1
-                result = {**result, "duplicate_of": self.fingerprints[fp]}
+            if status == "pruned":
+                self.counts["pruned"] += 1
             else:
-                self.fingerprints.setdefault(fp, key)
+                result = self._mark_duplicate(key, result)
         self.cache[key] = result
+        return result
+
+    def settle(self, key: str, result: dict) -> dict:
+        """Replace a pruned result by the same genome's full evaluation."""
+        self.counts["pruned"] -= 1
+        self.cache[key] = result = self._mark_duplicate(key, result)
+        return result
+
+    def _mark_duplicate(self, key: str, result: dict) -> dict:
+        fp = result["fingerprint"]
+        if fp in self.fingerprints and self.fingerprints[fp] != key:
+            self.counts["s4_semantic_dup"] += 1
+            return {**result, "duplicate_of": self.fingerprints[fp]}
+        self.fingerprints.setdefault(fp, key)
         return result
 
     def state(self) -> dict:

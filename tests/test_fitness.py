@@ -134,6 +134,31 @@ def test_multi_bench_invalid_anywhere_is_invalid(multi):
     assert clone.evaluate(expr)["fitness"] == multi.evaluate(expr)["fitness"]
 
 
+@pytest.mark.parametrize("agg", ["mean", "median", "min", "mean-std"])
+def test_pruning_stops_only_genomes_that_cannot_reach_the_floor(multi, agg):
+    from emq.fitness import MultiEvaluator
+
+    three = MultiEvaluator([*multi.parts, multi.parts[1]], agg)
+    assert three.order() == [0, 1, 2]  # equal sizes: the given order
+    for text in PROXIES[1:]:
+        expr = canonical(from_string(text))
+        full = three.evaluate(expr)
+        assert full["status"] == "ok"
+        # A floor the genome reaches (or ties): evaluated in full, the same result.
+        again = three.evaluate(expr, floor=full["fitness"])
+        assert {k: again[k] for k in ("status", "fitness", "fingerprint")} == {
+            k: full[k] for k in ("status", "fitness", "fingerprint")
+        }
+        # A floor above every bound: stopped after the first bench, with an upper bound
+        # of its true fitness as the fitness it reports.
+        pruned = three.evaluate(expr, floor=1.5)
+        assert pruned["status"] == "pruned" and "after 1 of 3 benches" in pruned["reason"]
+        assert full["fitness"] <= pruned["fitness"] < 1.5
+        # A floor just above the fitness prunes only if a bound falls below it.
+        near = three.evaluate(expr, floor=full["fitness"] + 1e-6)
+        assert near["status"] in ("ok", "pruned") and near["fitness"] >= full["fitness"]
+
+
 # ---------------------------------------------------------------- in a worker process
 
 

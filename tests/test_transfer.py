@@ -106,6 +106,34 @@ def test_campaign_reports_on_never_searched_models(tmp_path, r20, mnv2):
     assert saved["heldout_models"][0]["model"] == "mobilenetv2"
 
 
+def test_pruned_campaign_equals_the_full_one_cheapest_bench_first(tmp_path, r20, mnv2):
+    settings = replace(SETTINGS, offspring=4)
+    runs = {}
+    for prune in (True, False):
+        camp = bench_campaign(tmp_path / f"p{prune}", [r20, mnv2], settings, progress=False)
+        camp.prune = prune
+        camp.run_steps(8)
+        runs[prune] = camp
+    on, off = runs[True], runs[False]
+    # The cheaper model's bench goes first (fewer input elements), whatever the given order.
+    sizes = [sum(np.prod(s) for layer in p.shapes() for s in layer.values())
+             for p in on.evaluator.parts]  # fmt: skip
+    assert sizes[0] != sizes[1] and on.evaluator.order() == list(np.argsort(sizes))
+    assert on.screener.counts["pruned"] > 0 and off.screener.counts["pruned"] == 0
+    # Pruned children are dropped as their full evaluation would have had them dropped.
+    assert [str(g) for g in on.population] == [str(g) for g in off.population]
+    assert [g.fitness.values for g in on.population] == [g.fitness.values for g in off.population]
+    assert [h["best"] for h in on.history] == [h["best"] for h in off.history]
+    assert [h["median"] for h in on.history] == [h["median"] for h in off.history]
+    assert on.hof == off.hof and on.rng.getstate() == off.rng.getstate()
+    # Every pruned result's fitness bounds the true one from above and lies below the floor
+    # it was stopped at, so it never entered the population.
+    pruned = {k: v for k, v in on.screener.cache.items() if v["status"] == "pruned"}
+    for key, res in pruned.items():
+        assert off.screener.cache[key]["fitness"] <= res["fitness"]
+        assert res["fitness"] < min(g.fitness.values[0] for g in on.population)
+
+
 def test_leave_one_out_writes_tables_and_resumes(tmp_path, r20, mnv2):
     out = tmp_path / "t"
     benches = {"resnet20": r20, "mobilenetv2": mnv2}
