@@ -76,7 +76,9 @@ class CampaignSettings:
     # formulas placed in the initial population first (seeding); None = the literature
     # seeds that fit ``inputs`` (``emq.seeds``), () = random genomes only
     init: tuple[str, ...] | None = None
-    bench_agg: str = "mean"  # several benches: how their fitness combines (fitness.AGGREGATES)
+    # Several benches: how their fitness combines (fitness.AGGREGATES); chosen by
+    # leave-one-architecture-out selection (``emq transfer --pool``, README).
+    bench_agg: str = "mean-std"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
@@ -359,18 +361,24 @@ class Campaign:
             # With DPS, a semantic duplicate of a member or of an earlier child (same
             # ranking of every search configuration, hence the same fitness) adds nothing:
             # it is not admitted. A pruned genome is no member's duplicate (it ranks below
-            # them all), nor a child's whose ranking differs on a bench both evaluated; if
-            # a child's might not, both are evaluated in full to decide, as without pruning.
+            # them all), nor a child's whose ranking differs on a bench both evaluated; where
+            # a pruned genome's might not differ, both are evaluated in full to decide, as
+            # without pruning. (A child evaluated in full can be the duplicate of a pruned
+            # one when it comes from the cache, evaluated in an earlier step.)
             if g.canonical in in_pop:
                 return
             mate = [g, expr, key, res]
-            if self.settings.dps and res["status"] == "pruned":
-                twins = [m for m in mates if _may_share_ranking(m[3], res)]
-                if twins:
-                    for m in twins:
-                        if m[3]["status"] == "pruned":
-                            settle(m)
-                            fps.add(m[0].fingerprint)
+            if self.settings.dps:
+                pruned = res["status"] == "pruned"
+                twins = [
+                    m for m in mates
+                    if (pruned or m[3]["status"] == "pruned") and _may_share_ranking(m[3], res)
+                ]  # fmt: skip
+                for m in twins:
+                    if m[3]["status"] == "pruned":
+                        settle(m)
+                        fps.add(m[0].fingerprint)
+                if twins and pruned:
                     settle(mate)
                     res = mate[3]
             fp = res.get("fingerprint")

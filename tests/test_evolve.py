@@ -279,8 +279,14 @@ def test_multi_bench_campaign_records_every_bench(tmp_path, bench, evaluator):
     # A single-bench campaign may not resume this folder.
     with pytest.raises(ValueError, match="extra_bench_fingerprints"):
         _run(tmp_path / "m", bench, evaluator, 2)
-    # The aggregate is part of the identity (recorded only when not the mean).
-    assert "bench_agg" not in ident["settings"]
+    # The aggregate is part of the identity (recorded only when not the mean, which older
+    # folders implicitly had).
+    assert ident["settings"]["bench_agg"] == "mean-std" == CampaignSettings().bench_agg
+    Campaign(tmp_path / "avg", bench, MultiEvaluator([evaluator, evaluator], "mean"),
+             replace(SETTINGS, bench_agg="mean"), progress=False,
+             extra_benches=(bench,)).run_steps(0)  # fmt: skip
+    old = json.loads((tmp_path / "avg" / "campaign.json").read_text())
+    assert "bench_agg" not in old["settings"]
     worst = replace(SETTINGS, bench_agg="min")
     with pytest.raises(ValueError, match="bench_agg"):
         Campaign(tmp_path / "m", bench, MultiEvaluator([evaluator, evaluator], "min"), worst,

@@ -1,7 +1,7 @@
 """Sample-chunked vs. whole evaluation of real campaign genomes, side by side in one run.
 
 Takes the distinct genomes of the shipped zoo campaigns' final populations and halls of fame
-(``runs/zoo-seed{0,1,2}/checkpoint.json``) and evaluates each on the six search-set benches,
+(``runs/zoo40-seed{0,1,2}/checkpoint.json``) and evaluates each on the six search-set benches,
 as a multi-bench campaign does (fitness per bench, each model's mapped inputs released after
 its part), twice per round, each timed run starting with an empty subexpression cache: with
 the per-sample inputs' pointwise chains computed whole, and a few calibration samples at a
@@ -34,7 +34,7 @@ def campaign_genomes() -> list[str]:
     """Distinct formulas of the shipped zoo campaigns' populations and halls of fame."""
     texts: list[str] = []
     for seed in (0, 1, 2):
-        state = json.loads((RUNS / f"zoo-seed{seed}" / "checkpoint.json").read_text())
+        state = json.loads((RUNS / f"zoo40-seed{seed}" / "checkpoint.json").read_text())
         for rec in state["population"] + state.get("hall_of_fame", []):
             if rec["formula"] not in texts:
                 texts.append(rec["formula"])
