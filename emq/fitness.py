@@ -15,6 +15,7 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -284,10 +285,43 @@ AGGREGATES = {
     "min": np.min,
     "mean-std": _mean_minus_std,
 }
-# For pruning: a function that, given the benches' fitness with every bench not yet
-# evaluated set to 1 (the largest Spearman value), bounds the aggregate from above. The mean,
-# median and min grow with each argument, so they bound themselves; mean - std <= mean.
-AGGREGATE_BOUNDS = {"mean": np.mean, "median": np.median, "min": np.min, "mean-std": np.mean}
+
+
+def _largest_mean_minus_std(done: list[float], left: int) -> float:
+    """The largest mean - std that ``done`` can reach with ``left`` more values in [-1, 1].
+
+    mean - std is concave (std is a norm of a linear map) and symmetric in the values not yet
+    known, so its maximum has them all equal: a concave function of one value ``t``, found
+    by ternary search on [-1, 1].
+    """
+
+    def value(t: float) -> float:
+        return _mean_minus_std([*done, *([t] * left)])
+
+    lo, hi = -1.0, 1.0
+    for _ in range(80):  # the bracket shrinks to (2/3)^80 * 2 < 1e-13
+        a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+        if value(a) < value(b):
+            lo = a
+        else:
+            hi = b
+    return max(value(lo), value(hi), value((lo + hi) / 2))
+
+
+def _with_ones(fn: Callable) -> Callable:
+    return lambda done, left: float(fn([*done, *([1.0] * left)]))
+
+
+# For pruning: an upper bound of the aggregate from the benches evaluated so far (``done``)
+# and the number ``left``, over every fitness the others may have (Spearman <= 1). The mean,
+# median and min grow with each value, so the bound sets the others to 1; mean - std is not
+# monotone (a perfect bench can raise the std), so its bound is a one-dimensional maximum.
+AGGREGATE_BOUNDS: dict[str, Callable[[list[float], int], float]] = {
+    "mean": _with_ones(np.mean),
+    "median": _with_ones(np.median),
+    "min": _with_ones(np.min),
+    "mean-std": _largest_mean_minus_std,
+}
 
 
 @dataclass
@@ -365,7 +399,8 @@ class MultiEvaluator:
 
         With ``floor`` (a steady-state campaign's population minimum: a child below it is
         dropped), evaluation stops as soon as the aggregate cannot reach ``floor`` even if
-        every bench not yet evaluated scored a perfect 1: the result is ``pruned``, with
+        the benches not yet evaluated scored their best (``AGGREGATE_BOUNDS``; for the mean,
+        a perfect 1 on each): the result is ``pruned``, with
         that upper bound as its fitness, and the genome is dropped exactly as its full
         evaluation would have had it dropped. ``bench_fingerprints`` holds each bench's rank
         fingerprint (None for a bench a pruned genome skipped): two genomes that differ on a
@@ -385,14 +420,14 @@ class MultiEvaluator:
             done.append(res["fitness"])
             left = len(self.parts) - len(done)
             if floor is not None and left:
-                bound = float(AGGREGATE_BOUNDS[self.agg](done + [1.0] * left))
-                # A margin of 1e-12 so that summation order cannot put the full fitness
-                # above the bound after rounding.
-                if round(bound + 1e-12, FITNESS_DIGITS) < floor:
+                bound = AGGREGATE_BOUNDS[self.agg](done, left)
+                # A margin of 1e-9 (far below the rounding step) so that summation order
+                # or the bound's search cannot put the full fitness above it.
+                if round(bound + 1e-9, FITNESS_DIGITS) < floor:
                     return {
                         "status": "pruned", "reason": f"below {floor:g} after {len(done)} "
                         f"of {len(self.parts)} benches",
-                        "fitness": round(bound + 1e-12, FITNESS_DIGITS),
+                        "fitness": round(bound + 1e-9, FITNESS_DIGITS),
                         "bench_fingerprints": [r and r["fingerprint"] for r in results],
                         "seconds": time.perf_counter() - start,
                     }  # fmt: skip

@@ -135,6 +135,28 @@ def test_multi_bench_invalid_anywhere_is_invalid(multi):
 
 
 @pytest.mark.parametrize("agg", ["mean", "median", "min", "mean-std"])
+def test_aggregate_bounds_hold_for_every_completion_and_are_tight(agg):
+    from emq.fitness import AGGREGATE_BOUNDS, AGGREGATES
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n = int(rng.integers(2, 9))
+        done = list(rng.uniform(-1, 1, int(rng.integers(1, n))))
+        left = n - len(done)
+        bound = AGGREGATE_BOUNDS[agg](done, left)
+        rest = rng.uniform(-1, 1, (200, left))
+        rest[:10] = np.linspace(-1, 1, 10)[:, None]  # equal values too, ends included
+        values = [AGGREGATES[agg](done + list(r)) for r in rest]
+        assert max(values) <= bound + 1e-12
+        # Tight: a grid of equal completions comes close (mean - std: its maximum).
+        grid = [AGGREGATES[agg](done + [t] * left) for t in np.linspace(-1, 1, 401)]
+        assert max(grid) == pytest.approx(bound, abs=1e-2)
+    if agg == "mean-std":  # not monotone: after five benches at 0.9, a sixth at 1 is worse
+        assert AGGREGATE_BOUNDS[agg]([0.9] * 5, 1) == pytest.approx(0.9, abs=1e-9)
+        assert AGGREGATES[agg]([0.9] * 5 + [1.0]) < 0.89
+
+
+@pytest.mark.parametrize("agg", ["mean", "median", "min", "mean-std"])
 def test_pruning_stops_only_genomes_that_cannot_reach_the_floor(multi, agg):
     from emq.fitness import MultiEvaluator
 

@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="zoo models never searched, reported on at the end (default: the "
                    "zoo's held-out models not searched)")  # fmt: skip
     e.add_argument("--bench-agg", choices=list(AGGREGATES),
-                   help="with several benches: fitness = the mean (default), the worst bench "
-                   "('min') or mean minus standard deviation of their Spearman@topk")  # fmt: skip
+                   help="with several benches: fitness = the mean minus the standard "
+                   "deviation of their Spearman@topk (mean-std, the default), their mean, "
+                   "median or worst bench (min)")  # fmt: skip
     e.add_argument("--run", help="run folder (default: runs/zoo-seed<seed>, or "
                    "runs/<first model>-seed<seed>)")  # fmt: skip
     e.add_argument("--steps", type=options.nonneg_int, default=150, help="evolution steps")

@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--steps", type=options.nonneg_int, default=40, help="steps per campaign (default 40)"
     )
     tr.add_argument("--population", type=POPULATION, default=32, help="population (default 32)")
-    tr.add_argument("--bench-agg", choices=list(AGGREGATES), help="default: mean")
+    tr.add_argument("--bench-agg", choices=list(AGGREGATES), help="default: mean-std")
     tr.add_argument("--inputs", metavar="A,W,...", help="proxy inputs (default: all but H)")
     tr.add_argument(
         "--baselines",
