@@ -223,7 +223,9 @@ class Campaign:
         self.extra_benches = tuple(extra_benches)  # also searched on (``MultiEvaluator``)
         self.jobs, self.progress = jobs, progress
         # Stop evaluating a child once it cannot survive selection (steady state, several
-        # benches). The campaign's result is the same either way (``emq.perf.prune_speed``).
+        # benches). Selection is the same either way; the campaign's path differs only where
+        # a pruned child would have been invalid on a bench it skipped (the operation
+        # sampler counts it as valid). ``emq.perf.prune_speed`` compares the two.
         self.prune = prune
         self.client = client  # a distributed.Client: evaluate on its workers (jobs unused)
         self.rng = random.Random(settings.seed)
@@ -351,11 +353,15 @@ class Campaign:
         in_pop = {g.canonical for g in self.population}
         fps = {g.fingerprint for g in self.population}
 
-        def settle(mate: list) -> None:
-            """Evaluate a pruned genome in full (its fingerprint is needed)."""
+        def settle(mate: list) -> bool:
+            """Evaluate a pruned genome in full (its fingerprint is needed); False if it
+            turns out invalid on a bench it had skipped."""
             g, expr, key, _ = mate
-            res = self.screener.settle(key, self._evaluate([expr])[0])
-            g.fitness.values, g.fingerprint, mate[3] = (res["fitness"],), res["fingerprint"], res
+            mate[3] = res = self.screener.settle(key, self._evaluate([expr])[0])
+            if res["status"] != "ok":
+                return False
+            g.fitness.values, g.fingerprint = (res["fitness"],), res["fingerprint"]
+            return True
 
         def admit(g: Genome, expr, key: str, res: dict) -> None:
             # With DPS, a semantic duplicate of a member or of an earlier child (same
@@ -375,11 +381,17 @@ class Campaign:
                     if (pruned or m[3]["status"] == "pruned") and _may_share_ranking(m[3], res)
                 ]  # fmt: skip
                 for m in twins:
-                    if m[3]["status"] == "pruned":
-                        settle(m)
+                    if m[3]["status"] != "pruned":
+                        continue
+                    if settle(m):
                         fps.add(m[0].fingerprint)
+                    else:  # invalid after all: not admitted, as without pruning
+                        accepted[:] = [a for a in accepted if a is not m[0]]
+                        mates.remove(m)
+                        in_pop.discard(m[0].canonical)
                 if twins and pruned:
-                    settle(mate)
+                    if not settle(mate):
+                        return
                     res = mate[3]
             fp = res.get("fingerprint")
             if self.settings.dps and fp is not None and fp in fps:

@@ -93,10 +93,11 @@ class Screener:
         return result
 
     def settle(self, key: str, result: dict) -> dict:
-        """Replace a pruned result by the same genome's full evaluation."""
+        """Replace a pruned result by the same genome's full evaluation (which may be
+        invalid on a bench the pruned one skipped)."""
         self.counts["pruned"] -= 1
-        self.cache[key] = result = self._mark_duplicate(key, result)
-        return result
+        self.counts["evaluated"] -= 1
+        return self.record(key, result)
 
     def _mark_duplicate(self, key: str, result: dict) -> dict:
         fp = result["fingerprint"]

@@ -120,6 +120,22 @@ def test_record_counts_and_marks_semantic_duplicates():
     assert set(s.counts) <= set(STAGES)
 
 
+def test_pruned_results_count_as_evaluated_until_settled():
+    s = _screener()
+    pruned = {"status": "pruned", "fitness": 0.3, "reason": "below 0.5 after 1 of 2 benches",
+              "bench_fingerprints": ["fp-1", None]}  # fmt: skip
+    assert s.record("key-a", pruned) == pruned and s.fingerprints == {}
+    s.record("key-b", dict(pruned))
+    assert s.counts == Counter(evaluated=2, pruned=2)
+    assert validity_rate(Counter(generated=2, **s.counts)) == 1.0
+    # Settled by a full evaluation: a fingerprint like any result, or invalid after all.
+    assert "duplicate_of" not in s.settle("key-a", _ok("fp-9", 0.2))
+    invalid = {"status": "invalid", "reason": "nonfinite", "fitness": INVALID}
+    assert s.settle("key-b", invalid) == invalid == s.cache["key-b"]
+    assert s.counts == Counter(evaluated=1, pruned=0, invalid=1)
+    assert s.fingerprints == {"fp-9": "key-a"}
+
+
 def test_state_round_trips_through_json():
     s = _screener()
     for text in ("sq_norm(W)", "matmul(A, E)", "sq_norm(no_op(W))", "mul(E, b)"):

@@ -109,12 +109,20 @@ def test_campaign_reports_on_never_searched_models(tmp_path, r20, mnv2):
 def test_pruned_campaign_equals_the_full_one_cheapest_bench_first(tmp_path, r20, mnv2):
     settings = replace(SETTINGS, offspring=4)
     runs = {}
-    for prune in (True, False):
-        camp = bench_campaign(tmp_path / f"p{prune}", [r20, mnv2], settings, progress=False)
+    for prune, jobs in ((True, 1), (False, 1), (True, 2)):
+        camp = bench_campaign(
+            tmp_path / f"p{prune}{jobs}", [r20, mnv2], settings, progress=False, jobs=jobs
+        )
         camp.prune = prune
         camp.run_steps(8)
-        runs[prune] = camp
-    on, off = runs[True], runs[False]
+        runs[prune, jobs] = camp
+    on, off, workers = runs[True, 1], runs[False, 1], runs[True, 2]
+
+    # Worker processes receive the floor with their batch: the same pruned campaign.
+    def timeless(cache: dict) -> dict:
+        return {k: {f: x for f, x in v.items() if f != "seconds"} for k, v in cache.items()}
+
+    assert timeless(workers.screener.cache) == timeless(on.screener.cache)
     # The cheaper model's bench goes first (fewer input elements), whatever the given order.
     sizes = [sum(np.prod(s) for layer in p.shapes() for s in layer.values())
              for p in on.evaluator.parts]  # fmt: skip
