@@ -125,6 +125,8 @@ def campaign_identity(
     for key, value in LEGACY_VALUES.items():  # run folders predating the field resume
         if fields_[key] == value:
             del fields_[key]
+    if not extra_benches:  # one bench: nothing to aggregate, whatever the default
+        fields_.pop("bench_agg", None)
     ident = {"settings": fields_, "bench_fingerprint": bench.fingerprint}
     if extra_benches:  # single-bench run folders keep their identity
         ident["extra_bench_fingerprints"] = [b.fingerprint for b in extra_benches]

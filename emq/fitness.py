@@ -37,7 +37,7 @@ from emq.scoring import config_scores, rank_scores, reduce_to_bits
 from primitives.inputs import LayerInputs, load_inputs
 from primitives.operations import ShapeError
 
-INVALID = -1.0  # fitness of rejected genomes: below every valid Spearman value
+INVALID = -1.0  # fitness of rejected genomes (never admitted to a population)
 # Fitness is kept to 6 decimals: closer genomes tie and the older survives (same on every
 # machine), rather than a last-bit difference deciding.
 FITNESS_DIGITS = 6
@@ -326,7 +326,7 @@ AGGREGATE_BOUNDS: dict[str, Callable[[list[float], int], float]] = {
 
 @dataclass
 class MultiEvaluator:
-    """Scores genomes against several benches at once: fitness = mean (or min) Spearman@topk.
+    """Scores genomes against several benches at once: their Spearman@topk aggregated (``agg``).
 
     ``parts[0]`` is the primary bench (held-out report, plots, export). A genome is valid
     only when it is valid on every bench; its static shapes are checked on every model.
@@ -400,11 +400,11 @@ class MultiEvaluator:
         With ``floor`` (a steady-state campaign's population minimum: a child below it is
         dropped), evaluation stops as soon as the aggregate cannot reach ``floor`` even if
         the benches not yet evaluated scored their best (``AGGREGATE_BOUNDS``; for the mean,
-        a perfect 1 on each): the result is ``pruned``, with
-        that upper bound as its fitness, and the genome is dropped exactly as its full
-        evaluation would have had it dropped. ``bench_fingerprints`` holds each bench's rank
-        fingerprint (None for a bench a pruned genome skipped): two genomes that differ on a
-        bench are not semantic duplicates (``Campaign._screen_batch``).
+        a perfect 1 on each): the result is ``pruned``, with that upper bound as its
+        fitness, and the genome is dropped as its full evaluation would have had it dropped.
+        ``bench_fingerprints`` holds each bench's rank fingerprint (None for a bench a pruned
+        genome skipped): two genomes that differ on a bench are not semantic duplicates
+        (``Campaign._screen_batch``).
         """
         start = time.perf_counter()
         results: list[dict | None] = [None] * len(self.parts)

@@ -266,7 +266,7 @@ def test_cli_refuses_the_same_bench_twice(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
-def test_multi_bench_campaign_records_every_bench(tmp_path, bench, evaluator):
+def test_multi_bench_campaign_records_every_bench(tmp_path, bench, evaluator, reference):
     from emq.fitness import MultiEvaluator
 
     multi = MultiEvaluator([evaluator, evaluator])
@@ -287,6 +287,11 @@ def test_multi_bench_campaign_records_every_bench(tmp_path, bench, evaluator):
              extra_benches=(bench,)).run_steps(0)  # fmt: skip
     old = json.loads((tmp_path / "avg" / "campaign.json").read_text())
     assert "bench_agg" not in old["settings"]
+    # One bench has nothing to aggregate: its identity leaves the aggregate out, so single-
+    # bench folders written under another default still resume.
+    single = json.loads((reference[0] / "campaign.json").read_text())
+    assert "bench_agg" not in single["settings"]
+    assert _run(reference[0], bench, evaluator, 3, replace(SETTINGS, bench_agg="min"))
     worst = replace(SETTINGS, bench_agg="min")
     with pytest.raises(ValueError, match="bench_agg"):
         Campaign(tmp_path / "m", bench, MultiEvaluator([evaluator, evaluator], "min"), worst,

@@ -156,6 +156,19 @@ def test_aggregate_bounds_hold_for_every_completion_and_are_tight(agg):
         assert AGGREGATES[agg]([0.9] * 5 + [1.0]) < 0.89
 
 
+def test_a_mean_minus_std_fitness_below_minus_one_fits_the_run_folder_files():
+    import jsonschema
+
+    from emq.fitness import AGGREGATES
+    from emq.schemas import FITNESS
+
+    worst = float(AGGREGATES["mean-std"]([-1.0] * 6 + [1.0]))
+    assert worst == pytest.approx(-1.414, abs=1e-3)
+    jsonschema.validate(worst, FITNESS)  # a checkpoint holding it resumes
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(-2.0, FITNESS)
+
+
 @pytest.mark.parametrize("agg", ["mean", "median", "min", "mean-std"])
 def test_pruning_stops_only_genomes_that_cannot_reach_the_floor(multi, agg):
     from emq.fitness import MultiEvaluator
