@@ -168,7 +168,7 @@ def _edit(doc: dict, change) -> str:
         ("checkpoint.json", _edit(CHECKPOINT, lambda d: d["population"][0].update(
             fitness="__NaN__")), ["NaN"]),
         ("checkpoint.json", _edit(CHECKPOINT, lambda d: d["population"][0].update(fitness=99)),
-         ["'population[0].fitness'", "[-1, 1]"]),
+         ["'population[0].fitness'", "[-1.5, 1]"]),
         ("checkpoint.json", _edit(CHECKPOINT, lambda d: d.update(step=1.5)), ["'step'"]),
         ("checkpoint.json", _edit(CHECKPOINT, lambda d: d.update(step=-5)), ["'step'"]),
         ("checkpoint.json", _edit(CHECKPOINT, lambda d: d.update(population=[])),
