@@ -351,18 +351,18 @@ class Campaign:
         so they count among the ``n`` and are dropped by selection as they would have been.
         """
         accepted: list[Genome] = []
-        mates: list[list] = []  # [genome, expr, key, result] of each accepted genome
+        mates: list[_Mate] = []  # each accepted genome with its evaluation
         in_pop = {g.canonical for g in self.population}
         fps = {g.fingerprint for g in self.population}
 
-        def settle(mate: list) -> bool:
+        def settle(mate: _Mate) -> bool:
             """Evaluate a pruned genome in full (its fingerprint is needed); False if it
             turns out invalid on a bench it had skipped."""
-            g, expr, key, _ = mate
-            mate[3] = res = self.screener.settle(key, self._evaluate([expr])[0])
+            mate.result = res = self.screener.settle(mate.key, self._evaluate([mate.expr])[0])
             if res["status"] != "ok":
                 return False
-            g.fitness.values, g.fingerprint = (res["fitness"],), res["fingerprint"]
+            mate.genome.fitness.values = (res["fitness"],)
+            mate.genome.fingerprint = res["fingerprint"]
             return True
 
         def admit(g: Genome, expr, key: str, res: dict) -> None:
@@ -375,26 +375,26 @@ class Campaign:
             # one when it comes from the cache, evaluated in an earlier step.)
             if g.canonical in in_pop:
                 return
-            mate = [g, expr, key, res]
+            mate = _Mate(g, expr, key, res)
             if self.settings.dps:
                 pruned = res["status"] == "pruned"
                 twins = [
                     m for m in mates
-                    if (pruned or m[3]["status"] == "pruned") and _may_share_ranking(m[3], res)
+                    if (pruned or m.pruned) and _may_share_ranking(m.result, res)
                 ]  # fmt: skip
                 for m in twins:
-                    if m[3]["status"] != "pruned":
+                    if not m.pruned:
                         continue
                     if settle(m):
-                        fps.add(m[0].fingerprint)
+                        fps.add(m.genome.fingerprint)
                     else:  # invalid after all: not admitted, as without pruning
-                        accepted[:] = [a for a in accepted if a is not m[0]]
-                        mates.remove(m)
-                        in_pop.discard(m[0].canonical)
+                        accepted[:] = [a for a in accepted if a is not m.genome]
+                        mates[:] = [x for x in mates if x is not m]
+                        in_pop.discard(m.genome.canonical)
                 if twins and pruned:
                     if not settle(mate):
                         return
-                    res = mate[3]
+                    res = mate.result
             fp = res.get("fingerprint")
             if self.settings.dps and fp is not None and fp in fps:
                 return
@@ -634,6 +634,20 @@ class Campaign:
     @staticmethod
     def screener_expr(g: Genome):
         return canonical(from_string(g.canonical))
+
+
+@dataclass
+class _Mate:
+    """A genome accepted in a batch, with what screening knows of it."""
+
+    genome: Genome
+    expr: Any
+    key: str
+    result: dict
+
+    @property
+    def pruned(self) -> bool:
+        return self.result["status"] == "pruned"
 
 
 def _may_share_ranking(a: dict, b: dict) -> bool:

@@ -420,14 +420,14 @@ class MultiEvaluator:
             done.append(res["fitness"])
             left = len(self.parts) - len(done)
             if floor is not None and left:
-                bound = AGGREGATE_BOUNDS[self.agg](done, left)
                 # A margin of 1e-9 (far below the rounding step) so that summation order
                 # or the bound's search cannot put the full fitness above it.
-                if round(bound + 1e-9, FITNESS_DIGITS) < floor:
+                bound = round(AGGREGATE_BOUNDS[self.agg](done, left) + 1e-9, FITNESS_DIGITS)
+                if bound < floor:
                     return {
                         "status": "pruned", "reason": f"below {floor:g} after {len(done)} "
                         f"of {len(self.parts)} benches",
-                        "fitness": round(bound + 1e-9, FITNESS_DIGITS),
+                        "fitness": bound,
                         "bench_fingerprints": [r and r["fingerprint"] for r in results],
                         "seconds": time.perf_counter() - start,
                     }  # fmt: skip
