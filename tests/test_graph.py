@@ -458,13 +458,24 @@ def test_subexpression_cache_reuses_small_results_exactly():
     assert tiny.nbytes <= 64
 
 
-def test_heap_is_released_after_each_score_table():
+def test_heap_is_trimmed_once_it_has_grown(monkeypatch):
     import sys
 
-    from emq.graph import release_heap
+    import emq.graph as graph
 
-    # On glibc (every Linux CI machine) malloc_trim is found and called.
-    assert release_heap() is sys.platform.startswith("linux")
+    if not sys.platform.startswith("linux"):  # no glibc: nothing is trimmed
+        assert graph.release_heap(force=True) is False
+        return
+    monkeypatch.setattr(graph, "TRIM_GROWTH", 32 << 20)
+    assert graph.release_heap(force=True) is True  # sets the baseline
+    assert graph.release_heap() is False  # nothing has grown since
+    np.empty(4 << 20, np.uint8).fill(1)  # freed: glibc's mmap threshold rises to 4 MB
+    blocks = [np.ones(1 << 17) for _ in range(96)]  # 96 x 1 MB from the heap
+    del blocks[::2]  # 48 MB freed inside the heap, which cannot shrink from its top
+    before = graph._anonymous_resident()
+    assert graph.release_heap() is True
+    assert before - graph._anonymous_resident() >= 32 << 20
+    assert graph.release_heap() is False
 
 
 # --------------------------------------------------------------------------- sample chunks

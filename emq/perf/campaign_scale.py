@@ -59,11 +59,13 @@ def memory(procs: list[psutil.Process]) -> tuple[int, int]:
     return pss, rss
 
 
-def run(argv: list[str], env: dict, also: list[psutil.Process]) -> dict:
-    """``emq evolve argv --json`` in a subprocess; wall, peak memory, its JSON summary."""
+def run(argv: list[str], env: dict, also: list[psutil.Process], setup: str = "") -> dict:
+    """``emq evolve argv --json`` in a subprocess (after the Python statements ``setup``);
+    wall, peak memory, its JSON summary."""
     start = time.perf_counter()
+    code = f"{setup}\nimport sys\nfrom emq.cli import main\nsys.exit(main())"
     proc = psutil.Popen(
-        [sys.executable, "-m", "emq.cli", "evolve", *argv, "--json"],
+        [sys.executable, "-c", code, "evolve", *argv, "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     peak_pss = peak_rss = 0
