@@ -328,12 +328,21 @@ class Campaign:
         if self._parallel is None or len(texts) == 1:
             batches = ([self.evaluator.evaluate(e, floor)] for e in exprs)
         else:
-            first = self.startup_seconds is None  # the invocation's first results
+            # The invocation's first results: while the workers start (a process start,
+            # imports, the inputs mapped), this process evaluates the first genome itself.
+            here = 1 if self.startup_seconds is None else 0
             tasks = (
                 delayed(evaluate_texts)(self._task_evaluator, batch, floor)
-                for batch in task_batches(texts, self._workers, first=first)
+                for batch in task_batches(texts[here:], self._workers, first=here > 0)
             )
-            batches = self._parallel(tasks)  # a generator: batches in order, as they finish
+            # A generator: dispatched now, batches in order as they finish.
+            remote = self._parallel(tasks)
+            try:
+                local = [[self.evaluator.evaluate(e, floor)] for e in exprs[:here]]
+            except BaseException:
+                remote.close()  # the workers' tasks are cancelled, not left running
+                raise
+            batches = itertools.chain(local, remote)
         results = []
         for batch in batches:
             if self.startup_seconds is None:

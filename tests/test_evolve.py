@@ -100,6 +100,32 @@ def test_parallel_jobs_give_the_same_result(tmp_path, bench, evaluator, referenc
     assert _state(tmp_path / "par") == _state(reference[0])
 
 
+def test_a_parallel_run_evaluates_its_first_genome_here_while_workers_start(
+    tmp_path, bench, evaluator, monkeypatch
+):
+    """Start-up: the first genome of an invocation is evaluated in this process, the rest
+    of that round by the workers, and the campaign is the one-process campaign."""
+    here, rounds = [], []
+    evaluate, screen = type(evaluator).evaluate, Campaign._evaluate
+
+    def spy_evaluate(self, expr, *args, **kwargs):
+        here.append(expr)
+        return evaluate(self, expr, *args, **kwargs)
+
+    def spy_rounds(self, exprs, *args, **kwargs):
+        rounds.append(list(exprs))
+        return screen(self, exprs, *args, **kwargs)
+
+    monkeypatch.setattr(type(evaluator), "evaluate", spy_evaluate)
+    monkeypatch.setattr(Campaign, "_evaluate", spy_rounds)
+    _run(tmp_path / "par", bench, evaluator, 0, jobs=2)
+    assert len(rounds[0]) > 2
+    assert here[0] == rounds[0][0]
+    assert not set(map(str, rounds[0][1:])) & set(map(str, here))  # the others: workers
+    _run(tmp_path / "one", bench, evaluator, 0)
+    assert _state(tmp_path / "par") == _state(tmp_path / "one")
+
+
 def test_tasks_are_about_two_batches_per_worker_in_order():
     texts = [f"g{i}" for i in range(9)]
     for workers in (1, 2, 3, 8):
