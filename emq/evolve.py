@@ -704,9 +704,8 @@ def task_batches(texts: list[str], workers: int, first: bool = False) -> list[li
     A genome costs milliseconds to seconds; one task per genome spends a round trip (the
     evaluator pickled, a result sent back) on each, one task per worker leaves a worker idle
     behind the other's slow genome. Two per worker balances the two. With ``first`` (the
-    first evaluation of an invocation, while the workers start) each worker's first task is
-    one genome, so the first result waits for a worker's start-up and one genome, not for a
-    whole batch.
+    invocation's first round, while the workers start) each worker's first task is one
+    genome, so a worker still starting holds up one genome, not a whole batch.
     """
     if first and len(texts) > workers:
         return [[t] for t in texts[:workers]] + task_batches(texts[workers:], workers)
