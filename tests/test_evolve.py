@@ -100,11 +100,12 @@ def test_parallel_jobs_give_the_same_result(tmp_path, bench, evaluator, referenc
     assert _state(tmp_path / "par") == _state(reference[0])
 
 
-def test_a_parallel_run_evaluates_its_first_genome_here_while_workers_start(
+def test_a_parallel_run_evaluates_its_first_genome_here_before_any_task(
     tmp_path, bench, evaluator, monkeypatch
 ):
-    """Start-up: the first genome of an invocation is evaluated in this process, the rest
-    of that round by the workers, and the campaign is the one-process campaign."""
+    """Start-up: the first genome of an invocation is evaluated in this process (its first
+    result does not wait for the workers' imports), the rest of that round by the workers,
+    and the campaign is the one-process campaign."""
     here, rounds = [], []
     evaluate, screen = type(evaluator).evaluate, Campaign._evaluate
 
