@@ -399,9 +399,12 @@ class TransformerBlock(nn.Module):
 class ViTSmall(nn.Module):
     """A small Vision Transformer (Dosovitskiy et al. 2021), no BatchNorm anywhere.
 
-    4x4 patch embedding (a strided conv), learned position embeddings, pre-norm blocks
-    (LayerNorm, GELU), mean-pooled tokens, linear head: every layer but the patch
-    embedding is an ``nn.Linear`` on a ``[N, tokens, dim]`` tensor.
+    The patch embedding is a convolutional stem (Xiao et al. 2021, "Early convolutions help
+    transformers see better"): two stride-2 3x3 convs with a GELU between them and no
+    normalization, so each of the 7x7 tokens sees a 4x4 patch plus its border. Learned
+    position embeddings, pre-norm blocks (LayerNorm, GELU), mean-pooled tokens, linear head:
+    every layer but the stem is an ``nn.Linear`` on a ``[N, tokens, dim]`` tensor. (The stem
+    replaced a single 4x4 stride-4 conv, which reached 88.3 % in 12 epochs.)
     """
 
     def __init__(
@@ -409,8 +412,12 @@ class ViTSmall(nn.Module):
         heads: int = 4, mlp: int = 128,
     ):  # fmt: skip
         super().__init__()
+        if patch != 4:
+            raise ValueError(f"the ViT's stem makes 4x4 patches (two stride-2 convs), not {patch}")
         tokens = (28 // patch) ** 2
-        self.embed = nn.Conv2d(1, dim, patch, patch)
+        self.embed = nn.Sequential(
+            nn.Conv2d(1, dim // 2, 3, 2, 1), nn.GELU(), nn.Conv2d(dim // 2, dim, 3, 2, 1)
+        )
         self.pos = nn.Parameter(torch.zeros(1, tokens, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.blocks = nn.Sequential(*[TransformerBlock(dim, heads, mlp) for _ in range(depth)])
@@ -465,9 +472,9 @@ def densenet() -> nn.Module:
     return DenseNetSmall()
 
 
-@register("vit", epochs=12, optimizer="adamw", max_lr=2e-3, weight_decay=0.05)
+@register("vit", epochs=15, optimizer="adamw", max_lr=2e-3, weight_decay=0.05, augment=False)
 def vit() -> nn.Module:
-    """Small Vision Transformer: patch embedding, LayerNorm, GELU, no BatchNorm."""
+    """Small Vision Transformer: conv-stem patch embedding, LayerNorm, GELU, no BatchNorm."""
     return ViTSmall()
 
 

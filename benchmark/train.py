@@ -35,6 +35,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw" (the ViT's recipe)
+    augment: bool = True  # random crop and flip of each batch (``augment``)
 
     @classmethod
     def for_model(cls, name: str, **overrides) -> TrainConfig:
@@ -129,7 +130,7 @@ def _train(name: str, model: nn.Module, cfg: TrainConfig, out: Path, progress: b
         perm = torch.randperm(len(x), generator=gen)
         for i in range(len(x) // cfg.batch_size):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb = augment(x[idx], gen)
+            xb = augment(x[idx], gen) if cfg.augment else x[idx]
             loss = F.cross_entropy(model(xb), y[idx], label_smoothing=cfg.label_smoothing)
             if not math.isfinite(loss.item()):  # diverged: nothing is saved
                 bar.close()

@@ -38,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--weight-decay", type=options.nonneg_float,
         help="on weight matrices (default: the recipe's, else 5e-4)",
     )  # fmt: skip
+    t.add_argument(
+        "--augment", action=argparse.BooleanOptionalAction,
+        help="random crop and flip of each batch (default: the recipe's, else on)",
+    )  # fmt: skip
     t.add_argument("--seed", type=options.seed, default=0)
     t.add_argument(
         "--out", help="checkpoint path (default: a zoo model's shipped checkpoint; required "
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = TrainConfig.for_model(
         args.model, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
         optimizer=args.optimizer, max_lr=args.lr, weight_decay=args.weight_decay,
+        augment=args.augment,
     )  # fmt: skip
     record = train(args.model, cfg, Path(args.out) if args.out else None)
     print_json_or_table(record, args.json)
