@@ -1,6 +1,6 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: revert(sum(exp(abs(mul(D, l1_norm(mul(D, Ga)))))))
+Formula: revert(sample_max_abs(sample_norm(abssqrt(mul(mul(Ga, pow(add(D, Ga))), sq_norm(sample_sum(mul(D, Ga))))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
 inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
@@ -30,9 +30,9 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'revert(sum(exp(abs(mul(D, l1_norm(mul(D, Ga)))))))'
+FORMULA = 'revert(sample_max_abs(sample_norm(abssqrt(mul(mul(Ga, pow(add(D, Ga))), sq_norm(sample_sum(mul(D, Ga))))))))'
 INPUTS = ('D', 'Ga')
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sum(exp(abs(mul(D, l1_norm(mul(D, Ga)))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.751643,\n "heldout": {\n  "spearman@20%": 0.4420830409516039,\n  "spearman@50%": 0.8179966221117447,\n  "spearman@100%": 0.9303627904249406,\n  "spearman@topk": 0.7301474844960963,\n  "spearman@topk(true)": 0.7576265286956713,\n  "kendall": 0.7765802097327142\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed0"\n}')
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sample_max_abs(sample_norm(abssqrt(mul(mul(Ga, pow(add(D, Ga))), sq_norm(sample_sum(mul(D, Ga))))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.756256,\n "heldout": {\n  "spearman@20%": 0.4750000000000001,\n  "spearman@50%": 0.7923718386876282,\n  "spearman@100%": 0.9035176921558781,\n  "spearman@topk": 0.7236298436145021,\n  "spearman@topk(true)": 0.7027577954589225,\n  "kendall": 0.7279791609373876\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed0"\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -65,20 +65,15 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _abs(x: Tensor) -> Tensor:
-    """Absolute value: |x|."""
-    return x.abs()
+def _abssqrt(x: Tensor) -> Tensor:
+    """Square root of magnitude: sqrt|x|."""
+    return torch.sqrt(x.abs())
 
 
-def _exp(x: Tensor) -> Tensor:
-    """Exponential: e^x."""
-    return torch.exp(x)
-
-
-def _l1_norm(x: Tensor) -> Tensor:
-    """Mean magnitude per bit slot: sum |x| / n."""
-    flat = _slots(x)
-    return flat.abs().sum(dim=1) / flat.shape[1]
+def _add(x: Tensor, y: Tensor) -> Tensor:
+    """Sum: x + y."""
+    x, y = _aligned(x, y)
+    return torch.add(x, y)
 
 
 def _mul(x: Tensor, y: Tensor) -> Tensor:
@@ -87,14 +82,34 @@ def _mul(x: Tensor, y: Tensor) -> Tensor:
     return torch.mul(x, y)
 
 
+def _pow(x: Tensor) -> Tensor:
+    """Square: x^2."""
+    return torch.square(x)
+
+
 def _revert(x: Tensor) -> Tensor:
     """Negation: -x."""
     return torch.neg(x)
 
 
-def _sum(x: Tensor) -> Tensor:
-    """Sum per bit slot: sum x (e.g. Tr(H) from a Hessian diagonal)."""
-    return _slots(x).sum(dim=1)
+def _sample_max_abs(x: Tensor) -> Tensor:
+    """Largest magnitude per bit slot and sample: max_i |x[k, n, i]| -> (k, n)."""
+    return _samples(x).abs().amax(dim=2)
+
+
+def _sample_norm(x: Tensor) -> Tensor:
+    """L2 norm per bit slot and sample over the other axes: ||x[k, n]|| -> (k, n)."""
+    return torch.linalg.vector_norm(_samples(x), dim=2)
+
+
+def _sample_sum(x: Tensor) -> Tensor:
+    """Sum per bit slot and sample over the other axes: sum_i x[k, n, i] -> (k, n)."""
+    return _samples(x).sum(dim=2)
+
+
+def _sq_norm(x: Tensor) -> Tensor:
+    """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
+    return torch.square(_slots(x)).sum(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -119,14 +134,18 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """
     inputs = {k: torch.as_tensor(v).double() for k, v in inputs.items()}
     with torch.no_grad():
-        t0 = _mul(inputs['D'], inputs['Ga'])  # mul
-        t1 = _l1_norm(t0)  # l1_norm
-        t2 = _mul(inputs['D'], t1)  # mul
-        t3 = _abs(t2)  # abs
-        t4 = _exp(t3)  # exp
-        t5 = _sum(t4)  # sum
-        t6 = _revert(t5)  # revert
-        return reduce_to_bits(t6, num_bits)
+        t0 = _add(inputs['D'], inputs['Ga'])  # add
+        t1 = _pow(t0)  # pow
+        t2 = _mul(inputs['Ga'], t1)  # mul
+        t3 = _mul(inputs['D'], inputs['Ga'])  # mul
+        t4 = _sample_sum(t3)  # sample_sum
+        t5 = _sq_norm(t4)  # sq_norm
+        t6 = _mul(t2, t5)  # mul
+        t7 = _abssqrt(t6)  # abssqrt
+        t8 = _sample_norm(t7)  # sample_norm
+        t9 = _sample_max_abs(t8)  # sample_max_abs
+        t10 = _revert(t9)  # revert
+        return reduce_to_bits(t10, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

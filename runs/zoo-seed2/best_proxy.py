@@ -1,6 +1,6 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: revert(sample_sum(tanh(abs(mul(D, mul(Ga, to_std_scalar(D)))))))
+Formula: exp2(revert(frobenius_norm(sq_norm(to_std_scalar(abs(sample_sum(mul(D, Ga))))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
 inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
@@ -30,9 +30,9 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'revert(sample_sum(tanh(abs(mul(D, mul(Ga, to_std_scalar(D)))))))'
+FORMULA = 'exp2(revert(frobenius_norm(sq_norm(to_std_scalar(abs(sample_sum(mul(D, Ga))))))))'
 INPUTS = ('D', 'Ga')
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sample_sum(tanh(abs(mul(D, mul(Ga, to_std_scalar(D)))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.747594,\n "heldout": {\n  "spearman@20%": 0.35322580645161294,\n  "spearman@50%": 0.8143814080656187,\n  "spearman@100%": 0.9340998031545923,\n  "spearman@topk": 0.7005690058906079,\n  "spearman@topk(true)": 0.7526989458431287,\n  "kendall": 0.7707183547624356\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed2"\n}')
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "exp2(revert(frobenius_norm(sq_norm(to_std_scalar(abs(sample_sum(mul(D, Ga))))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.725026,\n "heldout": {\n  "spearman@20%": 0.47219193678256854,\n  "spearman@50%": 0.6423375434407491,\n  "spearman@100%": 0.8388104401406962,\n  "spearman@topk": 0.6511133067880046,\n  "spearman@topk(true)": 0.6226277659609578,\n  "kendall": 0.6572854909407029\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed2"\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -70,6 +70,16 @@ def _abs(x: Tensor) -> Tensor:
     return x.abs()
 
 
+def _exp2(x: Tensor) -> Tensor:
+    """Power of two: 2^x (quantization step sizes scale as 2^-b)."""
+    return torch.exp2(x)
+
+
+def _frobenius_norm(x: Tensor) -> Tensor:
+    """Frobenius norm per bit slot: sqrt(sum x^2)."""
+    return torch.linalg.vector_norm(_slots(x), dim=1)
+
+
 def _mul(x: Tensor, y: Tensor) -> Tensor:
     """Elementwise product: x * y."""
     x, y = _aligned(x, y)
@@ -86,9 +96,9 @@ def _sample_sum(x: Tensor) -> Tensor:
     return _samples(x).sum(dim=2)
 
 
-def _tanh(x: Tensor) -> Tensor:
-    """Hyperbolic tangent: tanh(x)."""
-    return torch.tanh(x)
+def _sq_norm(x: Tensor) -> Tensor:
+    """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
+    return torch.square(_slots(x)).sum(dim=1)
 
 
 def _to_std_scalar(x: Tensor) -> Tensor:
@@ -118,14 +128,15 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """
     inputs = {k: torch.as_tensor(v).double() for k, v in inputs.items()}
     with torch.no_grad():
-        t0 = _to_std_scalar(inputs['D'])  # to_std_scalar
-        t1 = _mul(inputs['Ga'], t0)  # mul
-        t2 = _mul(inputs['D'], t1)  # mul
-        t3 = _abs(t2)  # abs
-        t4 = _tanh(t3)  # tanh
-        t5 = _sample_sum(t4)  # sample_sum
+        t0 = _mul(inputs['D'], inputs['Ga'])  # mul
+        t1 = _sample_sum(t0)  # sample_sum
+        t2 = _abs(t1)  # abs
+        t3 = _to_std_scalar(t2)  # to_std_scalar
+        t4 = _sq_norm(t3)  # sq_norm
+        t5 = _frobenius_norm(t4)  # frobenius_norm
         t6 = _revert(t5)  # revert
-        return reduce_to_bits(t6, num_bits)
+        t7 = _exp2(t6)  # exp2
+        return reduce_to_bits(t7, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:
