@@ -408,13 +408,10 @@ class ViTSmall(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = 10, patch: int = 4, dim: int = 64, depth: int = 4,
-        heads: int = 4, mlp: int = 128,
-    ):  # fmt: skip
+        self, num_classes: int = 10, dim: int = 64, depth: int = 4, heads: int = 4, mlp: int = 128
+    ):
         super().__init__()
-        if patch != 4:
-            raise ValueError(f"the ViT's stem makes 4x4 patches (two stride-2 convs), not {patch}")
-        tokens = (28 // patch) ** 2
+        tokens = 7 * 7  # 28x28 images through two stride-2 convs
         self.embed = nn.Sequential(
             nn.Conv2d(1, dim // 2, 3, 2, 1), nn.GELU(), nn.Conv2d(dim // 2, dim, 3, 2, 1)
         )
