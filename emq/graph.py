@@ -262,6 +262,7 @@ class _Evaluation:
         self.expr, self.tensors, self.cache, self.layer = expr, tensors, cache, layer
         self.uses: dict[str, int] = {}
         self.memo: dict[str, torch.Tensor] = {}
+        self.whole: set[str] = set()  # nodes some consumer needs whole (``_needed_whole``)
         self._count(expr)
         self.plan = self._plan() if leaves(expr) & PER_SAMPLE else {}
 
@@ -275,6 +276,7 @@ class _Evaluation:
                 self._count(c)
 
     def value(self, mean: bool = False) -> torch.Tensor:
+        self.whole = self._needed_whole(mean)
         try:
             with torch.no_grad():
                 if mean and self._chunks(self.expr):
@@ -361,10 +363,41 @@ class _Evaluation:
             self.memo.pop(key, None)
         return value
 
-    def _region(self, top: Expr) -> tuple[list, list[Expr]] | None:
+    def _needed_whole(self, mean: bool) -> set[str]:
+        """Keys of the nodes that some consumer evaluates whole (outside every chunked
+        subgraph): a node that only chunked subgraphs use is computed a chunk at a time by
+        each of them, never whole."""
+        if not self.plan:
+            return set()
+        whole: set[str] = set()
+        seen: set[tuple[str, bool]] = set()
+
+        def mark(e: Expr, chunked: bool) -> None:
+            key = expr_str(e)
+            if (key, chunked) in seen:
+                return
+            seen.add((key, chunked))
+            if not chunked:
+                whole.add(key)
+            reduces = e[0] in _PARTS or OPS[e[0]].shape_rule is REDUCE_PER_SAMPLE
+            for c in e[1:]:
+                if not isinstance(c, str):
+                    inside = chunked and self.plan[expr_str(c)].chunkable
+                    mark(c, inside or (reduces and self._chunks(c)))
+
+        if not isinstance(self.expr, str):
+            mark(self.expr, mean and self._chunks(self.expr))
+        return whole
+
+    def _region(self, top: Expr) -> tuple[list, list[Expr]]:
         """The chunkable subgraph under a reduction: its nodes in evaluation order (key,
         function, operand references) and the operands computed whole (``outside``, once
-        per reference); None when a node of it is also used outside it."""
+        per reference).
+
+        A node that another part of the graph needs whole is computed whole once (and kept
+        for that use); one that only chunked subgraphs use is recomputed a chunk at a time
+        by each of them: a chain over ``D`` computed whole is hundreds of MB allocated and
+        page-faulted, which costs more than computing a shared product again per chunk."""
         order: list = []
         outside: list[Expr] = []
         refs: dict[str, int] = {}
@@ -373,7 +406,7 @@ class _Evaluation:
             if isinstance(e, str):
                 return ("leaf", e)
             key = expr_str(e)
-            if not self.plan[key].chunkable:
+            if not self.plan[key].chunkable or key in self.whole:
                 outside.append(e)
                 return ("whole", key)
             refs[key] = refs.get(key, 0) + 1
@@ -383,17 +416,17 @@ class _Evaluation:
             return ("node", key)
 
         visit(top)
-        if any(self.uses[k] != n for k, n in refs.items()):
-            return None
+        for key, n in refs.items():
+            self.uses[key] -= n  # consumed here, computed nowhere else
         return order, outside
 
     def _chunked(self, name: str, top: Expr) -> torch.Tensor | None:
         """Reduction ``name`` of the large chunkable value ``top``, a chunk of samples at a
-        time: per-sample reductions are concatenated, full ones combined from parts."""
-        region = self._region(top)
-        if region is None:
+        time: per-sample reductions are concatenated, full ones combined from parts. None
+        when ``top`` is needed whole anyway (the caller reduces the whole value)."""
+        if expr_str(top) in self.whole:
             return None
-        order, outside = region
+        order, outside = self._region(top)
         whole = {expr_str(e): self._walk(e) for e in outside}
         info = self.plan[expr_str(top)]
         n = info.shape[1]

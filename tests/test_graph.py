@@ -7,6 +7,7 @@ layer (weight [8, 4, 3, 3], output [6, 8, 5, 5] for a batch of 6) and a linear l
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -559,6 +560,46 @@ def test_a_value_also_used_outside_the_reduction_is_computed_whole(monkeypatch, 
     out = evaluate_per_bit(expr, as_float64(CONV), len(BITS))
     assert shapes == [(4, 6, 8, 5, 5)]
     torch.testing.assert_close(out, _whole(expr, CONV), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # mul(D, Ga) feeds two chunked reductions: each recomputes it a chunk at a time.
+        "add(sq_norm(sample_sum(mul(D, Ga))), sum(abssqrt(mul(D, mul(D, Ga)))))",
+        # ... and a product shared inside one reduction's subgraph and under another one.
+        "sum(mul(abssqrt(mul(D, mul(D, Ga))), sq_norm(sum(abs(sample_sum(mul(D, Ga)))))))",
+    ],
+)
+def test_a_value_shared_by_chunked_reductions_is_never_computed_whole(
+    monkeypatch, small_chunks, text
+):
+    expr = _canon(text)
+    shapes = _spy(monkeypatch, ["mul"])
+    out = evaluate_per_bit(expr, as_float64(CONV), len(BITS))
+    assert shapes and all(s[1] == 2 for s in shapes if len(s) == 5), shapes
+    torch.testing.assert_close(out, _whole(expr, CONV), rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # softmax needs mul(D, Ga) whole; the reductions slice it
+        "sum(mul(abssqrt(mul(mul(D, Ga), softmax(mul(mul(D, Ga), D)))),"
+        " sq_norm(abs(sample_sum(mul(D, Ga))))))",
+        # the reduced value itself is needed whole by softmax, before or after the reduction
+        "add(sample_sum(mul(D, Ga)), sum(softmax(mul(D, Ga))))",
+        "add(sum(softmax(mul(D, Ga))), sample_sum(mul(D, Ga)))",
+    ],
+)
+def test_values_needed_whole_are_computed_once_and_sliced(monkeypatch, small_chunks, text):
+    expr = _canon(text)
+    shapes = _spy(monkeypatch, ["mul"])
+    out = evaluate_per_bit(expr, as_float64(CONV), len(BITS))
+    chunked = sum(math.prod(s) for s in shapes)
+    shapes.clear()
+    torch.testing.assert_close(out, _whole(expr, CONV), rtol=1e-13, atol=0)
+    assert chunked == sum(math.prod(s) for s in shapes)  # each product computed once
 
 
 def test_misaligned_sample_axes_are_evaluated_whole(monkeypatch, small_chunks):
