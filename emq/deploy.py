@@ -519,10 +519,10 @@ def onnx_logits(model, x: torch.Tensor, batch: int = 500, threads: int = 1) -> n
     """Logits of an ONNX model (``ModelProto`` or path) in onnxruntime, batched.
 
     Runs the QDQ model as written, dequantize + float kernels: ONNX Runtime's QDQ fusions
-    (on by default) swap DequantizeLinear + Conv/MatMul for integer or 4-bit kernels that are
-    not the model's arithmetic and differ by CPU (on an AVX2 machine without VNNI they agreed
-    with the simulator on 92-97.5 % of 200 images of small transformers, where the unfused
-    model agrees on all).
+    (on by default) swap some DequantizeLinear + MatMul/Gemm pairs for integer kernels
+    (MatMulIntegerToFloat, QGemm) that are not the model's arithmetic and differ by CPU (on
+    an AVX2 machine without VNNI they agreed with the simulator on 92-97.5 % of 200 images
+    of small test models, where the unfused model agrees on all).
     """
     _, ort = require_deploy()
     opts = ort.SessionOptions()

@@ -28,6 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.bench import Bench, default_bench
+from emq.fitness import rank_fingerprint
+from emq.graph import score_table
+from emq.metrics import spearman_at_topk
+from emq.proxy import DEFAULT_PROXY, load_proxy_document
+from emq.scoring import config_scores, rank_scores
+from primitives.inputs import load_inputs
+
 SETTINGS = {
     "native": {},
     "ATen unvectorized": {"ATEN_CPU_CAPABILITY": "default"},
@@ -104,15 +112,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     dtype = "float64" if args.float64 else "float32"
-
-    from benchmark.bench import Bench, default_bench
-    from emq.fitness import rank_fingerprint
-    from emq.graph import score_table
-    from emq.metrics import spearman_at_topk
-    from emq.proxy import DEFAULT_PROXY, load_proxy_document
-    from emq.scoring import config_scores, rank_scores
-    from primitives.inputs import load_inputs
-
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     proxy = load_proxy_document(json.loads(DEFAULT_PROXY.read_text()), str(DEFAULT_PROXY))
     print(f"default proxy: {proxy.formula}; inputs computed in {dtype}")
