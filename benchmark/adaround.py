@@ -330,6 +330,14 @@ class AdaRounder(WeightQuantizer):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.layers = [m for _, m in quantizable_layers(self.model)]
+        # Masks are always learned in float32, the simulator's precision: a float64 model
+        # (the proxy inputs' precision) applies the masks a float32 twin learns, so both
+        # learn, and share through the cache, the same masks.
+        if self.layers[0].weight.dtype == torch.float32:
+            self.learner, self.learner_layers = self.model, self.layers
+        else:
+            self.learner = copy.deepcopy(self.model).float()
+            self.learner_layers = [m for _, m in quantizable_layers(self.learner)]
         self.images = calibration_images(self.settings) if images is None else images
         if len(self.images) < self.settings.batch_size:
             raise ValueError(
@@ -343,7 +351,7 @@ class AdaRounder(WeightQuantizer):
 
     def _layer_inputs(self) -> list[torch.Tensor]:
         if self._inputs is None:
-            self._inputs = layer_inputs(self.model, self.layers, self.images)
+            self._inputs = layer_inputs(self.learner, self.learner_layers, self.images)
         return self._inputs
 
     def scale(self, layer: int, bits: int) -> torch.Tensor:
@@ -354,9 +362,9 @@ class AdaRounder(WeightQuantizer):
         key = (int(layer), int(bits))
         if key not in self.cache:
             x = self._layer_inputs()[layer]
-            up, stats = learn_rounding(
-                self.layers[layer], x, self.scale(*key), weight_qrange(key[1]), self.settings
-            )
+            layer_ = self.learner_layers[layer]
+            scale = mse_weight_scales(layer_.weight, key[1], self.clip_grid)
+            up, stats = learn_rounding(layer_, x, scale, weight_qrange(key[1]), self.settings)
             self.cache.masks[key], self.cache.stats[key] = up, stats
             self.cache.save()
         return self.cache.masks[key]

@@ -124,7 +124,8 @@ def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> l
     handles = [m.register_forward_hook(hook(n)) for n, m in layers]
     try:
         with evaluating(model), torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            dtype = next(model.parameters()).dtype  # a float64 copy (proxy inputs) too
+            model(torch.zeros(1, *input_shape, dtype=dtype))
     finally:
         for h in handles:
             h.remove()

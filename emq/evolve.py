@@ -39,6 +39,7 @@ from emq.schemas import CAMPAIGN_SCHEMA, CHECKPOINT_SCHEMA, read_document
 from emq.screen import STAGES, VALID, Screener, validity_rate
 from emq.seeds import LITERATURE, fitting
 from primitives.inputs import BIT_DEPENDENT, INPUT_NAMES
+from primitives.inputs import CACHE_VERSION as INPUTS_VERSION
 
 # Every input but the Hessian: its Hutchinson estimate costs most of a proxy's inputs
 # (16 Hessian-vector products; ~5 of ~6 s on ResNet-20) and the proxies evolved with it key
@@ -128,6 +129,10 @@ def campaign_identity(
     if not extra_benches:  # one bench: nothing to aggregate, whatever the default
         fields_.pop("bench_agg", None)
     ident = {"settings": fields_, "bench_fingerprint": bench.fingerprint}
+    # Fitness read from inputs of another cache version is not this campaign's: version 3
+    # computes them in float64 (primitives.inputs); older run folders (no field) were evolved
+    # on float32 ones and are not resumed with these.
+    ident["inputs_version"] = INPUTS_VERSION
     if extra_benches:  # single-bench run folders keep their identity
         ident["extra_bench_fingerprints"] = [b.fingerprint for b in extra_benches]
     return json.loads(json.dumps(ident))  # tuples as the file has them
@@ -178,6 +183,13 @@ def check_run_folder(run: Path, identity: dict, settings: CampaignSettings) -> b
     # Every identity key either side has (not the display-only bench path, version).
     keys = [k for k in {**old, **identity} if k not in ("bench", "version")]
     diff = [k for k in keys if old.get(k) != identity.get(k)]
+    if "inputs_version" in diff:
+        raise ValueError(
+            f"run folder {run} was evolved on proxy inputs of cache version "
+            f"{old.get('inputs_version', '2 or older')}, this EMQ computes version "
+            f"{identity['inputs_version']} (float64; primitives.inputs): its fitness values are "
+            "not comparable; use another --run"
+        )
     if diff:
         detail = ""
         if "settings" in diff:

@@ -115,6 +115,7 @@ CAMPAIGN_SCHEMA = {
         "extra_bench_fingerprints": {"type": "array", "items": FINGERPRINT, "maxItems": 1000},
         "bench": text(MAX_TEXT, "the bench's path"),
         "version": text(64, "the EMQ version"),
+        "inputs_version": integer(3, 1000, "the proxy inputs' cache version"),
     },
 }
 

@@ -95,12 +95,10 @@ class ScoreContext:
         y: torch.Tensor,
         settings: InputSettings | None = None,
         cache: Path | str | None | bool = None,
-        quantizer: Callable[[int, int], torch.Tensor] | None = None,
     ):
         self.model, self.x, self.y = model, x, y
         self.settings = settings or InputSettings()
         self.cache = cache
-        self.quantizer = quantizer  # shared Q_b(W), e.g. QuantSim.quantized_weight
         self._inputs: LayerInputs | None = None
 
     @property
@@ -110,9 +108,7 @@ class ScoreContext:
     @property
     def inputs(self) -> LayerInputs:
         if self._inputs is None:
-            self._inputs = get_inputs(
-                self.model, self.x, self.y, self.settings, self.cache, self.quantizer
-            )
+            self._inputs = get_inputs(self.model, self.x, self.y, self.settings, self.cache)
         return self._inputs
 
 

@@ -32,6 +32,7 @@ from emq.reports.common import clean, number, write_csv, write_json
 from emq.reports.transfer import EVOLVED, write_transfer
 from emq.scoring import config_scores, rank_scores
 from emq.seeds import LITERATURE
+from primitives.inputs import CACHE_VERSION as INPUTS_VERSION
 from primitives.operations import ShapeError
 
 # --------------------------------------------------------------------------- the zoo's benches
@@ -207,11 +208,12 @@ def run_transfer(
     out.mkdir(parents=True, exist_ok=True)
     plan = {"models": list(models), "seeds": list(seeds), "steps": steps,
             "fingerprints": [benches[m].fingerprint for m in models],
-            "settings": json.loads(json.dumps(settings.__dict__, default=list))}  # fmt: skip
+            "settings": json.loads(json.dumps(settings.__dict__, default=list)),
+            "inputs_version": INPUTS_VERSION}  # fmt: skip
     keep_plan(
         out / "transfer-plan.json", plan,
-        f"{out} holds a transfer run of other models, seeds, steps or settings; "
-        "use another --out or the original options",
+        f"{out} holds a transfer run of other models, seeds, steps, settings or proxy "
+        "inputs (cache version); use another --out or the original options",
     )  # fmt: skip
 
     # Campaigns first, then the baselines: the (costly, measured) baselines of a model wait
@@ -406,10 +408,12 @@ def aggregate_study(
     # Scores kept from an earlier run are reused only for the same benches and settings.
     plan = {"fingerprints": {m: benches[m].fingerprint for m in models},
             "calib_images": settings.calib_images, "calib_seed": settings.calib_seed,
-            "split_seed": settings.split_seed, "inputs": list(settings.inputs)}  # fmt: skip
+            "split_seed": settings.split_seed, "inputs": list(settings.inputs),
+            "inputs_version": INPUTS_VERSION}  # fmt: skip
     keep_plan(
         out / "pool-plan.json", json.loads(json.dumps(plan, default=str)),
-        f"{out} holds pool scores of other benches or settings; use another --out",
+        f"{out} holds pool scores of other benches, settings or proxy inputs (cache "
+        "version); use another --out",
     )  # fmt: skip
     scores = score_pool(out, benches, formulas, settings, log)
     valid = {t for t in formulas if all(scores[m, t]["valid"] for m in models)}

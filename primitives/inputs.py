@@ -2,10 +2,15 @@
 
 Every input is a tensor whose axis 0 is the bit axis: size ``B`` (one slice per bit
 candidate) for the quantization-aware inputs ``Wq``, ``E``, ``D`` and ``b``, size 1 for the
-others (they broadcast). They are computed in float32 and served from the on-disk cache as
-float64 memory maps (``load_inputs``), the precision score tables are computed in. All
-computation happens on a BN-folded private copy of the model, so the caller's model, its
-gradients and its train/eval mode are never touched.
+others (they broadcast). They are computed in float64 and rounded to float32, then served
+from the on-disk cache as float64 memory maps (``load_inputs``), the precision score tables
+are computed in. Computing in float64 makes them the same on every CPU: in float32 the
+kernels PyTorch and oneDNN pick for the CPU's instruction set (AVX2, AVX-512, SSE, one
+thread or several) sum in different orders, so up to 96 % of the values differed in their
+last bits between CPUs and a campaign's path with them; float64 differences are ~1e-16
+relative, which the rounding to float32 absorbs (``python -m emq.perf.input_isa``). All
+computation happens on a BN-folded private float64 copy of the model, so the caller's model,
+its gradients, dtype and train/eval mode are never touched.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import copy
 import hashlib
 import json
 import mmap
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +42,7 @@ from benchmark.ptq import (
     state_fingerprint,
 )
 
-CACHE_VERSION = 2  # 2: mapped float64 (``save_inputs``); 1 was an .npz of float32
+CACHE_VERSION = 3  # 3: computed in float64; 2: computed in float32, mapped float64; 1: .npz
 INPUT_DOCS = {
     "A": "layer output activation on the calibration batch",
     "W": "BN-folded weight",
@@ -169,39 +175,66 @@ def _virtual_gradient(folded: nn.Module, input_shape: tuple[int, ...]) -> list[t
     return [g.float() for g in grads]
 
 
-def _given_quantized(
-    quantizer: Callable[[int, int], torch.Tensor], layer: int, bits: int, w: torch.Tensor
-) -> torch.Tensor:
-    wq = quantizer(layer, bits)
-    if wq.shape != w.shape:
-        raise ValueError(
-            f"quantizer gave layer {layer} at {bits} bits a weight of shape {tuple(wq.shape)}, "
-            f"the folded weight has {tuple(w.shape)}: it belongs to another model"
-        )
-    return wq.to(w.dtype)
-
-
 def compute_inputs(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor | None,
     settings: InputSettings | None = None,
-    quantizer: Callable[[int, int], torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> LayerInputs:
     """Compute the proxy inputs of every quantizable layer of ``model`` on batch ``(x, y)``.
 
-    ``quantizer(layer, bits)``, when given, supplies ``Q_b(W)`` of the folded weights with
-    ``settings``' rounding and clip grid (e.g. ``QuantSim.quantized_weight``, so an allocator
-    computes each quantized weight once); otherwise it comes from the ``WeightQuantizer``
-    that ``benchmark.adaround.weight_quantizer`` builds for ``settings.rounding``.
+    Everything (BN folding, the forward and backward passes, the Hessian estimate and
+    ``Q_b(W)`` from the ``WeightQuantizer`` that ``benchmark.adaround.weight_quantizer``
+    builds for ``settings.rounding``) runs in float64 on private copies; each input is
+    rounded to float32 at the end, so the values do not depend on the CPU's kernels (see the
+    module docstring). AdaRound's learned rounding masks come from its on-disk cache, shared
+    with the simulator that measures the bench. ``dtype=torch.float32`` computes them the way
+    EMQ did before (cache version 2), for comparison (``emq.perf.input_isa --float32``).
     """
     settings = settings or InputSettings()
     names = set(settings.names)
     _check_batch(x, y, bool(names & NEEDS_LABELS))
     quantizable_layers(model)  # clear error for a model with no Conv2d/Linear
+    if dtype != torch.float64:
+        return _compute(model, x, y, settings, dtype)
     try:
-        folded = fold_bn(model, x[:2])
+        return _compute(model, x, y, settings, torch.float64)
     except RuntimeError as exc:
+        if not _dtype_error(exc):
+            raise
+        # A model whose forward mixes in float32 tensors of its own (a constant made in
+        # forward and fed to a matmul) cannot run in float64; such a model gets its inputs
+        # in float32, which are exact on this CPU but may differ in their last bits on others.
+        warnings.warn(
+            f"{type(model).__name__} does not run in float64 ({str(exc).splitlines()[0]}); "
+            "its proxy inputs are computed in float32 and may differ slightly between CPUs",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return _compute(model, x, y, settings, torch.float32)
+
+
+def _dtype_error(exc: RuntimeError) -> bool:
+    """A float32/float64 mismatch inside a model's forward (not a shape error)."""
+    msg = str(exc)
+    return any(k in msg for k in ("dtype", "scalar type", "Double", "Float"))
+
+
+def _compute(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    settings: InputSettings,
+    dtype: torch.dtype,
+) -> LayerInputs:
+    names = set(settings.names)
+    x = x.to(dtype)
+    try:
+        folded = fold_bn(copy.deepcopy(model).to(dtype), x[:2])
+    except RuntimeError as exc:
+        if dtype == torch.float64 and _dtype_error(exc):
+            raise
         msg = str(exc).splitlines()[0]
         raise ValueError(f"batch of shape {tuple(x.shape)} does not fit the model: {msg}") from exc
     layers = quantizable_layers(folded)
@@ -245,7 +278,7 @@ def compute_inputs(
             gen = torch.Generator().manual_seed(settings.hutchinson_seed)
             acc = [torch.zeros_like(p) for p in params]
             for s in range(settings.hutchinson_samples):
-                zs = [torch.randint(0, 2, p.shape, generator=gen).float() * 2 - 1 for p in params]
+                zs = [torch.randint(0, 2, p.shape, generator=gen).to(dtype) * 2 - 1 for p in params]
                 last = s == settings.hutchinson_samples - 1
                 hz = torch.autograd.grad(grads_w, params, grad_outputs=zs, retain_graph=not last)
                 for a, z, h in zip(acc, zs, hz, strict=True):
@@ -253,7 +286,7 @@ def compute_inputs(
             hess = [a / settings.hutchinson_samples for a in acc]
     virtual = _virtual_gradient(folded, tuple(x.shape[1:])) if "V" in names else None
 
-    if quantizer is None and names & {"Wq", "E", "D"}:
+    if names & {"Wq", "E", "D"}:
         quantizer = weight_quantizer(
             settings.rounding, folded, settings.clip_grid, settings.adaround,
             fingerprint=state_fingerprint(model),
@@ -276,7 +309,7 @@ def compute_inputs(
             if "V" in names:
                 t["V"] = virtual[i].unsqueeze(0)
             if names & {"Wq", "E", "D"}:
-                wq = torch.stack([_given_quantized(quantizer, i, b, w) for b in bits])
+                wq = torch.stack([quantizer(i, b).to(dtype) for b in bits])
                 if "Wq" in names:
                     t["Wq"] = wq
                 if "E" in names:
@@ -284,8 +317,10 @@ def compute_inputs(
                 if "D" in names:
                     t["D"] = torch.stack([_linear_op(mod, ins[i], q - w) for q in wq])
             if "b" in names:
-                t["b"] = torch.tensor(bits, dtype=torch.float32)
-            tensors.append(t)
+                t["b"] = torch.tensor(bits, dtype=torch.float64)
+            # Rounded to float32 here, layer by layer (float64 noise ends at the rounding).
+            tensors.append({k: v.float() for k, v in t.items()})
+            outs[i] = ins[i] = None
     return LayerInputs(info, bits, tensors)
 
 
@@ -429,16 +464,14 @@ def get_inputs(
     y: torch.Tensor | None,
     settings: InputSettings | None = None,
     cache: Path | str | None | bool = None,
-    quantizer: Callable[[int, int], torch.Tensor] | None = None,
 ) -> LayerInputs:
     """Inputs from the on-disk cache, computing and storing them on a miss.
 
-    ``cache=False`` disables the cache; ``None`` uses ``cache_dir()``. ``quantizer``: see
-    :func:`compute_inputs` (the cached values do not depend on it).
+    ``cache=False`` disables the cache; ``None`` uses ``cache_dir()``.
     """
     settings = settings or InputSettings()
     if cache is False:
-        return compute_inputs(model, x, y, settings, quantizer)
+        return compute_inputs(model, x, y, settings)
     _check_batch(x, y, bool(set(settings.names) & NEEDS_LABELS))
     key = cache_key(model, x, y, settings)
     folder = cache_dir() if cache is None or cache is True else Path(cache)
@@ -448,7 +481,7 @@ def get_inputs(
         check_inputs(inputs, settings)
         inputs.key, inputs.path, inputs.from_cache = key, path, True
         return inputs
-    save_inputs(compute_inputs(model, x, y, settings, quantizer), path)
+    save_inputs(compute_inputs(model, x, y, settings), path)
     # Served from the file just written, as every later call is: the same float64 values,
     # in pages shared with other processes that map the file.
     inputs = load_inputs(path)

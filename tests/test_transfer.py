@@ -185,7 +185,7 @@ def test_summary_counts_where_the_evolved_proxy_is_best():
 
 
 def _one_ulp(inputs: LayerInputs) -> LayerInputs:
-    """Inputs one float32 ulp apart (they are computed in float32)."""
+    """Inputs one float32 ulp apart (they are rounded to float32)."""
     bumped = [
         {k: torch.nextafter(v.float(), torch.tensor(np.inf)).double() for k, v in t.items()}
         for t in inputs.tensors

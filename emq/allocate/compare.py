@@ -9,8 +9,9 @@ its time and evaluations included); the plot marks verified points with large ho
 markers. Each allocation is measured with the bench's settings (full test set). Phase-1
 caches are off so the times are cold; every allocation's time includes its scorer's phase 1
 (computed once, counted in each allocation that uses it). ``Q_b(W)`` of every candidate is
-computed once before any timing (the quantizer's set-up, shared by every scorer and
-configuration). Writes ``compare.csv``, ``compare.json`` and ``compare.png`` (accuracy vs
+computed once before any timing (the quantizer's set-up, shared by measured SQNR's phase 1
+and every configuration; a proxy's inputs compute their own, in float64). Writes
+``compare.csv``, ``compare.json`` and ``compare.png`` (accuracy vs
 BOPs: the bench's configurations as dots, each scorer's SQNR front - ``--front-points``
 points measured on the test set - and each method x scorer's allocations at the budgets).
 The command (``emq.commands.allocate``) builds the problem and prints; the table and the

@@ -161,7 +161,7 @@ class AllocationProblem:
     def prepare(self) -> float:
         """Compute ``Q_b(W)`` of every layer at every candidate weight width (seconds taken).
 
-        The quantizer's own set-up, shared by every scorer's phase 1 and by every measured
+        The quantizer's own set-up, shared by measured SQNR's phase 1 and by every measured
         configuration; done lazily otherwise, so the first user would pay for it.
         """
         start = time.perf_counter()
@@ -191,12 +191,9 @@ class AllocationProblem:
                     rounding=self.rounding, adaround=self.sim.rounder and self.sim.rounder.settings,
                 )  # fmt: skip
                 cache = False if self.cache is False else None
-                # Q_b(W) comes from the simulator: computed once per (layer, bit) and shared
-                # with every measured configuration (same folding, clip grid and rounding).
-                quantizer = self.sim.quantized_weight
-                if settings.clip_grid != self.sim.clip_grid:
-                    quantizer = None
-                ctx = ScoreContext(self.model, x, y, settings, cache, quantizer)
+                # The inputs compute their own Q_b(W), in float64 like the rest of them
+                # (primitives.inputs), so they are the same as a campaign's on every CPU.
+                ctx = ScoreContext(self.model, x, y, settings, cache)
                 table = scorer_sensitivity(scorer, ctx, self.groups, self.cache)
             self._tables[spec] = table
         return self._tables[spec]

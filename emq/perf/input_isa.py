@@ -10,10 +10,11 @@ differ from the native ones and the largest difference (relative to the largest 
 that input in that layer), and what the default proxy makes of
 them on the model's bench: its S@topk and whether it ranks the configurations in the same
 order (``emq.fitness.rank_fingerprint``, the identity a campaign's deduplication uses).
-``--float64`` measures a design EMQ does not use yet: the inputs computed in float64 (model,
-batch and weight quantizer) and rounded to float32. Asserts nothing.
+EMQ computes the inputs in float64 and rounds them to float32 (``primitives.inputs``, cache
+version 3); ``--float32`` measures the design it replaced, the inputs computed in float32
+(cache version 2). Asserts nothing.
 
-    python -m emq.perf.input_isa [--models resnet20,mobilenetv2] [--float64]
+    python -m emq.perf.input_isa [--models resnet20,mobilenetv2] [--float32]
 """
 
 from __future__ import annotations
@@ -51,23 +52,15 @@ from pathlib import Path
 from benchmark.bench import Bench, default_bench
 from benchmark.data import calibration_batch
 from benchmark.factory import build_model
-from emq.context import bench_inputs
 from emq.evolve import DEFAULT_INPUTS
 from primitives.inputs import InputSettings, compute_inputs, save_inputs
 out = {"capability": torch.backends.cpu.get_cpu_capability(), "paths": {}}
+dtype = getattr(torch, sys.argv[3])
 for name in sys.argv[1].split(","):
     bench = Bench.open(default_bench(name))
-    if sys.argv[3] == "float32":
-        inputs = bench_inputs(bench, names=DEFAULT_INPUTS, cache=sys.argv[2])
-        out["paths"][name] = str(inputs.path)
-        continue
-    torch.set_default_dtype(torch.float64)
     x, y = calibration_batch(128, 0)
     settings = InputSettings(candidates=bench.candidates, names=DEFAULT_INPUTS)
-    inputs = compute_inputs(build_model(bench.model).double(), x.double(), y, settings)
-    for layer in inputs.tensors:
-        for key, value in layer.items():
-            layer[key] = value.float()
+    inputs = compute_inputs(build_model(bench.model), x, y, settings, dtype)
     path = Path(sys.argv[2]) / f"{name}.inputs"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_inputs(inputs, path)
@@ -108,10 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet20,mobilenetv2", help="zoo models with a bench")
     p.add_argument(
-        "--float64", action="store_true", help="compute in float64, round to float32 (not used)"
+        "--float32", action="store_true", help="compute in float32 (the design before cache v3)"
     )
     args = p.parse_args(argv)
-    dtype = "float64" if args.float64 else "float32"
+    dtype = "float32" if args.float32 else "float64"
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     proxy = load_proxy_document(json.loads(DEFAULT_PROXY.read_text()), str(DEFAULT_PROXY))
     print(f"default proxy: {proxy.formula}; inputs computed in {dtype}")
