@@ -284,6 +284,14 @@ def _compute(
                 for a, z, h in zip(acc, zs, hz, strict=True):
                     a.add_(z * h)
             hess = [a / settings.hutchinson_samples for a in acc]
+        del grads, loss
+    del logits
+    # The outputs and both gradients are final: rounded to float32 at once, so their float64
+    # copies are not all alive while D is computed from the float64 layer inputs (the peak
+    # memory of the computation; the values are the same either way).
+    outs = [o.detach().float() if "A" in names else None for o in outs]
+    grads_w = [g if g is None else g.detach().float() for g in grads_w]
+    grads_a = [g if g is None else g.detach().float() for g in grads_a]
     virtual = _virtual_gradient(folded, tuple(x.shape[1:])) if "V" in names else None
 
     if names & {"Wq", "E", "D"}:
@@ -299,11 +307,11 @@ def _compute(
             if "W" in names:
                 t["W"] = w.clone().unsqueeze(0)
             if "A" in names:
-                t["A"] = outs[i].detach().clone().unsqueeze(0)
+                t["A"] = outs[i].unsqueeze(0)
             if "G" in names:
-                t["G"] = grads_w[i].detach().clone().unsqueeze(0)
+                t["G"] = grads_w[i].unsqueeze(0)
             if "Ga" in names:
-                t["Ga"] = grads_a[i].detach().clone().unsqueeze(0)
+                t["Ga"] = grads_a[i].unsqueeze(0)
             if "H" in names:
                 t["H"] = hess[i].detach().clone().unsqueeze(0)
             if "V" in names:
@@ -315,12 +323,12 @@ def _compute(
                 if "E" in names:
                     t["E"] = w.unsqueeze(0) - wq
                 if "D" in names:
-                    t["D"] = torch.stack([_linear_op(mod, ins[i], q - w) for q in wq])
+                    t["D"] = torch.stack([_linear_op(mod, ins[i], q - w).float() for q in wq])
             if "b" in names:
                 t["b"] = torch.tensor(bits, dtype=torch.float64)
             # Rounded to float32 here, layer by layer (float64 noise ends at the rounding).
             tensors.append({k: v.float() for k, v in t.items()})
-            outs[i] = ins[i] = None
+            outs[i] = ins[i] = grads_a[i] = None
     return LayerInputs(info, bits, tensors)
 
 
