@@ -370,10 +370,16 @@ class AdaRounder(WeightQuantizer):
         return self.cache.masks[key]
 
     def weight(self, layer: int, bits: int) -> torch.Tensor:
-        """The AdaRounded fake-quantized weight of ``layer`` at ``bits``."""
-        w = self.layers[layer].weight.detach()
+        """The AdaRounded fake-quantized weight of ``layer`` at ``bits`` (in the model's dtype).
+
+        Computed on the float32 twin the mask was learned on: a mask says which way each
+        weight leaves ``floor(w / s)``, and in float64 that floor can be another integer.
+        """
+        w = self.learner_layers[layer].weight.detach()
         up = self.mask(layer, bits).to(w.dtype)
-        return rounded_weight(w, self.scale(layer, bits), weight_qrange(int(bits)), up)
+        scale = mse_weight_scales(w, int(bits), self.clip_grid)
+        wq = rounded_weight(w, scale, weight_qrange(int(bits)), up)
+        return wq.to(self.layers[layer].weight.dtype)
 
     def missing(self, bits: Sequence[int]) -> list[tuple[int, int]]:
         return [

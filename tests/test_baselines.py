@@ -220,7 +220,11 @@ def test_qe_is_bit_weighted_gaussian_entropy(tiny):
     entropy = [
         0.5 * math.log(2 * math.pi * math.e * float(a.double().var(unbiased=False))) for a in outs
     ]
-    np.testing.assert_allclose(get_baseline("qe")(ctx), bit_weighted(entropy), rtol=1e-5)
+    expected = bit_weighted(entropy)
+    # atol: an entropy near 0 is a cancellation inside the log; the inputs (float64, rounded)
+    # and this float32 forward differ by float32 rounding relative to the variance itself
+    atol = 1e-5 * np.abs(expected).max()
+    np.testing.assert_allclose(get_baseline("qe")(ctx), expected, rtol=1e-5, atol=atol)
 
 
 def test_snip_is_bit_weighted_gradient_times_weight(tiny):

@@ -198,6 +198,21 @@ def test_run_folder_of_other_settings_is_refused(tmp_path, bench, evaluator, ref
     assert (copy / "checkpoint.json").read_bytes() == before
 
 
+def test_run_folder_evolved_on_older_inputs_is_refused(tmp_path, bench, evaluator, reference):
+    """A campaign.json without ``inputs_version`` was evolved on the float32 inputs."""
+    import shutil
+
+    copy = tmp_path / "old-inputs"
+    shutil.copytree(reference[0], copy)
+    meta = json.loads((copy / "campaign.json").read_text())
+    assert meta.pop("inputs_version") == 3
+    (copy / "campaign.json").write_text(json.dumps(meta))
+    before = (copy / "checkpoint.json").read_bytes()
+    with pytest.raises(ValueError, match="inputs of cache version 2 or older.*use another --run"):
+        _run(copy, bench, evaluator, 3)
+    assert (copy / "checkpoint.json").read_bytes() == before
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, bench, evaluator, reference):
     import shutil
 

@@ -165,8 +165,13 @@ def test_leave_one_out_writes_tables_and_resumes(tmp_path, r20, mnv2):
     before = marker.stat().st_mtime_ns
     again = run_transfer(out, benches, [0], 1, SETTINGS, **kw)
     assert marker.stat().st_mtime_ns == before and again["rows"] == rows
-    with pytest.raises(ValueError, match="other models, seeds, steps or settings"):
+    with pytest.raises(ValueError, match="other models, seeds, steps, settings or proxy"):
         run_transfer(out, benches, [0, 1], 1, SETTINGS, **kw)
+    # A folder written with the float32 inputs (cache version 2) is not resumed on these.
+    plan = json.loads((out / "transfer-plan.json").read_text())
+    (out / "transfer-plan.json").write_text(json.dumps({**plan, "inputs_version": 2}))
+    with pytest.raises(ValueError, match=r"settings or proxy inputs \(cache version\)"):
+        run_transfer(out, benches, [0], 1, SETTINGS, **kw)
 
 
 def test_summary_counts_where_the_evolved_proxy_is_best():
@@ -263,8 +268,13 @@ def test_aggregate_study_picks_by_the_other_models_and_resumes(tmp_path, r20, mn
     (out / "pool-scores.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:9])
     again = aggregate_study(out, benches, [run], SETTINGS, baselines=BASES, log=lambda s: None)
     assert again["picks"] == doc["picks"] and again["summary"] == doc["summary"]
-    with pytest.raises(ValueError, match="other benches or settings"):
+    with pytest.raises(ValueError, match="other benches, settings or proxy inputs"):
         aggregate_study(out, benches, [run], replace(SETTINGS, calib_images=16), baselines=BASES)
+    plan = json.loads((out / "pool-plan.json").read_text())
+    del plan["inputs_version"]  # a study written before the float64 inputs
+    (out / "pool-plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match="other benches, settings or proxy inputs"):
+        aggregate_study(out, benches, [run], SETTINGS, baselines=BASES)
     bad = ["transfer", "--pool", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]
     assert main(bad) == 2
     assert "not a campaign run folder" in capsys.readouterr().err
