@@ -1,6 +1,6 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: revert(sample_max_abs(sample_norm(abssqrt(mul(mul(Ga, pow(add(D, Ga))), sq_norm(sample_sum(mul(D, Ga))))))))
+Formula: revert(abssqrt(mul(abs(pow(sample_sum(mul(D, Ga)))), sum(sample_sum(relu(mul(D, Ga)))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
 inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
@@ -30,9 +30,9 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'revert(sample_max_abs(sample_norm(abssqrt(mul(mul(Ga, pow(add(D, Ga))), sq_norm(sample_sum(mul(D, Ga))))))))'
+FORMULA = 'revert(abssqrt(mul(abs(pow(sample_sum(mul(D, Ga)))), sum(sample_sum(relu(mul(D, Ga)))))))'
 INPUTS = ('D', 'Ga')
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sample_max_abs(sample_norm(abssqrt(mul(mul(Ga, pow(add(D, Ga))), sq_norm(sample_sum(mul(D, Ga))))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.756256,\n "heldout": {\n  "spearman@20%": 0.4750000000000001,\n  "spearman@50%": 0.7923718386876282,\n  "spearman@100%": 0.9035176921558781,\n  "spearman@topk": 0.7236298436145021,\n  "spearman@topk(true)": 0.7027577954589225,\n  "kendall": 0.7279791609373876\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed0"\n}')
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(abssqrt(mul(abs(pow(sample_sum(mul(D, Ga)))), sum(sample_sum(relu(mul(D, Ga)))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.788196,\n "heldout": {\n  "spearman@20%": 0.5129032258064516,\n  "spearman@50%": 0.8174709501025291,\n  "spearman@100%": 0.9336588825891333,\n  "spearman@topk": 0.7546776861660379,\n  "spearman@topk(true)": 0.7386663969459203,\n  "kendall": 0.7724844371519003\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed0"\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -65,15 +65,14 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
+def _abs(x: Tensor) -> Tensor:
+    """Absolute value: |x|."""
+    return x.abs()
+
+
 def _abssqrt(x: Tensor) -> Tensor:
     """Square root of magnitude: sqrt|x|."""
     return torch.sqrt(x.abs())
-
-
-def _add(x: Tensor, y: Tensor) -> Tensor:
-    """Sum: x + y."""
-    x, y = _aligned(x, y)
-    return torch.add(x, y)
 
 
 def _mul(x: Tensor, y: Tensor) -> Tensor:
@@ -87,19 +86,14 @@ def _pow(x: Tensor) -> Tensor:
     return torch.square(x)
 
 
+def _relu(x: Tensor) -> Tensor:
+    """Rectifier: max(x, 0)."""
+    return torch.relu(x)
+
+
 def _revert(x: Tensor) -> Tensor:
     """Negation: -x."""
     return torch.neg(x)
-
-
-def _sample_max_abs(x: Tensor) -> Tensor:
-    """Largest magnitude per bit slot and sample: max_i |x[k, n, i]| -> (k, n)."""
-    return _samples(x).abs().amax(dim=2)
-
-
-def _sample_norm(x: Tensor) -> Tensor:
-    """L2 norm per bit slot and sample over the other axes: ||x[k, n]|| -> (k, n)."""
-    return torch.linalg.vector_norm(_samples(x), dim=2)
 
 
 def _sample_sum(x: Tensor) -> Tensor:
@@ -107,9 +101,9 @@ def _sample_sum(x: Tensor) -> Tensor:
     return _samples(x).sum(dim=2)
 
 
-def _sq_norm(x: Tensor) -> Tensor:
-    """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
-    return torch.square(_slots(x)).sum(dim=1)
+def _sum(x: Tensor) -> Tensor:
+    """Sum per bit slot: sum x (e.g. Tr(H) from a Hessian diagonal)."""
+    return _slots(x).sum(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -134,18 +128,17 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """
     inputs = {k: torch.as_tensor(v).double() for k, v in inputs.items()}
     with torch.no_grad():
-        t0 = _add(inputs['D'], inputs['Ga'])  # add
-        t1 = _pow(t0)  # pow
-        t2 = _mul(inputs['Ga'], t1)  # mul
-        t3 = _mul(inputs['D'], inputs['Ga'])  # mul
-        t4 = _sample_sum(t3)  # sample_sum
-        t5 = _sq_norm(t4)  # sq_norm
-        t6 = _mul(t2, t5)  # mul
-        t7 = _abssqrt(t6)  # abssqrt
-        t8 = _sample_norm(t7)  # sample_norm
-        t9 = _sample_max_abs(t8)  # sample_max_abs
-        t10 = _revert(t9)  # revert
-        return reduce_to_bits(t10, num_bits)
+        t0 = _mul(inputs['D'], inputs['Ga'])  # mul
+        t1 = _sample_sum(t0)  # sample_sum
+        t2 = _pow(t1)  # pow
+        t3 = _abs(t2)  # abs
+        t4 = _relu(t0)  # relu
+        t5 = _sample_sum(t4)  # sample_sum
+        t6 = _sum(t5)  # sum
+        t7 = _mul(t3, t6)  # mul
+        t8 = _abssqrt(t7)  # abssqrt
+        t9 = _revert(t8)  # revert
+        return reduce_to_bits(t9, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: revert(sum(mul(abssqrt(mul(mul(D, l1_norm(Ga)), softmax(mul(D, mul(D, Ga))))), sum(abs(sample_sum(mul(D, Ga)))))))
+Formula: revert(sum(abs(relu(mul(D, mul(Ga, abssqrt(D)))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
 inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
@@ -30,9 +30,9 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'revert(sum(mul(abssqrt(mul(mul(D, l1_norm(Ga)), softmax(mul(D, mul(D, Ga))))), sum(abs(sample_sum(mul(D, Ga)))))))'
+FORMULA = 'revert(sum(abs(relu(mul(D, mul(Ga, abssqrt(D)))))))'
 INPUTS = ('D', 'Ga')
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sum(mul(abssqrt(mul(mul(D, l1_norm(Ga)), softmax(mul(D, mul(D, Ga))))), sum(abs(sample_sum(mul(D, Ga)))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.797554,\n "heldout": {\n  "spearman@20%": 0.6185483870967743,\n  "spearman@50%": 0.7946411483253589,\n  "spearman@100%": 0.9226829232165608,\n  "spearman@topk": 0.7786241528795648,\n  "spearman@topk(true)": 0.7197468276015601,\n  "kendall": 0.7611815098593256\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed1"\n}')
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sum(abs(relu(mul(D, mul(Ga, abssqrt(D)))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.734121,\n "heldout": {\n  "spearman@20%": 0.5399193548387098,\n  "spearman@50%": 0.774982911825017,\n  "spearman@100%": 0.9216180913371321,\n  "spearman@topk": 0.7455067860002863,\n  "spearman@topk(true)": 0.7026619172301204,\n  "kendall": 0.7497019743278045\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed1"\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -75,31 +75,20 @@ def _abssqrt(x: Tensor) -> Tensor:
     return torch.sqrt(x.abs())
 
 
-def _l1_norm(x: Tensor) -> Tensor:
-    """Mean magnitude per bit slot: sum |x| / n."""
-    flat = _slots(x)
-    return flat.abs().sum(dim=1) / flat.shape[1]
-
-
 def _mul(x: Tensor, y: Tensor) -> Tensor:
     """Elementwise product: x * y."""
     x, y = _aligned(x, y)
     return torch.mul(x, y)
 
 
+def _relu(x: Tensor) -> Tensor:
+    """Rectifier: max(x, 0)."""
+    return torch.relu(x)
+
+
 def _revert(x: Tensor) -> Tensor:
     """Negation: -x."""
     return torch.neg(x)
-
-
-def _sample_sum(x: Tensor) -> Tensor:
-    """Sum per bit slot and sample over the other axes: sum_i x[k, n, i] -> (k, n)."""
-    return _samples(x).sum(dim=2)
-
-
-def _softmax(x: Tensor) -> Tensor:
-    """Softmax per bit slot over all non-bit axes."""
-    return torch.softmax(_slots(x), dim=1).reshape(x.shape)
 
 
 def _sum(x: Tensor) -> Tensor:
@@ -129,20 +118,14 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """
     inputs = {k: torch.as_tensor(v).double() for k, v in inputs.items()}
     with torch.no_grad():
-        t0 = _l1_norm(inputs['Ga'])  # l1_norm
-        t1 = _mul(inputs['D'], t0)  # mul
-        t2 = _mul(inputs['D'], inputs['Ga'])  # mul
-        t3 = _mul(inputs['D'], t2)  # mul
-        t4 = _softmax(t3)  # softmax
-        t5 = _mul(t1, t4)  # mul
-        t6 = _abssqrt(t5)  # abssqrt
-        t7 = _sample_sum(t2)  # sample_sum
-        t8 = _abs(t7)  # abs
-        t9 = _sum(t8)  # sum
-        t10 = _mul(t6, t9)  # mul
-        t11 = _sum(t10)  # sum
-        t12 = _revert(t11)  # revert
-        return reduce_to_bits(t12, num_bits)
+        t0 = _abssqrt(inputs['D'])  # abssqrt
+        t1 = _mul(inputs['Ga'], t0)  # mul
+        t2 = _mul(inputs['D'], t1)  # mul
+        t3 = _relu(t2)  # relu
+        t4 = _abs(t3)  # abs
+        t5 = _sum(t4)  # sum
+        t6 = _revert(t5)  # revert
+        return reduce_to_bits(t6, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

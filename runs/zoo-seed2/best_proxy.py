@@ -1,6 +1,6 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: exp2(revert(frobenius_norm(sq_norm(to_std_scalar(abs(sample_sum(mul(D, Ga))))))))
+Formula: sigmoid(sigmoid(revert(sigmoid(sigmoid(sq_norm(sample_sum(mul(D, Ga))))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
 inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
@@ -30,9 +30,9 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'exp2(revert(frobenius_norm(sq_norm(to_std_scalar(abs(sample_sum(mul(D, Ga))))))))'
+FORMULA = 'sigmoid(sigmoid(revert(sigmoid(sigmoid(sq_norm(sample_sum(mul(D, Ga))))))))'
 INPUTS = ('D', 'Ga')
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "exp2(revert(frobenius_norm(sq_norm(to_std_scalar(abs(sample_sum(mul(D, Ga))))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.725026,\n "heldout": {\n  "spearman@20%": 0.47219193678256854,\n  "spearman@50%": 0.6423375434407491,\n  "spearman@100%": 0.8388104401406962,\n  "spearman@topk": 0.6511133067880046,\n  "spearman@topk(true)": 0.6226277659609578,\n  "kendall": 0.6572854909407029\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed2"\n}')
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "sigmoid(sigmoid(revert(sigmoid(sigmoid(sq_norm(sample_sum(mul(D, Ga))))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.72078,\n "heldout": {\n  "spearman@20%": 0.5094195840152279,\n  "spearman@50%": 0.6553463128767685,\n  "spearman@100%": 0.8381745568187414,\n  "spearman@topk": 0.6676468179035792,\n  "spearman@topk(true)": 0.6218709869818998,\n  "kendall": 0.6582863185735215\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed2"\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -65,21 +65,6 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _abs(x: Tensor) -> Tensor:
-    """Absolute value: |x|."""
-    return x.abs()
-
-
-def _exp2(x: Tensor) -> Tensor:
-    """Power of two: 2^x (quantization step sizes scale as 2^-b)."""
-    return torch.exp2(x)
-
-
-def _frobenius_norm(x: Tensor) -> Tensor:
-    """Frobenius norm per bit slot: sqrt(sum x^2)."""
-    return torch.linalg.vector_norm(_slots(x), dim=1)
-
-
 def _mul(x: Tensor, y: Tensor) -> Tensor:
     """Elementwise product: x * y."""
     x, y = _aligned(x, y)
@@ -96,14 +81,14 @@ def _sample_sum(x: Tensor) -> Tensor:
     return _samples(x).sum(dim=2)
 
 
+def _sigmoid(x: Tensor) -> Tensor:
+    """Logistic sigmoid: 1/(1+e^-x)."""
+    return torch.sigmoid(x)
+
+
 def _sq_norm(x: Tensor) -> Tensor:
     """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
     return torch.square(_slots(x)).sum(dim=1)
-
-
-def _to_std_scalar(x: Tensor) -> Tensor:
-    """Population standard deviation per bit slot (0 for a single element)."""
-    return torch.std(_slots(x), dim=1, correction=0)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -130,12 +115,12 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     with torch.no_grad():
         t0 = _mul(inputs['D'], inputs['Ga'])  # mul
         t1 = _sample_sum(t0)  # sample_sum
-        t2 = _abs(t1)  # abs
-        t3 = _to_std_scalar(t2)  # to_std_scalar
-        t4 = _sq_norm(t3)  # sq_norm
-        t5 = _frobenius_norm(t4)  # frobenius_norm
-        t6 = _revert(t5)  # revert
-        t7 = _exp2(t6)  # exp2
+        t2 = _sq_norm(t1)  # sq_norm
+        t3 = _sigmoid(t2)  # sigmoid
+        t4 = _sigmoid(t3)  # sigmoid
+        t5 = _revert(t4)  # revert
+        t6 = _sigmoid(t5)  # sigmoid
+        t7 = _sigmoid(t6)  # sigmoid
         return reduce_to_bits(t7, num_bits)
 
 
