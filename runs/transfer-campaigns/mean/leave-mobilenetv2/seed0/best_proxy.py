@@ -1,6 +1,6 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: revert(sq_norm(normalized_sum(tanh(sample_sum(abs(sample_sum(mul(D, Ga))))))))
+Formula: revert(sq_norm(tanh(to_std_scalar(sample_sum(mul(D, Ga))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
 inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
@@ -30,9 +30,9 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'revert(sq_norm(normalized_sum(tanh(sample_sum(abs(sample_sum(mul(D, Ga))))))))'
+FORMULA = 'revert(sq_norm(tanh(to_std_scalar(sample_sum(mul(D, Ga))))))'
 INPUTS = ('D', 'Ga')
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sq_norm(normalized_sum(tanh(sample_sum(abs(sample_sum(mul(D, Ga))))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.774354,\n "heldout": {\n  "spearman@20%": 0.5713709677419355,\n  "spearman@50%": 0.6520574162679426,\n  "spearman@100%": 0.8240561380764178,\n  "spearman@topk": 0.682494840695432,\n  "spearman@topk(true)": 0.597350895789178,\n  "kendall": 0.6350832272515394\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/transfer-campaigns/mean/leave-mobilenetv2/seed0"\n}')
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sq_norm(tanh(to_std_scalar(sample_sum(mul(D, Ga))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.772666,\n "heldout": {\n  "spearman@20%": 0.5100806451612904,\n  "spearman@50%": 0.6501982228298018,\n  "spearman@100%": 0.838165596171106,\n  "spearman@topk": 0.6661481547207327,\n  "spearman@topk(true)": 0.6211457660511114,\n  "kendall": 0.6508013605177762\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "/tmp/tc64/mean/leave-mobilenetv2/seed0"\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -65,21 +65,10 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _abs(x: Tensor) -> Tensor:
-    """Absolute value: |x|."""
-    return x.abs()
-
-
 def _mul(x: Tensor, y: Tensor) -> Tensor:
     """Elementwise product: x * y."""
     x, y = _aligned(x, y)
     return torch.mul(x, y)
-
-
-def _normalized_sum(x: Tensor) -> Tensor:
-    """Sum divided by element count per bit slot: sum x / n."""
-    flat = _slots(x)
-    return flat.sum(dim=1) / flat.shape[1]
 
 
 def _revert(x: Tensor) -> Tensor:
@@ -100,6 +89,11 @@ def _sq_norm(x: Tensor) -> Tensor:
 def _tanh(x: Tensor) -> Tensor:
     """Hyperbolic tangent: tanh(x)."""
     return torch.tanh(x)
+
+
+def _to_std_scalar(x: Tensor) -> Tensor:
+    """Population standard deviation per bit slot (0 for a single element)."""
+    return torch.std(_slots(x), dim=1, correction=0)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -126,13 +120,11 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     with torch.no_grad():
         t0 = _mul(inputs['D'], inputs['Ga'])  # mul
         t1 = _sample_sum(t0)  # sample_sum
-        t2 = _abs(t1)  # abs
-        t3 = _sample_sum(t2)  # sample_sum
-        t4 = _tanh(t3)  # tanh
-        t5 = _normalized_sum(t4)  # normalized_sum
-        t6 = _sq_norm(t5)  # sq_norm
-        t7 = _revert(t6)  # revert
-        return reduce_to_bits(t7, num_bits)
+        t2 = _to_std_scalar(t1)  # to_std_scalar
+        t3 = _tanh(t2)  # tanh
+        t4 = _sq_norm(t3)  # sq_norm
+        t5 = _revert(t4)  # revert
+        return reduce_to_bits(t5, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: revert(abs(logsoftmax(sample_sum(mul(D, Ga)))))
+Formula: revert(sq_norm(sample_sum(mul(D, Ga))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
 inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
@@ -30,9 +30,9 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'revert(abs(logsoftmax(sample_sum(mul(D, Ga)))))'
+FORMULA = 'revert(sq_norm(sample_sum(mul(D, Ga))))'
 INPUTS = ('D', 'Ga')
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(abs(logsoftmax(sample_sum(mul(D, Ga)))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.806719,\n "heldout": {\n  "spearman@20%": 0.4815144133863998,\n  "spearman@50%": 0.6883313639182972,\n  "spearman@100%": 0.8380845327309523,\n  "spearman@topk": 0.6693101033452166,\n  "spearman@topk(true)": 0.6250689499375587,\n  "kendall": 0.6579296204870552\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/transfer-campaigns/median/leave-vit/seed0"\n}')
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sq_norm(sample_sum(mul(D, Ga))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.800657,\n "heldout": {\n  "spearman@20%": 0.5189516129032259,\n  "spearman@50%": 0.6515379357484621,\n  "spearman@100%": 0.8385228638229602,\n  "spearman@topk": 0.669670804158216,\n  "spearman@topk(true)": 0.6271517131756276,\n  "kendall": 0.6520376181904014\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "/tmp/tc64/median/leave-vit/seed0"\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -65,16 +65,6 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _abs(x: Tensor) -> Tensor:
-    """Absolute value: |x|."""
-    return x.abs()
-
-
-def _logsoftmax(x: Tensor) -> Tensor:
-    """Log-softmax per bit slot over all non-bit axes."""
-    return torch.log_softmax(_slots(x), dim=1).reshape(x.shape)
-
-
 def _mul(x: Tensor, y: Tensor) -> Tensor:
     """Elementwise product: x * y."""
     x, y = _aligned(x, y)
@@ -89,6 +79,11 @@ def _revert(x: Tensor) -> Tensor:
 def _sample_sum(x: Tensor) -> Tensor:
     """Sum per bit slot and sample over the other axes: sum_i x[k, n, i] -> (k, n)."""
     return _samples(x).sum(dim=2)
+
+
+def _sq_norm(x: Tensor) -> Tensor:
+    """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
+    return torch.square(_slots(x)).sum(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -115,10 +110,9 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     with torch.no_grad():
         t0 = _mul(inputs['D'], inputs['Ga'])  # mul
         t1 = _sample_sum(t0)  # sample_sum
-        t2 = _logsoftmax(t1)  # logsoftmax
-        t3 = _abs(t2)  # abs
-        t4 = _revert(t3)  # revert
-        return reduce_to_bits(t4, num_bits)
+        t2 = _sq_norm(t1)  # sq_norm
+        t3 = _revert(t2)  # revert
+        return reduce_to_bits(t3, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:

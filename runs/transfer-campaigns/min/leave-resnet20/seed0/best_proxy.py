@@ -1,6 +1,6 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: revert(sq_norm(sample_sum(mul(D, Ga))))
+Formula: revert(abssqrt(sum(abs(mul(D, sq_norm(sample_sum(mul(D, Ga))))))))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
 inputs, 1 for the others): D (change of the layer output when only its weights are quantized at b), Ga (gradient of the loss w.r.t. the layer output).
@@ -30,9 +30,9 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'revert(sq_norm(sample_sum(mul(D, Ga))))'
+FORMULA = 'revert(abssqrt(sum(abs(mul(D, sq_norm(sample_sum(mul(D, Ga))))))))'
 INPUTS = ('D', 'Ga')
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sq_norm(sample_sum(mul(D, Ga))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.593483,\n "heldout": {\n  "spearman@20%": 0.01754385964912281,\n  "spearman@50%": 0.29016342892383595,\n  "spearman@100%": 0.6548654244306419,\n  "spearman@topk": 0.3208575710012002,\n  "spearman@topk(true)": 0.44561048010096166,\n  "kendall": 0.4808302808302808\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "mobilenetv2",\n  "model_fingerprint": "15adb40e7d4cef45",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/transfer-campaigns/min/leave-resnet20/seed0"\n}')
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(abssqrt(sum(abs(mul(D, sq_norm(sample_sum(mul(D, Ga))))))))",\n "inputs": [\n  "D",\n  "Ga"\n ],\n "name": "best_proxy",\n "fitness_search": 0.61539,\n "heldout": {\n  "spearman@20%": 0.24912280701754386,\n  "spearman@50%": 0.46111625038544557,\n  "spearman@100%": 0.7013059404363753,\n  "spearman@topk": 0.4705149992797882,\n  "spearman@topk(true)": 0.5272179654525436,\n  "kendall": 0.5115995115995116\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "mobilenetv2",\n  "model_fingerprint": "15adb40e7d4cef45",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "/tmp/tc64/min/leave-resnet20/seed0"\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -65,6 +65,16 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
+def _abs(x: Tensor) -> Tensor:
+    """Absolute value: |x|."""
+    return x.abs()
+
+
+def _abssqrt(x: Tensor) -> Tensor:
+    """Square root of magnitude: sqrt|x|."""
+    return torch.sqrt(x.abs())
+
+
 def _mul(x: Tensor, y: Tensor) -> Tensor:
     """Elementwise product: x * y."""
     x, y = _aligned(x, y)
@@ -84,6 +94,11 @@ def _sample_sum(x: Tensor) -> Tensor:
 def _sq_norm(x: Tensor) -> Tensor:
     """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
     return torch.square(_slots(x)).sum(dim=1)
+
+
+def _sum(x: Tensor) -> Tensor:
+    """Sum per bit slot: sum x (e.g. Tr(H) from a Hessian diagonal)."""
+    return _slots(x).sum(dim=1)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -111,8 +126,12 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
         t0 = _mul(inputs['D'], inputs['Ga'])  # mul
         t1 = _sample_sum(t0)  # sample_sum
         t2 = _sq_norm(t1)  # sq_norm
-        t3 = _revert(t2)  # revert
-        return reduce_to_bits(t3, num_bits)
+        t3 = _mul(inputs['D'], t2)  # mul
+        t4 = _abs(t3)  # abs
+        t5 = _sum(t4)  # sum
+        t6 = _abssqrt(t5)  # abssqrt
+        t7 = _revert(t6)  # revert
+        return reduce_to_bits(t7, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:
