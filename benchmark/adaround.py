@@ -355,16 +355,16 @@ class AdaRounder(WeightQuantizer):
         return self._inputs
 
     def scale(self, layer: int, bits: int) -> torch.Tensor:
-        return mse_weight_scales(self.layers[layer].weight, bits, self.clip_grid)
+        """MSE-chosen scales of the float32 weights the masks are learned on and applied to."""
+        return mse_weight_scales(self.learner_layers[layer].weight, int(bits), self.clip_grid)
 
     def mask(self, layer: int, bits: int) -> torch.Tensor:
         """Round-up mask of ``layer`` at ``bits`` (learned and saved on first use)."""
         key = (int(layer), int(bits))
         if key not in self.cache:
             x = self._layer_inputs()[layer]
-            layer_ = self.learner_layers[layer]
-            scale = mse_weight_scales(layer_.weight, key[1], self.clip_grid)
-            up, stats = learn_rounding(layer_, x, scale, weight_qrange(key[1]), self.settings)
+            layer_, qrange = self.learner_layers[layer], weight_qrange(key[1])
+            up, stats = learn_rounding(layer_, x, self.scale(*key), qrange, self.settings)
             self.cache.masks[key], self.cache.stats[key] = up, stats
             self.cache.save()
         return self.cache.masks[key]
@@ -377,8 +377,7 @@ class AdaRounder(WeightQuantizer):
         """
         w = self.learner_layers[layer].weight.detach()
         up = self.mask(layer, bits).to(w.dtype)
-        scale = mse_weight_scales(w, int(bits), self.clip_grid)
-        wq = rounded_weight(w, scale, weight_qrange(int(bits)), up)
+        wq = rounded_weight(w, self.scale(layer, bits), weight_qrange(int(bits)), up)
         return wq.to(self.layers[layer].weight.dtype)
 
     def missing(self, bits: Sequence[int]) -> list[tuple[int, int]]:
