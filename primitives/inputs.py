@@ -159,9 +159,21 @@ def _linear_op(module: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Ten
 def _virtual_gradient(folded: nn.Module, input_shape: tuple[int, ...]) -> list[torch.Tensor]:
     """dR/dW of the |theta| network with activations removed, input of ones, R = sum(out).
 
-    Computed in float64 (products of |theta| over depth overflow float32 easily).
+    Computed in float64 (products of |theta| over depth overflow float32 easily); a model
+    that cannot run in float64 (see ``compute_inputs``) gets it in float32.
     """
-    net = copy.deepcopy(folded).double()
+    try:
+        return _virtual_gradient_in(folded, input_shape, torch.float64)
+    except RuntimeError as exc:
+        if not _dtype_error(exc):
+            raise
+        return _virtual_gradient_in(folded, input_shape, torch.float32)
+
+
+def _virtual_gradient_in(
+    folded: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype
+) -> list[torch.Tensor]:
+    net = copy.deepcopy(folded).to(dtype)
     for name, mod in list(net.named_modules()):
         if isinstance(mod, (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.GELU, nn.SiLU, nn.Sigmoid)):
             parent, _, child = name.rpartition(".")
@@ -170,7 +182,7 @@ def _virtual_gradient(folded: nn.Module, input_shape: tuple[int, ...]) -> list[t
         for p in net.parameters():
             p.abs_()  # private copy: the in-place abs never reaches the caller's model
     weights = [m.weight for _, m in quantizable_layers(net)]
-    out = net(torch.ones(1, *input_shape, dtype=torch.float64))
+    out = net(torch.ones(1, *input_shape, dtype=dtype))
     grads = torch.autograd.grad(out.sum(), weights)
     return [g.float() for g in grads]
 
