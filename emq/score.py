@@ -13,7 +13,7 @@ from benchmark.adaround import AdaRoundSettings
 from benchmark.data import calibration_batch
 from benchmark.schemas import existing_path, parse_json, read_text
 from emq.schemas import CONFIGS_SCHEMA, check_document
-from emq.scoring import ScoreContext, bits_to_index, config_scores
+from emq.scoring import SCORING_IMAGES, ScoreContext, bits_to_index, config_scores, score_table
 from primitives.inputs import InputSettings
 
 
@@ -78,14 +78,15 @@ def parse_configs(text: str, num_layers: int, candidates: tuple[int, ...]) -> np
 def model_context(
     model: nn.Module,
     candidates: tuple[int, ...],
-    batch: int = 128,
+    batch: int = SCORING_IMAGES,
     seed: int = 0,
     cache: Path | str | None | bool = None,
     rounding: str = "nearest",
     adaround: AdaRoundSettings | None = None,
     names: tuple[str, ...] | None = None,
 ) -> ScoreContext:
-    """Score context of a model on the seeded Fashion-MNIST calibration batch.
+    """Score context of a model on the seeded Fashion-MNIST calibration batch (``batch``
+    images; its first 128 are the 128-image batch of the same seed).
 
     ``rounding`` sets how ``Wq``/``E``/``D`` quantize the weights (nearest or AdaRound);
     ``names``: the proxy inputs to compute (default: all).
@@ -98,6 +99,7 @@ def model_context(
 
 
 def score(scorer, ctx: ScoreContext, configs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Score table of ``scorer`` and the scores of ``configs`` (bit-widths ``[N, L]``)."""
-    table = np.asarray(scorer(ctx), dtype=np.float64)
+    """Score table of ``scorer`` (``score_table``: averaged over calibration chunks) and
+    the scores of ``configs`` (bit-widths ``[N, L]``)."""
+    table = score_table(scorer, ctx)
     return table, config_scores(table, bits_to_index(configs, ctx.candidates))

@@ -82,10 +82,21 @@ def bits_to_index(configs: np.ndarray, candidates: Sequence[int]) -> np.ndarray:
     return np.vectorize(lut.__getitem__, otypes=[np.int64])(configs)
 
 
+# Training-free scoring outside campaigns (emq score, emq allocate, emq baselines) reads
+# SCORING_IMAGES calibration images, SCORING_CHUNK at a time (``score_table``): a proxy's
+# ranking is an estimate over images, and 128 of them leave it noisy (the default proxy's
+# S@topk on the eight zoo benches: mean 73.8 / 70.2 / 68.7 over three seeded 128-image
+# batches, 78.3 / 75.5 over two of 512; README "Calibration images"). Campaigns keep the
+# 128 images of their fitness (EvolveSettings.calib_images): cost and memory.
+SCORING_IMAGES = 512
+SCORING_CHUNK = 128
+
+
 class ScoreContext:
     """What a scorer may look at: the model, a calibration batch and its proxy inputs.
 
-    Inputs come from the primitives cache, computed on first use.
+    Inputs come from the primitives cache, computed on first use. ``chunk``: the most
+    images whose inputs ``score_table`` computes at once (``chunks``).
     """
 
     def __init__(
@@ -95,11 +106,29 @@ class ScoreContext:
         y: torch.Tensor,
         settings: InputSettings | None = None,
         cache: Path | str | None | bool = None,
+        chunk: int = SCORING_CHUNK,
     ):
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 image, got {chunk}")
         self.model, self.x, self.y = model, x, y
         self.settings = settings or InputSettings()
         self.cache = cache
+        self.chunk = chunk
         self._inputs: LayerInputs | None = None
+
+    def chunks(self) -> list[ScoreContext]:
+        """The batch split into ``ceil(n / chunk)`` chunks of (nearly) equal size, each a
+        context of its own; ``[self]`` when it fits in one. Chunk inputs are not cached
+        (four chunks of MobileNetV2's ``D`` would take 6 GB of disk); the allocator caches
+        the averaged table instead."""
+        k = math.ceil(len(self.x) / self.chunk)
+        if k <= 1:
+            return [self]
+        ys = torch.tensor_split(self.y, k) if self.y is not None else [None] * k
+        return [
+            ScoreContext(self.model, x, y, self.settings, False, self.chunk)
+            for x, y in zip(torch.tensor_split(self.x, k), ys, strict=True)
+        ]
 
     @property
     def candidates(self) -> tuple[int, ...]:
@@ -127,6 +156,27 @@ class Scorer(Protocol):
     inputs: tuple[str, ...]
 
     def __call__(self, ctx: ScoreContext) -> np.ndarray: ...
+
+
+def score_table(scorer: Callable[[ScoreContext], np.ndarray], ctx: ScoreContext) -> np.ndarray:
+    """``S[l, b]`` of ``scorer`` on ``ctx``: the mean of its tables on ``ctx.chunks()``.
+
+    A measured scorer runs the quantized network on the whole batch instead. For the
+    output-space Fisher term (a sum over images of squared per-image loss changes) and
+    Hutchinson traces the mean over equal chunks ranks like the whole batch (the loss is a
+    mean, so each chunk's table is the whole batch's part times a constant); for any other
+    proxy it is the mean of per-chunk estimates.
+    """
+    if getattr(scorer, "measured", False):
+        return np.asarray(scorer(ctx), dtype=np.float64)
+    total = None
+    parts = ctx.chunks()
+    for part in parts:
+        table = np.asarray(scorer(part), dtype=np.float64)
+        total = table if total is None else total + table
+        if part is not ctx:
+            part._inputs = None  # one chunk's inputs alive at a time
+    return total / len(parts)
 
 
 def scorer_inputs(scorer: Callable[[ScoreContext], np.ndarray]) -> tuple[str, ...]:

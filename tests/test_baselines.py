@@ -21,7 +21,7 @@ from benchmark.data import calibration_batch
 from benchmark.models import MODELS, load_model
 from benchmark.quantizers import quantize_weight
 from emq.baselines import BASELINES, UnknownBaselineError, get_baseline
-from emq.baselines.table import run_baselines
+from emq.baselines.table import evaluate_baselines, run_baselines
 from emq.cli import main
 from emq.metrics import CORR_KEYS
 from emq.scoring import ScoreContext
@@ -391,3 +391,24 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["baselines", "--bench", str(tmp_path / "missing.sqlite"), "--only", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown baseline 'nope'; valid baselines: bparams" in err[0]
+
+
+def test_baselines_on_a_chunked_batch_average_the_training_free_tables(vgg_bench_copy):
+    """More images than one chunk: each training-free baseline's table is the mean of its
+    tables on the chunks (as ``emq score``); a measured one runs on the whole batch."""
+    from emq.scoring import score_table
+
+    bench = Bench.open(vgg_bench_copy)
+    model = load_model(bench.model)
+    x, y = calibration_batch(24, 0)
+    settings = InputSettings(candidates=bench.candidates, names=("W", "E", "H"))
+    ctx = ScoreContext(model, x, y, settings, False, chunk=8)
+    result = evaluate_baselines(bench, "all", ["hawq_v3", "sqnr_measured"], context=ctx)
+    for name in ("hawq_v3", "sqnr_measured"):
+        b = get_baseline(name)
+        expected = score_table(b, ScoreContext(model, x, y, settings, False, chunk=8))
+        np.testing.assert_allclose(result.tables[name], expected, rtol=1e-12)
+    whole = get_baseline("sqnr_measured")(ScoreContext(model, x, y, settings, False))
+    np.testing.assert_allclose(result.tables["sqnr_measured"], whole, rtol=1e-12)
+    first = get_baseline("hawq_v3")(ScoreContext(model, x[:8], y[:8], settings, False))
+    assert not np.allclose(result.tables["hawq_v3"], first)

@@ -112,7 +112,8 @@ def test_score_a_model_outside_the_zoo(tmp_path, capsys, monkeypatch):
     expr = canonical(from_string("revert(frobenius_norm(E))"))
     proxy = export_proxy(expr, tmp_path, "p")["json"]
     args = ["--proxy", str(proxy), "--model", "usermodel:make", "--checkpoint",
-            str(tmp_path / "user.pt"), "--configs", "2,8;8,8;8,2", "--json"]  # fmt: skip
+            str(tmp_path / "user.pt"), "--configs", "2,8;8,8;8,2", "--json",
+            "--batch", "128"]  # one chunk: its inputs are cached  # fmt: skip
     code, out, err = _score(args, tmp_path, capsys, monkeypatch)
     monkeypatch.delitem(sys.modules, "usermodel", raising=False)
     assert code == 0, err

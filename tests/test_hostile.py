@@ -422,7 +422,8 @@ def test_emq_cache_under_a_file_is_refused_naming_emq_cache(tmp_path, monkeypatc
     # was: "emq: error: Not a directory: .../afile/inputs" (neither EMQ_CACHE nor the fix)
     (tmp_path / "afile").write_text("x")
     monkeypatch.setenv("EMQ_CACHE", str(tmp_path / cache))
-    refused(["score", "--model", "vgg", "--configs", VGG_CONFIG], capsys,
+    # --batch 128: one chunk, whose inputs are cached (chunked batches cache none)
+    refused(["score", "--model", "vgg", "--configs", VGG_CONFIG, "--batch", "128"], capsys,
             "(EMQ_CACHE) cannot be made", "afile is a file", "set EMQ_CACHE to a writable "
             "folder", folder=tmp_path)  # fmt: skip
 

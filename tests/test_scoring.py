@@ -106,3 +106,80 @@ def test_bits_to_index_and_config_scores_compose():
     table = np.array([[0.0, 1.0, 2.0, 3.0], [10.0, 20.0, 30.0, 40.0]])
     idx = bits_to_index([[2, 8], [4, 3]], (2, 3, 4, 8))
     np.testing.assert_array_equal(config_scores(table, idx), [40.0, 22.0])
+
+
+# ---------------------------------------------------------------- calibration chunks
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    from benchmark.models import load_model
+
+    return load_model("vgg")
+
+
+def _ctx(model, n: int, chunk: int, names: tuple[str, ...], seed: int = 0):
+    from benchmark.data import calibration_batch
+    from emq.scoring import ScoreContext
+    from primitives.inputs import InputSettings
+
+    x, y = calibration_batch(n, seed)
+    settings = InputSettings(candidates=(2, 3, 4, 8), names=names)
+    return ScoreContext(model, x, y, settings, False, chunk)
+
+
+def test_a_larger_calibration_batch_starts_with_the_smaller_one():
+    from benchmark.data import calibration_batch
+
+    small, big = calibration_batch(16, 3), calibration_batch(64, 3)
+    assert torch.equal(big[0][:16], small[0]) and torch.equal(big[1][:16], small[1])
+
+
+def test_chunks_are_equal_parts_of_the_batch_and_not_cached(vgg):
+    ctx = _ctx(vgg, 70, 32, ("W",))
+    ctx.cache = None  # the default cache: chunks still do not write theirs
+    parts = ctx.chunks()
+    assert [len(p.x) for p in parts] == [24, 23, 23]
+    assert all(p.cache is False and p.chunk == 32 for p in parts)
+    assert torch.equal(torch.cat([p.x for p in parts]), ctx.x)
+    assert torch.equal(torch.cat([p.y for p in parts]), ctx.y)
+    one = _ctx(vgg, 32, 32, ("W",))
+    assert one.chunks() == [one]
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        _ctx(vgg, 8, 0, ("W",))
+
+
+def test_the_fisher_term_over_chunks_ranks_like_the_whole_batch(vgg):
+    """The loss is a mean over the batch, so a chunk of m of n images has gradients n/m
+    times the whole batch's: the mean of the chunks' tables is (n/m) x the whole table."""
+    from emq.scorers import resolve_scorer
+    from emq.scoring import score_table, scorer_inputs
+
+    scorer = resolve_scorer("default")
+    names = scorer_inputs(scorer)
+    whole = score_table(scorer, _ctx(vgg, 24, 24, names))
+    thirds = score_table(scorer, _ctx(vgg, 24, 8, names))
+    np.testing.assert_allclose(thirds, 3 * whole, rtol=1e-4)
+    first = score_table(scorer, _ctx(vgg, 8, 8, names))
+    assert not np.allclose(first, whole)  # a chunk alone is another estimate
+
+
+def test_measured_scorers_see_the_whole_batch_training_free_ones_each_chunk(vgg):
+    from emq.scoring import score_table
+
+    seen: list[int] = []
+
+    class Spy:
+        name, measured, inputs = "spy", True, ()
+
+        def __call__(self, ctx):
+            seen.append(len(ctx.x))
+            return np.full((3, 4), float(len(ctx.x)))
+
+    ctx = _ctx(vgg, 64, 16, ("W",))
+    np.testing.assert_array_equal(score_table(Spy(), ctx), np.full((3, 4), 64.0))
+    assert seen == [64]
+    seen.clear()
+    Spy.measured = False
+    np.testing.assert_array_equal(score_table(Spy(), ctx), np.full((3, 4), 16.0))
+    assert seen == [16, 16, 16, 16]

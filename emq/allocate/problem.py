@@ -68,11 +68,11 @@ from emq.allocate.sensitivity import (
 from emq.allocate.sqnr import check_bops_budget, greedy_front
 from emq.allocate.verify import Candidate, candidate_pool, chunk_bounds, uniform_choices, verify
 from emq.scorers import resolve_scorer
-from emq.scoring import ScoreContext, scorer_inputs
+from emq.scoring import SCORING_IMAGES, ScoreContext, scorer_inputs
 from primitives.inputs import InputSettings
 
 SQNR_IMAGES = 256  # calibration images whose output SQNR phase 1 measures (as in the paper)
-SCORER_IMAGES = 128  # calibration batch of training-free scorers (emq score's default)
+SCORER_IMAGES = SCORING_IMAGES  # training-free scorers' calibration images (emq score's)
 
 
 def __getattr__(name: str) -> Any:

@@ -42,7 +42,7 @@ from benchmark.cache import atomic_write_text, cache_dir
 from benchmark.ptq import QuantSim, state_fingerprint
 from emq.allocate.groups import QuantizerGroup, candidate_name
 from emq.baselines import sqnr_db
-from emq.scoring import ScoreContext
+from emq.scoring import ScoreContext, score_table
 
 MEASURED = "sqnr-measured"
 CACHE_VERSION = 1
@@ -261,7 +261,9 @@ def scorer_sensitivity(
     """Sensitivities read from a Scorer's table ``S[l, b]`` (no quantized forward pass)."""
     scorer_columns(groups, ctx.candidates)  # validate before paying for the table
     ident = scorer_identity(scorer)
-    key = cache_key(ctx.model, [ctx.x, ctx.y], ident, list(ctx.candidates), repr(ctx.settings))
+    key = cache_key(  # the chunking is part of what the table means
+        ctx.model, [ctx.x, ctx.y], ident, list(ctx.candidates), f"{ctx.settings!r} {ctx.chunk}"
+    )
     store = _JsonCache(_cache_path(cache, key))
     start = time.perf_counter()
     hits = 0
@@ -270,7 +272,7 @@ def scorer_sensitivity(
     if cached is not None:
         table, hits = cached, 1
     else:
-        table = np.asarray(scorer(ctx), dtype=np.float64)
+        table = score_table(scorer, ctx)  # averaged over calibration chunks
         if table.ndim != 2 or table.shape[1] != len(ctx.candidates):
             raise ValueError(
                 f"scorer {ident} returned a table of shape {table.shape}, expected "

@@ -15,6 +15,7 @@ from emq.baselines.table import SPLITS, default_out_dir, run_baselines
 from emq.commands.common import check_rankable_split, name_list
 from emq.reports.baselines import format_baselines
 from emq.reports.common import clean
+from emq.scoring import SCORING_CHUNK, SCORING_IMAGES
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="NAME[,NAME]", help=f"subset of: {', '.join(BASELINES)}")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/baselines-<bench>)")
     p.add_argument("--checkpoint", help="model state_dict the bench was built from")
-    p.add_argument("--batch", type=options.images, default=128, help="calibration images")
+    p.add_argument(
+        "--batch", type=options.images, default=SCORING_IMAGES,
+        help=f"calibration images (default {SCORING_IMAGES}, as emq score: training-free "
+        f"baselines read them {SCORING_CHUNK} at a time and average; measured ones run on all)",
+    )  # fmt: skip
     p.add_argument("--seed", type=options.seed, default=0,
                    help="split / calibration / baseline seed")  # fmt: skip
     p.add_argument("--json", action="store_true")

@@ -16,7 +16,14 @@ from emq.commands.common import adaround_settings, add_rounding_arguments, check
 from emq.metrics import correlation_report
 from emq.score import model_context, parse_configs, score
 from emq.scorers import resolve_scorer
-from emq.scoring import scorer_inputs, scorer_label
+from emq.scoring import (
+    SCORING_CHUNK,
+    SCORING_IMAGES,
+    bits_to_index,
+    config_scores,
+    scorer_inputs,
+    scorer_label,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -31,7 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument(
         "--bits", type=options.bit_list, default="2,3,4,8", help="bit candidates (without --bench)"
     )
-    s.add_argument("--batch", type=options.images, default=128, help="calibration images")
+    s.add_argument(
+        "--batch", type=options.images, default=SCORING_IMAGES,
+        help=f"calibration images (default {SCORING_IMAGES}; training-free scorers read them "
+        f"{SCORING_CHUNK} at a time and average the tables; {SCORING_CHUNK} or fewer: one batch "
+        "whose inputs are cached)",
+    )  # fmt: skip
     s.add_argument("--seed", type=options.seed, default=0, help="calibration batch seed")
     add_rounding_arguments(s, default=None, what="the bench's, else nearest")
     s.add_argument("--json", action="store_true")
@@ -66,7 +78,7 @@ def run(args: argparse.Namespace) -> None:
         model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada, names=names
     )
     start = time.perf_counter()
-    table, scores = score(scorer, ctx, configs.astype(np.int64))
+    table, scores = score(scorer, ctx, configs.astype(np.int64))  # the table, once
     out: dict = {
         "proxy": scorer_label(scorer),
         "model": args.model,
@@ -77,7 +89,7 @@ def run(args: argparse.Namespace) -> None:
         ],
     }
     if bench is not None:
-        _, bench_scores = score(scorer, ctx, bench.w_bits)
+        bench_scores = config_scores(table, bits_to_index(bench.w_bits, ctx.candidates))
         out["bench"] = {"path": str(bench.path), "configs": len(bench),
                         **correlation_report(bench_scores, bench.accuracy)}  # fmt: skip
     if args.json:
