@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from emq.cli import main
@@ -235,3 +236,31 @@ def test_prepare_quantizes_every_layer_at_every_candidate_width():
     assert len(problem.sim._wq) == 3 * 4  # every layer at every candidate width
     table = problem.sensitivity("hawq_v3")
     assert len(table.values) == 3 and all(v[0] == 0 for v in table.values)
+
+
+def test_batch_sets_the_training_free_scorers_calibration_images(capsys, tmp_path):
+    """``--batch N`` (``scorer_images``): phase 1 is ``score_table`` on the first N images of
+    the seeded training permutation, 128 at a time."""
+    from allocate_tiny import tiny_net
+
+    from emq.allocate.problem import SCORER_IMAGES, AllocationProblem
+    from emq.allocate.result import training_subset
+    from emq.allocate.sensitivity import table_sensitivity
+    from emq.scorers import resolve_scorer
+    from emq.scoring import SCORING_IMAGES, ScoreContext, score_table, scorer_inputs
+    from primitives.inputs import InputSettings
+
+    assert SCORER_IMAGES == SCORING_IMAGES == 512
+    model, scorer = tiny_net(), resolve_scorer("default")
+    settings = InputSettings(candidates=(2, 3, 4, 8), names=scorer_inputs(scorer))
+    values = {}
+    for n in (160, 64):
+        problem = AllocationProblem.for_model("tiny", model, cache=False, scorer_images=n)
+        x, y = training_subset(0, n)
+        table = score_table(scorer, ScoreContext(model, x, y, settings, False))
+        expected = np.concatenate(table_sensitivity(table, problem.groups, (2, 3, 4, 8)))
+        values[n] = np.concatenate(problem.sensitivity("default").values)
+        np.testing.assert_allclose(values[n], expected, rtol=1e-12)
+    assert not np.allclose(values[160], values[64], rtol=1e-3)
+    code, _, err = run([*BASE, "--method", "ilp", "--budget-bops", "0.5", "--batch", "0"], capsys)
+    assert_user_error(code, err, "--batch")

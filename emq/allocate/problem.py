@@ -94,6 +94,7 @@ class AllocationProblem:
     groups: list[QuantizerGroup]
     cache: Path | str | bool | None = None
     sqnr_images: int = SQNR_IMAGES
+    scorer_images: int = SCORER_IMAGES  # training-free scorers: 128 at a time (score_table)
     validation_images: int = VALIDATION_IMAGES
     rounding: str = "nearest"
     adaround: AdaRoundSettings | None = None
@@ -185,7 +186,7 @@ class AllocationProblem:
             else:
                 scorer = resolve_scorer(spec)
                 w_bits = sorted({w for g in self.groups for w, _ in g.candidates})
-                x, y = training_subset(0, SCORER_IMAGES, CALIB_SEED)
+                x, y = training_subset(0, self.scorer_images, CALIB_SEED)
                 settings = InputSettings(
                     candidates=tuple(w_bits), names=scorer_inputs(scorer),
                     rounding=self.rounding, adaround=self.sim.rounder and self.sim.rounder.settings,

@@ -21,7 +21,7 @@ from benchmark.factory import build_model
 from benchmark.lock import check_folder_path
 from emq.allocate.budget import DEFAULT_BUDGETS, Budget, SizeSpec, parse_size
 from emq.allocate.compare import check_proxy, compare_budgets, run_compare
-from emq.allocate.problem import AllocationProblem
+from emq.allocate.problem import SCORER_IMAGES, AllocationProblem
 from emq.allocate.registry import allocator_names
 from emq.allocate.rounding import run_rounding_compare
 from emq.allocate.sensitivity import MEASURED
@@ -45,7 +45,7 @@ def build_problem(args: argparse.Namespace, cache: object = None) -> AllocationP
     model = build_model(args.model, args.checkpoint)
     return AllocationProblem.for_model(
         args.model, model, args.groups, args.bits, cache=cache,
-        rounding=args.rounding, adaround=adaround_settings(args),
+        rounding=args.rounding, adaround=adaround_settings(args), scorer_images=args.batch,
     )  # fmt: skip
 
 
@@ -208,6 +208,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--accuracy-target", type=options.percent, metavar="A",
                    help="top-1 %% on the validation images (SQNR method)")  # fmt: skip
     p.add_argument("--groups", metavar="FILE", help="quantizer groups JSON")
+    p.add_argument(
+        "--batch", type=options.images, default=SCORER_IMAGES,
+        help=f"calibration images of a training-free --scorer (default {SCORER_IMAGES}, read "
+        "128 at a time, tables averaged; as emq score --batch)",
+    )  # fmt: skip
     p.add_argument(
         "--bits",
         type=options.bit_list,
