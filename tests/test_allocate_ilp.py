@@ -85,3 +85,18 @@ def test_impossible_budget_is_a_clear_error():
         allocate_ilp(hand_table(), MACS, 0.1)
     with pytest.raises(ValueError, match="one cost per candidate"):
         solve_choice([np.zeros(2)], [np.zeros(3)], 1.0)
+
+
+def test_next_best_solves_stop_at_their_time_limit():
+    """The next-best choices (verification candidates) come from exact solves with no-good
+    cuts, each given ``next_time_limit`` seconds; the first (the answer) has no limit."""
+    from emq.allocate.ilp import solve_choices
+
+    rng = np.random.default_rng(0)
+    values = [np.sort(rng.random(4))[::-1] * -1 + 1 for _ in range(12)]  # 0 at the widest
+    costs = [np.array([2.0, 3.0, 4.0, 8.0]) for _ in values]
+    limits = [(costs, 12 * 4.0)]
+    full = solve_choices(values, limits, 5)
+    assert len(full) == 5 and len(set(full)) == 5
+    cut_short = solve_choices(values, limits, 5, next_time_limit=0.0)
+    assert cut_short == full[:1]
