@@ -130,6 +130,10 @@ class ScoreContext:
             for x, y in zip(torch.tensor_split(self.x, k), ys, strict=True)
         ]
 
+    def drop_inputs(self) -> None:
+        """Forget the computed inputs (a chunk's, once its table is scored)."""
+        self._inputs = None
+
     @property
     def candidates(self) -> tuple[int, ...]:
         return tuple(self.settings.candidates)
@@ -175,7 +179,7 @@ def score_table(scorer: Callable[[ScoreContext], np.ndarray], ctx: ScoreContext)
         table = np.asarray(scorer(part), dtype=np.float64)
         total = table if total is None else total + table
         if part is not ctx:
-            part._inputs = None  # one chunk's inputs alive at a time
+            part.drop_inputs()  # one chunk's inputs alive at a time
     return total / len(parts)
 
 

@@ -145,7 +145,7 @@ def evaluate_baselines(
             t = np.asarray(b(part, **opts_of(b)), dtype=np.float64)
             chunk_s[b.name] += time.perf_counter() - start
             sums[b.name] = t if b.name not in sums else sums[b.name] + t
-        part._inputs = None
+        part.drop_inputs()
     if not chunked and any(b.needs_inputs for b in chosen):
         start = time.perf_counter()
         inputs = ctx.inputs
