@@ -18,7 +18,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from primitives.inputs import INPUT_NAMES, InputSettings, LayerInputs, get_inputs
+from primitives.inputs import (
+    INPUT_NAMES,
+    InputSettings,
+    LayerInputs,
+    get_inputs,
+    reuse_quantized_weights,
+)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -175,11 +181,12 @@ def score_table(scorer: Callable[[ScoreContext], np.ndarray], ctx: ScoreContext)
         return np.asarray(scorer(ctx), dtype=np.float64)
     total = None
     parts = ctx.chunks()
-    for part in parts:
-        table = np.asarray(scorer(part), dtype=np.float64)
-        total = table if total is None else total + table
-        if part is not ctx:
-            part.drop_inputs()  # one chunk's inputs alive at a time
+    with reuse_quantized_weights():  # Q_b(W) once for all chunks
+        for part in parts:
+            table = np.asarray(scorer(part), dtype=np.float64)
+            total = table if total is None else total + table
+            if part is not ctx:
+                part.drop_inputs()  # one chunk's inputs alive at a time
     return total / len(parts)
 
 

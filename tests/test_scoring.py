@@ -183,3 +183,41 @@ def test_measured_scorers_see_the_whole_batch_training_free_ones_each_chunk(vgg)
     Spy.measured = False
     np.testing.assert_array_equal(score_table(Spy(), ctx), np.full((3, 4), 16.0))
     assert seen == [16, 16, 16, 16]
+
+
+def test_chunks_quantize_the_weights_once_and_give_the_same_inputs(vgg, monkeypatch):
+    """Q_b(W) does not depend on the batch: score_table's chunks reuse the first chunk's
+    (one quantization per layer and bit in all), bit for bit the inputs computed apart."""
+    import benchmark.quantizers as quantizers
+    import primitives.inputs as inputs_mod
+    from emq.scoring import score_table
+
+    names = ("Wq", "E", "D")
+    ctx = _ctx(vgg, 24, 8, names)
+    layers, bits = len(ctx.chunks()[0].inputs.tensors), len(ctx.candidates)
+    fresh = [p.inputs.tensors for p in ctx.chunks()]  # each chunk computed on its own
+    calls: list[int] = []
+    real = quantizers.quantize_weight
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quantizers, "quantize_weight", counting)
+    seen: list[list[dict]] = []
+
+    def scorer(part):
+        seen.append(part.inputs.tensors)
+        return np.zeros((layers, bits))
+
+    score_table(scorer, ctx)
+    assert len(calls) == layers * bits  # not once per chunk (3x)
+    assert inputs_mod._QUANTIZED is None  # nothing kept after the scoring
+    assert len(seen) == len(fresh) == 3
+    for got, want in zip(seen, fresh, strict=True):
+        for g, w in zip(got, want, strict=True):
+            for name in names:
+                assert torch.equal(g[name], w[name]), name
+    calls.clear()
+    score_table(scorer, ctx)  # outside a scoring, quantized again
+    assert len(calls) == layers * bits

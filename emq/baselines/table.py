@@ -18,6 +18,7 @@ from emq.metrics import CORR_KEYS, correlation_report
 from emq.reports.baselines import write_baselines
 from emq.score import model_context
 from emq.scoring import ScoreContext, config_scores
+from primitives.inputs import reuse_quantized_weights
 
 SPLITS = ("heldout", "search", "all")
 
@@ -135,17 +136,18 @@ def evaluate_baselines(
     sums: dict[str, np.ndarray] = {}
     chunk_s: dict[str, float] = dict.fromkeys((b.name for b in chunked), 0.0)
     inputs_s, inputs_cached = 0.0, False
-    for part in parts if chunked else []:
-        if any(b.needs_inputs for b in chunked):
-            start = time.perf_counter()
-            part.inputs  # noqa: B018 - computed once for every baseline on this chunk
-            inputs_s += time.perf_counter() - start
-        for b in chunked:
-            start = time.perf_counter()
-            t = np.asarray(b(part, **opts_of(b)), dtype=np.float64)
-            chunk_s[b.name] += time.perf_counter() - start
-            sums[b.name] = t if b.name not in sums else sums[b.name] + t
-        part.drop_inputs()
+    with reuse_quantized_weights():  # Q_b(W) once for all chunks
+        for part in parts if chunked else []:
+            if any(b.needs_inputs for b in chunked):
+                start = time.perf_counter()
+                part.inputs  # noqa: B018 - computed once for every baseline on this chunk
+                inputs_s += time.perf_counter() - start
+            for b in chunked:
+                start = time.perf_counter()
+                t = np.asarray(b(part, **opts_of(b)), dtype=np.float64)
+                chunk_s[b.name] += time.perf_counter() - start
+                sums[b.name] = t if b.name not in sums else sums[b.name] + t
+            part.drop_inputs()
     if not chunked and any(b.needs_inputs for b in chosen):
         start = time.perf_counter()
         inputs = ctx.inputs
