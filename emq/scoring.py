@@ -11,7 +11,9 @@ configurations costs L graph evaluations, not N x L.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -168,8 +170,49 @@ class Scorer(Protocol):
     def __call__(self, ctx: ScoreContext) -> np.ndarray: ...
 
 
+@dataclass
+class ChunkTables:
+    """``chunk_tables``' result: each scorer's averaged table and the seconds it spent, the
+    seconds spent computing the chunks' inputs, and whether they all came from the cache."""
+
+    tables: list[np.ndarray]
+    seconds: list[float]
+    inputs_s: float
+    inputs_cached: bool
+
+
+def chunk_tables(
+    scorers: Sequence[Callable[[ScoreContext], np.ndarray]],
+    ctx: ScoreContext,
+    needs_inputs: bool = True,
+) -> ChunkTables:
+    """Training-free ``scorers``' tables on ``ctx``: the mean of their tables on
+    ``ctx.chunks()``. Each chunk's inputs are computed once for all of them (when
+    ``needs_inputs``), its tables scored, then the inputs freed (a chunk's, never ``ctx``'s
+    own); ``Q_b(W)`` is computed once for all chunks (``reuse_quantized_weights``)."""
+    parts = ctx.chunks()
+    totals: list[np.ndarray | None] = [None] * len(scorers)
+    seconds = [0.0] * len(scorers)
+    inputs_s, cached = 0.0, needs_inputs
+    with reuse_quantized_weights():
+        for part in parts:
+            if needs_inputs:
+                start = time.perf_counter()
+                cached = bool(part.inputs.from_cache) and cached
+                inputs_s += time.perf_counter() - start
+            for i, scorer in enumerate(scorers):
+                start = time.perf_counter()
+                table = np.asarray(scorer(part), dtype=np.float64)
+                seconds[i] += time.perf_counter() - start
+                totals[i] = table if totals[i] is None else totals[i] + table
+            if part is not ctx:
+                part.drop_inputs()  # one chunk's inputs alive at a time
+    return ChunkTables([t / len(parts) for t in totals], seconds, inputs_s, cached)
+
+
 def score_table(scorer: Callable[[ScoreContext], np.ndarray], ctx: ScoreContext) -> np.ndarray:
-    """``S[l, b]`` of ``scorer`` on ``ctx``: the mean of its tables on ``ctx.chunks()``.
+    """``S[l, b]`` of ``scorer`` on ``ctx``: the mean of its tables on ``ctx.chunks()``
+    (``chunk_tables``).
 
     A measured scorer runs the quantized network on the whole batch instead. For the
     output-space Fisher term (a sum over images of squared per-image loss changes) and
@@ -179,15 +222,7 @@ def score_table(scorer: Callable[[ScoreContext], np.ndarray], ctx: ScoreContext)
     """
     if getattr(scorer, "measured", False):
         return np.asarray(scorer(ctx), dtype=np.float64)
-    total = None
-    parts = ctx.chunks()
-    with reuse_quantized_weights():  # Q_b(W) once for all chunks
-        for part in parts:
-            table = np.asarray(scorer(part), dtype=np.float64)
-            total = table if total is None else total + table
-            if part is not ctx:
-                part.drop_inputs()  # one chunk's inputs alive at a time
-    return total / len(parts)
+    return chunk_tables([scorer], ctx, needs_inputs=False).tables[0]
 
 
 def scorer_inputs(scorer: Callable[[ScoreContext], np.ndarray]) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,7 @@ from emq.baselines.registry import BASELINES, get_baseline
 from emq.metrics import CORR_KEYS, correlation_report
 from emq.reports.baselines import write_baselines
 from emq.score import model_context
-from emq.scoring import ScoreContext, config_scores
-from primitives.inputs import reuse_quantized_weights
+from emq.scoring import ScoreContext, chunk_tables, config_scores
 
 SPLITS = ("heldout", "search", "all")
 
@@ -128,35 +128,19 @@ def evaluate_baselines(
             opts.setdefault("seed", seed)
         return opts
 
-    # More images than one chunk (emq.scoring.score_table): the training-free baselines are
-    # evaluated chunk by chunk, each chunk's inputs computed once for all of them, and their
-    # tables averaged; the measured ones run on the whole batch.
-    parts = ctx.chunks()
-    chunked = [b for b in chosen if not b.measured] if len(parts) > 1 else []
-    sums: dict[str, np.ndarray] = {}
-    chunk_s: dict[str, float] = dict.fromkeys((b.name for b in chunked), 0.0)
-    inputs_s, inputs_cached = 0.0, False
-    with reuse_quantized_weights():  # Q_b(W) once for all chunks
-        for part in parts if chunked else []:
-            if any(b.needs_inputs for b in chunked):
-                start = time.perf_counter()
-                part.inputs  # noqa: B018 - computed once for every baseline on this chunk
-                inputs_s += time.perf_counter() - start
-            for b in chunked:
-                start = time.perf_counter()
-                t = np.asarray(b(part, **opts_of(b)), dtype=np.float64)
-                chunk_s[b.name] += time.perf_counter() - start
-                sums[b.name] = t if b.name not in sums else sums[b.name] + t
-            part.drop_inputs()
-    if not chunked and any(b.needs_inputs for b in chosen):
-        start = time.perf_counter()
-        inputs = ctx.inputs
-        inputs_s, inputs_cached = time.perf_counter() - start, bool(inputs.from_cache)
+    # The training-free baselines on the calibration chunks (emq.scoring.chunk_tables: each
+    # chunk's inputs computed once for all of them, the tables averaged); the measured ones
+    # run on the whole batch below.
+    free = [b for b in chosen if not b.measured]
+    needs = any(b.needs_inputs for b in free)
+    done = chunk_tables([partial(b, **opts_of(b)) for b in free], ctx, needs)
+    found = {b.name: (t, s) for b, t, s in zip(free, done.tables, done.seconds, strict=True)}
+    inputs_s, inputs_cached = done.inputs_s, done.inputs_cached
 
     rows, tables, scores = [], {}, {}
     for b in tqdm(chosen, desc="baselines", unit="proxy", disable=not progress):
-        if b.name in sums:
-            table, table_s = sums[b.name] / len(parts), chunk_s[b.name]
+        if b.name in found:
+            table, table_s = found[b.name]
         else:
             start = time.perf_counter()
             table = b(ctx, **opts_of(b))
