@@ -314,16 +314,23 @@ def pool_formulas(runs: Sequence[Path | str], top: int = POOL_TOP) -> list[str]:
     return sorted(found)
 
 
+def valid_table(ev: Any, expr: Expr) -> np.ndarray | None:
+    """A candidate's score table on an evaluator's inputs, or None where screening would
+    reject it there (the numeric probe, a shape or runtime error, a non-finite value)."""
+    if ev.probe(expr) is not None:
+        return None
+    try:
+        table = np.asarray(ev.table(expr), dtype=np.float64)
+    except (ShapeError, RuntimeError):
+        return None
+    return table if np.all(np.isfinite(table)) else None
+
+
 def _pool_row(ev: Any, expr: Expr) -> dict[str, Any]:
     """One candidate on one bench: its search-split fitness (what a campaign selects on) and
     its correlation on every configuration (how it transfers when that model is left out)."""
-    if ev.probe(expr) is not None:
-        return {"valid": False}
-    try:
-        table = ev.table(expr)
-    except (ShapeError, RuntimeError):
-        return {"valid": False}
-    if not np.all(np.isfinite(table)):
+    table = valid_table(ev, expr)
+    if table is None:
         return {"valid": False}
     scores = config_scores(table, ev.bit_index)
     fit = ev.fitness_of_scores(scores)

@@ -40,23 +40,11 @@ from emq.genome import from_string
 from emq.graph import canonical, release_heap
 from emq.metrics import correlation_report
 from emq.scoring import SCORING_CHUNK, SCORING_IMAGES, config_scores, rank_scores
-from emq.transfer import pool_formulas, shipped_bench, zoo_models_with_bench
+from emq.transfer import pool_formulas, shipped_bench, valid_table, zoo_models_with_bench
 from primitives.inputs import INPUT_NAMES, InputSettings, get_inputs
 
 DEFAULT = "revert(sq_norm(sample_sum(mul(D, Ga))))"  # emq/default_proxy.json
 LABELS = ("128", str(SCORING_IMAGES))
-
-
-def chunk_table(ev: Evaluator, text: str) -> np.ndarray | None:
-    """A candidate's score table on one chunk, or None where it is invalid there."""
-    try:
-        expr = canonical(from_string(text))
-        if ev.probe(expr) is not None:
-            return None
-        table = np.asarray(ev.table(expr), dtype=np.float64)
-    except (ValueError, KeyError, RuntimeError):
-        return None
-    return table if np.all(np.isfinite(table)) else None
 
 
 def score_model(name: str, formulas: list[str], seed: int) -> list[dict]:
@@ -75,7 +63,7 @@ def score_model(name: str, formulas: list[str], seed: int) -> list[dict]:
             inputs = get_inputs(model, xc, yc, settings, tmp)
             ev = Evaluator.from_bench(bench, inputs, inputs.path, 0)
             for f in formulas:
-                tables[f].append(chunk_table(ev, f))
+                tables[f].append(valid_table(ev, canonical(from_string(f))))
             first = first or ev
             ev.release()
             del inputs
