@@ -241,11 +241,24 @@ save_inputs(inputs, Path(sys.argv[1]))
 def test_inputs_are_the_same_with_another_cpus_kernels(tmp_path):
     """Trained ResNet-20 on 16 images: computed in float64 and rounded, the inputs do not
     depend on the kernels the CPU's instruction set selects (in float32, 12-96 % of each
-    input's values differed). Rounding can still land a value on the other side of a float32
-    tie: allowed for one value in a million, by one ulp."""
+    input's values differed), and neither does the default proxy's ranking of the bench.
+
+    Another summation order still moves float64 results in their last bits; where a value
+    is small against the rest of its tensor (a gradient after cancellation) that can show
+    after rounding to float32 (AVX-512 against the unvectorized kernels: 73 of 16.8 M
+    values of ``Ga``, up to 22 ulps of the value, 0.0005 ulp of the tensor's largest; 0.06 %
+    of ``Ga`` with 128 images, ``emq.perf.input_isa``). Allowed: one value in ten thousand,
+    each within one float32 ulp of its tensor's largest magnitude."""
     import subprocess
     import sys
 
+    from scipy import stats
+
+    from benchmark.bench import Bench
+    from emq.genome import from_string
+    from emq.graph import canonical, score_table
+    from emq.scoring import config_scores, rank_scores
+    from emq.transfer import shipped_bench
     from primitives.inputs import load_inputs
 
     def run(path: Path, env: dict) -> None:
@@ -266,9 +279,16 @@ def test_inputs_are_the_same_with_another_cpus_kernels(tmp_path):
             total += x.size
             diff = x != y
             differ += int(diff.sum())
-            ulp = np.spacing(np.maximum(np.abs(x[diff]), np.abs(y[diff])))
-            assert (np.abs(x[diff] - y[diff]) <= ulp).all(), name
-    assert total > 1_000_000 and differ <= total // 1_000_000, (differ, total)
+            scale = np.spacing(np.float32(max(np.abs(x).max(), np.abs(y).max())))
+            assert (np.abs(x[diff] - y[diff]) <= scale).all(), name
+    assert total > 1_000_000 and differ <= total // 10_000, (differ, total)
+    bench = Bench.open(shipped_bench("resnet20"))
+    proxy = canonical(from_string("revert(sq_norm(sample_sum(mul(D, Ga))))"))
+    ranks = [
+        stats.rankdata(rank_scores(config_scores(score_table(proxy, inp), bench.bit_index())))
+        for inp in (a, b)
+    ]
+    assert np.array_equal(*ranks)
 
 
 class Float32Constant(nn.Module):
