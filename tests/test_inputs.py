@@ -249,15 +249,15 @@ def test_inputs_are_the_same_with_another_cpus_kernels(tmp_path):
     values of ``Ga``, up to 22 ulps of the value, 0.0005 ulp of the tensor's largest; 0.06 %
     of ``Ga`` with 128 images, ``emq.perf.input_isa``). Allowed: one value in ten thousand,
     each within one float32 ulp of its tensor's largest magnitude."""
+    import json
     import subprocess
     import sys
 
-    from scipy import stats
-
     from benchmark.bench import Bench
-    from emq.genome import from_string
-    from emq.graph import canonical, score_table
-    from emq.scoring import config_scores, rank_scores
+    from emq.fitness import rank_fingerprint
+    from emq.graph import score_table
+    from emq.proxy import DEFAULT_PROXY, load_proxy_document
+    from emq.scoring import config_scores
     from emq.transfer import shipped_bench
     from primitives.inputs import load_inputs
 
@@ -283,12 +283,12 @@ def test_inputs_are_the_same_with_another_cpus_kernels(tmp_path):
             assert (np.abs(x[diff] - y[diff]) <= scale).all(), name
     assert total > 1_000_000 and differ <= total // 10_000, (differ, total)
     bench = Bench.open(shipped_bench("resnet20"))
-    proxy = canonical(from_string("revert(sq_norm(sample_sum(mul(D, Ga))))"))
+    proxy = load_proxy_document(json.loads(DEFAULT_PROXY.read_text()))
     ranks = [
-        stats.rankdata(rank_scores(config_scores(score_table(proxy, inp), bench.bit_index())))
+        rank_fingerprint(config_scores(score_table(proxy.expr, inp), bench.bit_index()))
         for inp in (a, b)
     ]
-    assert np.array_equal(*ranks)
+    assert ranks[0] == ranks[1]
 
 
 class Float32Constant(nn.Module):

@@ -35,15 +35,17 @@ import torch
 from benchmark.bench import Bench
 from benchmark.data import calibration_batch
 from benchmark.factory import build_model
+from benchmark.schemas import read_json
 from emq.fitness import AGGREGATES, Evaluator
 from emq.genome import from_string
 from emq.graph import canonical, release_heap
 from emq.metrics import correlation_report
+from emq.proxy import DEFAULT_PROXY, load_proxy_document
 from emq.scoring import SCORING_CHUNK, SCORING_IMAGES, config_scores, rank_scores
 from emq.transfer import pool_formulas, shipped_bench, valid_table, zoo_models_with_bench
 from primitives.inputs import INPUT_NAMES, InputSettings, get_inputs
 
-DEFAULT = "revert(sq_norm(sample_sum(mul(D, Ga))))"  # emq/default_proxy.json
+DEFAULT = load_proxy_document(read_json(DEFAULT_PROXY, "default proxy")).formula
 LABELS = ("128", str(SCORING_IMAGES))
 
 
@@ -88,7 +90,7 @@ def score_model(name: str, formulas: list[str], seed: int) -> list[dict]:
 
 def searched_models(run: str) -> list[str]:
     """The models whose benches a campaign's fitness was aggregated over."""
-    ident = json.loads((Path(run) / "campaign.json").read_text())
+    ident = read_json(Path(run) / "campaign.json", "campaign file")
     prints = [ident["bench_fingerprint"], *ident.get("extra_bench_fingerprints", [])]
     return [fp["model"] for fp in prints]
 
