@@ -2,8 +2,8 @@
 
 ``emq score --proxy``, ``emq allocate --scorer`` and the library accept the same specs:
 a registered baseline name (``emq.baselines``), ``"default"`` (the shipped default proxy,
-evolved on the zoo), a proxy JSON file (``emq export``), or a campaign folder or its
-``best.json``.
+``emq/default_proxy.json``: the true Fisher of the output), a proxy JSON file (``emq
+export``), or a campaign folder or its ``best.json``.
 """
 
 from __future__ import annotations

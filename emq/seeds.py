@@ -20,6 +20,8 @@ LITERATURE = (
     # output-space Fisher (AutoQuantize, FIT): sum_n (sum_i dL/dA * (A_q - A))^2 per sample
     "revert(sq_norm(sample_sum(mul(Ga, D))))",
     "revert(sum(abs(sample_sum(mul(Ga, D)))))",  # sum_n |first-order loss change of sample n|
+    # the true (Gauss-Newton) Fisher of the output: sum_n of the output KL to second order
+    "revert(sq_norm(Dz))",
     "revert(sq_norm(D))",  # layer output MSE (the error layer-wise PTQ reconstruction minimizes)
     "revert(sq_norm(E))",  # weight quantization MSE
     "revert(mul(to_mean_scalar(H), sq_norm(E)))",  # HAWQ-V3 style: Hessian trace x error

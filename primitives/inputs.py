@@ -55,11 +55,13 @@ INPUT_DOCS = {
     "E": "weight quantization error W - Q_b(W)",
     "D": "change of the layer output when only its weights are quantized at b",
     "b": "the bit-width itself",
+    "Dz": "change of the logits when only this layer's weights are quantized at b, to first "
+    "order, in the softmax's Fisher metric (its squared norm is the output KL to second order)",
 }
 INPUT_NAMES = tuple(INPUT_DOCS)
-BIT_DEPENDENT = frozenset({"Wq", "E", "D", "b"})
+BIT_DEPENDENT = frozenset({"Wq", "E", "D", "b", "Dz"})
 # Inputs whose axis 1 is the calibration sample (the others' axis 1 is the output channel).
-PER_SAMPLE = frozenset({"A", "Ga", "D"})
+PER_SAMPLE = frozenset({"A", "Ga", "D", "Dz"})
 NEEDS_LABELS = frozenset({"G", "H", "Ga"})
 
 
@@ -306,25 +308,7 @@ def _compute(
     for p in params:
         p.requires_grad_(True)
 
-    outs: list[torch.Tensor | None] = [None] * len(layers)
-    ins: list[torch.Tensor | None] = [None] * len(layers)
-
-    def hook(i: int):
-        def fn(mod, inputs, output):
-            ins[i] = inputs[0].detach()
-            outs[i] = output
-            # Hand the rest of the net a copy, so an in-place activation (ReLU(inplace=True))
-            # cannot overwrite the recorded output A, and Ga stays dLoss/d(layer output).
-            return output.clone()
-
-        return fn
-
-    handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(layers)]
-    try:
-        logits = folded(x)
-    finally:
-        for h in handles:
-            h.remove()
+    logits, ins, outs = recorded_forward(folded, x)
 
     grads_w: Sequence[torch.Tensor | None] = [None] * len(layers)
     grads_a: Sequence[torch.Tensor | None] = [None] * len(layers)
@@ -354,7 +338,7 @@ def _compute(
     grads_a = [g if g is None else g.detach().float() for g in grads_a]
     virtual = _virtual_gradient(folded, tuple(x.shape[1:])) if "V" in names else None
 
-    if names & {"Wq", "E", "D"}:
+    if names & {"Wq", "E", "D", "Dz"}:
         quantized = _quantized_weights(model, folded, settings, bits, dtype)
     tensors = []
     with torch.no_grad():
@@ -373,20 +357,87 @@ def _compute(
                 t["H"] = hess[i].detach().clone().unsqueeze(0)
             if "V" in names:
                 t["V"] = virtual[i].unsqueeze(0)
-            if names & {"Wq", "E", "D"}:
+            if names & {"Wq", "E", "D", "Dz"}:
                 wq = quantized[i]
                 if "Wq" in names:
                     t["Wq"] = wq.clone()
                 if "E" in names:
                     t["E"] = w.unsqueeze(0) - wq
-                if "D" in names:
+                if names & {"D", "Dz"}:
                     t["D"] = torch.stack([_linear_op(mod, ins[i], q - w).float() for q in wq])
             if "b" in names:
                 t["b"] = torch.tensor(bits, dtype=torch.float64)
             # Rounded to float32 here, layer by layer (float64 noise ends at the rounding).
             tensors.append({k: v.float() for k, v in t.items()})
             outs[i] = ins[i] = grads_a[i] = None
+    if "Dz" in names:
+        changes, p = logit_changes(folded, x, [t["D"] for t in tensors])
+        for t, dz in zip(tensors, changes, strict=True):
+            t["Dz"] = _fisher_whitened(dz, p)
+            if "D" not in names:
+                del t["D"]
     return LayerInputs(info, bits, tensors)
+
+
+def recorded_forward(folded: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list, list]:
+    """The logits of ``folded`` on ``x``, every quantizable layer's input (detached) and
+    output (still in the autograd graph), in layer order."""
+    layers = quantizable_layers(folded)
+    outs: list[torch.Tensor | None] = [None] * len(layers)
+    ins: list[torch.Tensor | None] = [None] * len(layers)
+
+    def hook(i: int):
+        def fn(mod, inputs, output):
+            ins[i] = inputs[0].detach()
+            outs[i] = output
+            # Hand the rest of the net a copy, so an in-place activation (ReLU(inplace=True))
+            # cannot overwrite the recorded output A, and Ga stays dLoss/d(layer output).
+            return output.clone()
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(i)) for i, (_, m) in enumerate(layers)]
+    try:
+        logits = folded(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, ins, outs
+
+
+def logit_changes(
+    folded: nn.Module, x: torch.Tensor, ds: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``dz [B, N, C]`` of every layer and the softmax ``p [N, C]``, in ``folded``'s dtype.
+
+    ``dz[b, n, k] = J_k(n) . D[b, n]`` is the first-order change of image n's logit k when
+    only this layer's output changes by its ``D[b]`` (``ds``, one per quantizable layer): one
+    backward pass of the float model per class, each contracted with every layer's ``D``.
+    ``folded`` is a private copy: its layers' weights are made to require gradients.
+    """
+    for _, m in quantizable_layers(folded):
+        m.weight.requires_grad_(True)
+    logits, _, outs = recorded_forward(folded, x)
+    if logits.ndim != 2:
+        raise ValueError(
+            f"Dz needs logits of shape [N, classes]; the model returns {tuple(logits.shape)}"
+        )
+    classes = logits.shape[1]
+    dz = [torch.zeros(len(d), len(x), classes, dtype=logits.dtype) for d in ds]
+    for k in range(classes):
+        grads = torch.autograd.grad(logits[:, k].sum(), outs, retain_graph=k < classes - 1)
+        for i, g in enumerate(grads):
+            prod = ds[i].to(g.dtype) * g.detach().unsqueeze(0)
+            dz[i][:, :, k] = prod.reshape(prod.shape[0], prod.shape[1], -1).sum(-1)
+        del grads
+    return dz, torch.softmax(logits.detach(), 1)
+
+
+def _fisher_whitened(dz: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``Dz = sqrt(p_k) (dz_k - sum_j p_j dz_j)``, so ``|Dz[b, n]|^2 = dz^T (diag p - p p^T)
+    dz``: the Gauss-Newton (true Fisher) term, the KL divergence between the float and the
+    quantized outputs to second order. No labels are needed."""
+    return (p.sqrt() * (dz - (dz * p).sum(-1, keepdim=True))).float()
 
 
 # --------------------------------------------------------------------------- cache

@@ -264,19 +264,20 @@ def test_search_restricted_to_some_inputs(tmp_path, bench, evaluator):
     campaign = json.loads((tmp_path / "run" / "campaign.json").read_text())
     assert campaign["settings"]["inputs"] == list(allowed)
     # Every input and no seeds (the settings before --inputs/--init existed) are left out of
-    # the identity, so older run folders still resume; today's defaults are recorded.
-    legacy = replace(SETTINGS, inputs=INPUT_NAMES, init=())
+    # the identity, so older run folders still resume; today's defaults are recorded. Every
+    # input then was every input but Dz (added later).
+    legacy = replace(SETTINGS, inputs=tuple(n for n in INPUT_NAMES if n != "Dz"), init=())
     ident = Campaign(tmp_path / "x", bench, evaluator, legacy).identity()["settings"]
     assert "inputs" not in ident and "init" not in ident
     ident = Campaign(tmp_path / "y", bench, evaluator, SETTINGS).identity()["settings"]
-    assert "H" not in ident["inputs"]
+    assert "H" not in ident["inputs"] and "Dz" not in ident["inputs"]
     assert tuple(ident["init"]) == fitting(LITERATURE, ident["inputs"])
 
 
 @pytest.mark.parametrize(
     ("inputs", "needle"),
     [
-        (("A", "W"), "must include one of D,E,Wq,b"),
+        (("A", "W"), "must include one of D,Dz,E,Wq,b"),
         (("E", "Q"), "unknown or empty"),
         ((), "unknown"),
     ],

@@ -60,6 +60,7 @@ def _layer(seed: int, weight: tuple[int, ...], output: tuple[int, ...]) -> dict:
         "E": e,
         "D": 0.1 * randn(B, *output),
         "b": torch.tensor(BITS, dtype=torch.float32),
+        "Dz": 0.1 * randn(B, output[0], 10),  # [bit, sample, class]
     }
 
 

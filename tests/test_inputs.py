@@ -37,7 +37,7 @@ from primitives.inputs import (
 BITS = (2, 3, 4, 8)
 WEIGHT_SHAPED = ("W", "G", "H", "V", "Wq", "E")
 OUTPUT_SHAPED = ("A", "D", "Ga")
-NO_LABELS = ("W", "Wq", "E", "D", "A", "V", "b")
+NO_LABELS = ("W", "Wq", "E", "D", "A", "V", "b", "Dz")
 
 
 class TinyNet(nn.Module):
@@ -179,6 +179,7 @@ def test_every_input_has_a_leading_bit_axis_and_the_documented_shape(tiny, batch
         for key in OUTPUT_SHAPED:
             assert tuple(t[key].shape[1:]) == out_shape, key
     assert inputs.shapes()[1]["D"] == (len(BITS), len(x), 10)
+    assert all(s["Dz"] == (len(BITS), len(x), 10) for s in inputs.shapes())  # bit, image, class
     expected_bytes = sum(v.numel() * 4 for t in inputs.tensors for v in t.values())
     assert inputs.nbytes() == expected_bytes
 
@@ -232,7 +233,7 @@ from benchmark.data import calibration_batch
 from benchmark.factory import build_model
 from primitives.inputs import InputSettings, compute_inputs, save_inputs
 x, y = calibration_batch(16, 0)
-names = ("A", "W", "G", "V", "Ga", "Wq", "E", "D", "b")
+names = ("A", "W", "G", "V", "Ga", "Wq", "E", "D", "b", "Dz")
 inputs = compute_inputs(build_model("resnet20"), x, y, InputSettings(names=names))
 save_inputs(inputs, Path(sys.argv[1]))
 """
@@ -354,6 +355,40 @@ def test_D_is_the_output_change_with_only_this_layer_quantized(batch, padding_mo
             # the other layers' weights stay FP: the earlier layer's output is untouched
             if name == "fc":
                 assert torch.equal(quantized["conv"], fp["conv"])
+
+
+def test_Dz_is_the_logit_change_in_the_softmax_fisher_metric(tiny, batch):
+    """Dz[b, n] = sqrt(p) * (dz - p . dz), dz = d logits / d eps of the float64 net whose
+    layer output is A + eps * D[b] (central differences here), p = softmax of the logits:
+    |Dz[b, n]|^2 = dz^T (diag p - p p^T) dz. Without D unless it is asked for too."""
+    model, inputs = tiny
+    x, _ = batch
+    folded = fold_bn(copy.deepcopy(model).double(), x[:2].double())
+    p = torch.softmax(folded(x.double()), 1).detach()
+
+    def logits(layer: nn.Module, delta: torch.Tensor) -> torch.Tensor:
+        handle = layer.register_forward_hook(lambda mod, i, o: o + delta)
+        try:
+            with torch.no_grad():
+                return folded(x.double())
+        finally:
+            handle.remove()
+
+    eps = 1e-4
+    for (_, layer), t in zip(quantizable_layers(folded), inputs.tensors, strict=True):
+        for i, _ in enumerate(BITS):
+            d = t["D"][i].double()
+            dz = (logits(layer, eps * d) - logits(layer, -eps * d)) / (2 * eps)
+            expected = p.sqrt() * (dz - (p * dz).sum(1, keepdim=True))
+            scale = float(expected.abs().max())
+            assert scale > 0
+            torch.testing.assert_close(t["Dz"][i].double(), expected, rtol=1e-4, atol=1e-5 * scale)
+            ggn = (dz**2 * p).sum(1) - (dz * p).sum(1) ** 2
+            torch.testing.assert_close(t["Dz"][i].double().square().sum(1), ggn, rtol=1e-3, atol=0)
+    alone = compute_inputs(model, x, None, InputSettings(candidates=BITS, names=("Dz",)))
+    assert [set(t) for t in alone.tensors] == [{"Dz"}, {"Dz"}]
+    for t, full in zip(alone.tensors, inputs.tensors, strict=True):
+        assert torch.equal(t["Dz"], full["Dz"])  # no labels needed; the same values
 
 
 def test_G_is_the_loss_gradient_wrt_the_folded_weight(tiny, batch):

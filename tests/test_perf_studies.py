@@ -23,3 +23,32 @@ def test_layer_interaction_forms_follow_their_definitions():
     assert np.allclose(one["abs joint"], one["abs per-layer"])
     # several layers: the cross-layer terms change the scores
     assert not np.allclose(got["joint"], got["per-layer"])
+
+
+def test_fisher_forms_follow_their_definitions():
+    from emq.perf.fisher_forms import FORMS as FISHER_FORMS
+    from emq.perf.fisher_forms import form_tables
+
+    rng = np.random.default_rng(1)
+    dz = rng.normal(size=(3, 4, 5, 10))  # [L, B, n, C]
+    p = rng.dirichlet(np.ones(10), size=5)  # [n, C]
+    y = rng.integers(0, 10, size=5)
+    got = form_tables(dz, p, y, seed=0)
+    assert tuple(got) == FISHER_FORMS and all(t.shape == (3, 4) for t in got.values())
+    for layer in range(3):
+        for b in range(4):
+            grad = p - np.eye(10)[y]  # d(cross-entropy)/d(logits), per image
+            first = (dz[layer, b] * grad).sum(1)
+            fisher = np.stack([np.diag(q) - np.outer(q, q) for q in p])  # [n, C, C]
+            ggn = np.einsum("nk,nkj,nj->n", dz[layer, b], fisher, dz[layer, b])
+            assert np.isclose(got["empirical"][layer, b], -(first**2).sum())
+            assert np.isclose(got["ggn"][layer, b], -ggn.sum())
+            assert np.isclose(got["logit"][layer, b], -(dz[layer, b] ** 2).sum())
+            assert np.isclose(got["taylor"][layer, b], -(first + ggn / 2).sum())
+    # the sampled labels are drawn by the seed: the same seed, the same table
+    assert np.array_equal(form_tables(dz, p, y, seed=0)["sampled"], got["sampled"])
+    # labels drawn from a one-hot softmax are that class: the sampled form is the empirical
+    sure = np.eye(10)[y]
+    assert np.allclose(
+        form_tables(dz, sure, y, 3)["sampled"], form_tables(dz, sure, y, 3)["empirical"]
+    )

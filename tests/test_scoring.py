@@ -149,19 +149,27 @@ def test_chunks_are_equal_parts_of_the_batch_and_not_cached(vgg):
         _ctx(vgg, 8, 0, ("W",))
 
 
-def test_the_fisher_term_over_chunks_ranks_like_the_whole_batch(vgg):
-    """The loss is a mean over the batch, so a chunk of m of n images has gradients n/m
-    times the whole batch's: the mean of the chunks' tables is (n/m) x the whole table."""
+def test_the_fisher_terms_over_chunks_rank_like_the_whole_batch(vgg):
+    """Empirical Fisher: the loss is a mean over the batch, so a chunk of m of n images has
+    gradients n/m times the whole batch's and the mean of the chunks' tables is (n/m) x the
+    whole table. True Fisher (the default proxy): a sum of per-image terms that do not depend
+    on the rest of the batch, so the mean of the chunks' tables is (m/n) x the whole table."""
+    from emq.genome import from_string
+    from emq.graph import canonical
+    from emq.proxy import ProxyScorer
     from emq.scorers import resolve_scorer
     from emq.scoring import score_table, scorer_inputs
 
-    scorer = resolve_scorer("default")
-    names = scorer_inputs(scorer)
-    whole = score_table(scorer, _ctx(vgg, 24, 24, names))
-    thirds = score_table(scorer, _ctx(vgg, 24, 8, names))
-    np.testing.assert_allclose(thirds, 3 * whole, rtol=1e-4)
-    first = score_table(scorer, _ctx(vgg, 8, 8, names))
-    assert not np.allclose(first, whole)  # a chunk alone is another estimate
+    empirical = ProxyScorer(
+        "empirical", canonical(from_string("revert(sq_norm(sample_sum(mul(D, Ga))))"))
+    )
+    for scorer, factor in ((empirical, 3.0), (resolve_scorer("default"), 1 / 3)):
+        names = scorer_inputs(scorer)
+        whole = score_table(scorer, _ctx(vgg, 24, 24, names))
+        thirds = score_table(scorer, _ctx(vgg, 24, 8, names))
+        np.testing.assert_allclose(thirds, factor * whole, rtol=1e-4)
+        first = score_table(scorer, _ctx(vgg, 8, 8, names))
+        assert not np.allclose(first, factor * whole)  # a chunk alone is another estimate
 
 
 def test_measured_scorers_see_the_whole_batch_training_free_ones_each_chunk(vgg):

@@ -187,7 +187,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "(exact, HAWQ-V3), ...")  # fmt: skip
     p.add_argument("--scorer", metavar="PROXY|BASELINE|" + MEASURED, default="default",
                    help="proxy JSON / run folder, baseline name, measured SQNR, or 'default' "
-                   "(the shipped default proxy, evolved on the zoo; the default)")  # fmt: skip
+                   "(the shipped default proxy, emq/default_proxy.json; the default)")  # fmt: skip
     p.add_argument(
         "--budget-bops", type=options.relative_bops, metavar="R", help="relative BOPs (vs W8A8)"
     )

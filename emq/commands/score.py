@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s = subparsers.add_parser("score", help="score bit configurations with a proxy or baseline")
     s.add_argument("--proxy", default="default",
                    help="proxy JSON, run folder, baseline name, or 'default' (the shipped "
-                   "default proxy, evolved on the zoo; the default)")  # fmt: skip
+                   "default proxy, emq/default_proxy.json; the default)")  # fmt: skip
     s.add_argument("--model", required=True, help="zoo model name or module.path:factory")
     s.add_argument("--checkpoint", help="state_dict for the model")
     s.add_argument("--configs", help='file, or inline "b1,b2,...[;b1,b2,...]"')

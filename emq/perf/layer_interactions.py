@@ -72,20 +72,24 @@ def form_scores(c: np.ndarray, bit_index: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def bench_rows(name: str, seeds: list[int]) -> list[dict]:
-    """One row per batch seed: every form's S@topk and S@100 on all configurations, in %."""
+def load_example_or_zoo(name: str) -> tuple[torch.nn.Module, Bench]:
+    """The model and shipped bench of a zoo name or an example ``examples/NAME``."""
     if name.startswith("examples/"):
         bench = Bench.open(f"{name}.sqlite")
-        model = build_model(bench.model, f"{name}.pt")
-    else:
-        bench = Bench.open(shipped_bench(name))
-        model = build_model(name)
+        return build_model(bench.model, f"{name}.pt"), bench
+    return build_model(name), Bench.open(shipped_bench(name))
+
+
+def bench_rows(name: str, seeds: list[int], scores_of) -> list[dict]:
+    """One row per batch seed: every form's S@topk and S@100 on all configurations, in %.
+
+    ``scores_of(model, bench, seed)``: each form's scores of the bench's configurations."""
+    model, bench = load_example_or_zoo(name)
     rows = []
     for seed in seeds:
         start = time.perf_counter()
-        c = sample_terms(model, bench, seed)
         row: dict = {"model": name, "seed": seed}
-        for form, scores in form_scores(c, bench.bit_index()).items():
+        for form, scores in scores_of(model, bench, seed).items():
             rep = correlation_report(rank_scores(scores), np.asarray(bench.accuracy))
             row[form] = [100 * rep["spearman@topk"], 100 * rep["spearman@100%"]]
         row["seconds"] = round(time.perf_counter() - start, 1)
@@ -93,12 +97,13 @@ def bench_rows(name: str, seeds: list[int]) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_main(doc: str, forms: tuple[str, ...], scores_of, default_out: str) -> None:
+    """The command line of a scoring-form study: resumable rows, then the table and means."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--models", default=",".join(zoo_models_with_bench()))
     p.add_argument("--examples", default="examples/torch_vit,examples/convnext")
     p.add_argument("--seeds", default="0,1", help="calibration batch seeds")
-    p.add_argument("--out", default="/tmp/layer-interactions")
+    p.add_argument("--out", default=default_out)
     args = p.parse_args()
     names = [n for n in (*args.models.split(","), *args.examples.split(",")) if n]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -109,26 +114,30 @@ def main() -> None:
     for name in names:
         todo = [s for s in seeds if not any(r["model"] == name and r["seed"] == s for r in rows)]
         if todo:
-            new = bench_rows(name, todo)
+            new = bench_rows(name, todo, scores_of)
             with open(path, "a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in new)
             rows += new
     print(f"S@topk / S@100 on every configuration, %, 512 images, batch seeds {args.seeds}")
-    print(f"{'bench':<20} {'seed':>4}  " + "  ".join(f"{f:>13}" for f in FORMS))
+    print(f"{'bench':<20} {'seed':>4}  " + "  ".join(f"{f:>13}" for f in forms))
     groups: dict[str, dict[str, list[float]]] = {"zoo": {}, "examples": {}}
     for r in rows:
         if r["model"] not in names or r["seed"] not in seeds:
             continue
-        cells = "  ".join(f"{r[f][0]:>6.1f} /{r[f][1]:>5.1f}" for f in FORMS)
+        cells = "  ".join(f"{r[f][0]:>6.1f} /{r[f][1]:>5.1f}" for f in forms)
         print(f"{r['model']:<20} {r['seed']:>4}  {cells}")
         group = groups["examples" if r["model"].startswith("examples/") else "zoo"]
-        for f in FORMS:
+        for f in forms:
             group.setdefault(f, []).append(r[f][0])
     for label, group in groups.items():
         if group:
             means = "  ".join(f"{f} {np.mean(v):.1f}" for f, v in group.items())
-            print(f"mean S@topk, {label} ({len(group[FORMS[0]])} rows): {means}")
+            print(f"mean S@topk, {label} ({len(group[forms[0]])} rows): {means}")
+
+
+def interaction_scores(model: torch.nn.Module, bench: Bench, seed: int) -> dict[str, np.ndarray]:
+    return form_scores(sample_terms(model, bench, seed), bench.bit_index())
 
 
 if __name__ == "__main__":
-    main()
+    study_main(__doc__, FORMS, interaction_scores, "/tmp/layer-interactions")
