@@ -1,8 +1,8 @@
 """Proxy inputs (the terminals of a proxy graph), computed per quantizable layer.
 
 Every input is a tensor whose axis 0 is the bit axis: size ``B`` (one slice per bit
-candidate) for the quantization-aware inputs ``Wq``, ``E``, ``D`` and ``b``, size 1 for the
-others (they broadcast). They are computed in float64 and rounded to float32, then served
+candidate) for the quantization-aware inputs ``Wq``, ``E``, ``D``, ``b`` and ``Dz``, size 1
+for the others (they broadcast). They are computed in float64 and rounded to float32, then served
 from the on-disk cache as float64 memory maps (``load_inputs``), the precision score tables
 are computed in. Computing in float64 makes them the same on every CPU: in float32 the
 kernels PyTorch and oneDNN pick for the CPU's instruction set (AVX2, AVX-512, SSE, one
