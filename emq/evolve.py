@@ -47,14 +47,11 @@ from primitives.inputs import CACHE_VERSION as INPUTS_VERSION
 # Nor Dz (added 2026-12-07, after the shipped campaigns): ten backward passes per model, and
 # a default search space with it would no longer reproduce the shipped campaigns (README,
 # "The true Fisher"). --inputs adds it.
-DEFAULT_INPUTS = tuple(n for n in INPUT_NAMES if n not in ("H", "Dz"))
+INPUTS_BEFORE_DZ = tuple(n for n in INPUT_NAMES if n != "Dz")
+DEFAULT_INPUTS = tuple(n for n in INPUTS_BEFORE_DZ if n != "H")
 # Settings added after the first campaigns, with the value older run folders implicitly had:
 # left out of a campaign's identity when they hold it, so those folders still resume.
-LEGACY_VALUES = {
-    "inputs": tuple(n for n in INPUT_NAMES if n != "Dz"),  # every input there was then
-    "init": (),
-    "bench_agg": "mean",
-}
+LEGACY_VALUES = {"inputs": INPUTS_BEFORE_DZ, "init": (), "bench_agg": "mean"}
 
 LOG_FIELDS = (
     "step", "evaluations", "best", "median", "validity", "unique_ratio", "evals_per_s",

@@ -17,7 +17,7 @@ import pytest
 
 from benchmark.bench import default_bench
 from emq.context import bench_evaluator
-from emq.evolve import Campaign, CampaignSettings, task_batches
+from emq.evolve import INPUTS_BEFORE_DZ, Campaign, CampaignSettings, task_batches
 from emq.seeds import LITERATURE, fitting
 from primitives.inputs import INPUT_NAMES
 
@@ -266,7 +266,7 @@ def test_search_restricted_to_some_inputs(tmp_path, bench, evaluator):
     # Every input and no seeds (the settings before --inputs/--init existed) are left out of
     # the identity, so older run folders still resume; today's defaults are recorded. Every
     # input then was every input but Dz (added later).
-    legacy = replace(SETTINGS, inputs=tuple(n for n in INPUT_NAMES if n != "Dz"), init=())
+    legacy = replace(SETTINGS, inputs=INPUTS_BEFORE_DZ, init=())
     ident = Campaign(tmp_path / "x", bench, evaluator, legacy).identity()["settings"]
     assert "inputs" not in ident and "init" not in ident
     ident = Campaign(tmp_path / "y", bench, evaluator, SETTINGS).identity()["settings"]

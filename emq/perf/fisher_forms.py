@@ -39,8 +39,7 @@ from benchmark.ptq import fold_bn
 from emq.perf.layer_interactions import study_main
 from emq.score import model_context
 from emq.scoring import config_scores
-from primitives.inputs import logit_changes as inputs_logit_changes
-from primitives.inputs import reuse_quantized_weights
+from primitives.inputs import logit_changes, reuse_quantized_weights
 
 FORMS = ("empirical", "ggn", "sampled", "logit", "taylor")
 
@@ -52,11 +51,11 @@ def _part_changes(model: torch.nn.Module, part) -> tuple[np.ndarray, np.ndarray]
     folded = fold_bn(copy.deepcopy(model).double(), x[:2])
     for prm in folded.parameters():
         prm.requires_grad_(False)
-    dz, p = inputs_logit_changes(folded, x, [t["D"] for t in part.inputs.tensors])
+    dz, p = logit_changes(folded, x, [t["D"] for t in part.inputs.tensors])
     return torch.stack(dz).numpy(), p.numpy()
 
 
-def logit_changes(model: torch.nn.Module, bench: Bench, seed: int) -> tuple[np.ndarray, ...]:
+def batch_changes(model: torch.nn.Module, bench: Bench, seed: int) -> tuple[np.ndarray, ...]:
     """``dz [L, B, n, C]``, softmax ``p [n, C]`` and labels ``y [n]`` (float64)."""
     ctx = model_context(model, bench.candidates, seed=seed, cache=False, names=("D",),
                         rounding=bench.rounding, adaround=bench.adaround)  # fmt: skip
@@ -90,7 +89,7 @@ def form_tables(dz: np.ndarray, p: np.ndarray, y: np.ndarray, seed: int) -> dict
 
 def form_scores(model: torch.nn.Module, bench: Bench, seed: int) -> dict[str, np.ndarray]:
     """Each form's scores of the bench's configurations."""
-    found = form_tables(*logit_changes(model, bench, seed), seed)
+    found = form_tables(*batch_changes(model, bench, seed), seed)
     return {form: config_scores(table, bench.bit_index()) for form, table in found.items()}
 
 
