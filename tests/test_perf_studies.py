@@ -52,3 +52,32 @@ def test_fisher_forms_follow_their_definitions():
     assert np.allclose(
         form_tables(dz, sure, y, 3)["sampled"], form_tables(dz, sure, y, 3)["empirical"]
     )
+
+
+def test_fisher_joint_forms_follow_their_definitions():
+    import torch
+
+    from emq.perf.fisher_joint import FORMS as JOINT_FORMS
+    from emq.perf.fisher_joint import joint_scores
+    from primitives.inputs import _fisher_whitened
+
+    rng = np.random.default_rng(2)
+    dz = rng.normal(size=(3, 4, 5, 10))  # [L, B, n, C]
+    p = rng.dirichlet(np.ones(10), size=5)  # [n, C]
+    bit_index = rng.integers(0, 4, size=(6, 3))
+    got = joint_scores(dz, p, bit_index)
+    assert tuple(got) == JOINT_FORMS
+    fisher = np.stack([np.diag(q) - np.outer(q, q) for q in p])  # [n, C, C]
+    # the per-layer form is the default proxy's: sum of |Dz|^2 over layers and images
+    dz_input = _fisher_whitened(torch.from_numpy(dz), torch.from_numpy(p)).double().numpy()
+    for i, bits in enumerate(bit_index):
+        per = np.stack([dz[layer, b] for layer, b in enumerate(bits)])  # [L, n, C]
+        total = per.sum(0)
+        per_layer = sum(np.einsum("nk,nkj,nj->", d, fisher, d) for d in per)
+        assert np.isclose(got["per-layer"][i], -per_layer)
+        whitened = sum((dz_input[layer, b] ** 2).sum() for layer, b in enumerate(bits))
+        assert np.isclose(got["per-layer"][i], -whitened, rtol=1e-6)
+        assert np.isclose(got["joint"][i], -np.einsum("nk,nkj,nj->", total, fisher, total))
+    one = joint_scores(dz[:1], p, bit_index[:, :1])
+    assert np.allclose(one["joint"], one["per-layer"])
+    assert not np.allclose(got["joint"], got["per-layer"])
