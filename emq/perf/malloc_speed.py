@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         tunables = {"GLIBC_TUNABLES": KEEP} if setting == "keep" else {}
         return {**base, **tunables, "EMQ_CACHE": str(cache)}
 
-    jobs: dict[str, callable] = {}
+    jobs: dict[str, Callable[[Path], tuple]] = {}
     for m in models:
         bench = str(default_bench(m))
         jobs[f"score {m}"] = lambda d, m=m, b=bench: (["score", "--model", m, "--bench", b], None)
