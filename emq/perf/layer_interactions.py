@@ -17,7 +17,8 @@ Rows go to ``OUT/rows.jsonl`` as each (bench, batch seed) finishes (a rerun skip
 Asserts nothing.
 
     python -m emq.perf.layer_interactions [--models resnet20,...] [--seeds 0,1]
-        [--examples examples/torch_vit,examples/convnext] [--out /tmp/layer-interactions]
+        [--examples examples/torch_vit,examples/convnext,examples/inception]
+        [--out /tmp/layer-interactions]
 
 An example ``examples/NAME`` is its bench ``NAME.sqlite``, checkpoint ``NAME.pt`` and factory
 ``NAME:make`` (run with ``examples`` on ``PYTHONPATH``).
@@ -42,6 +43,8 @@ from emq.transfer import shipped_bench, zoo_models_with_bench
 from primitives.inputs import reuse_quantized_weights
 
 FORMS = ("per-layer", "joint", "abs per-layer", "abs joint")
+# the unseen example models in examples/ (no campaign searched them)
+EXAMPLES = ("torch_vit", "convnext", "inception")
 
 
 def sample_terms(model: torch.nn.Module, bench: Bench, seed: int) -> np.ndarray:
@@ -101,7 +104,7 @@ def study_main(doc: str, forms: tuple[str, ...], scores_of, default_out: str) ->
     """The command line of a scoring-form study: resumable rows, then the table and means."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--models", default=",".join(zoo_models_with_bench()))
-    p.add_argument("--examples", default="examples/torch_vit,examples/convnext")
+    p.add_argument("--examples", default=",".join(f"examples/{n}" for n in EXAMPLES))
     p.add_argument("--seeds", default="0,1", help="calibration batch seeds")
     p.add_argument("--out", default=default_out)
     args = p.parse_args()
