@@ -9,7 +9,8 @@ layers' changes combine. The *joint* form adds them first, ``-sum_n dz^T F_n dz`
 each layer's change), cross-layer terms included; no score table can express it, so the
 ILP could not optimise it, but a configuration-level scorer could (``emq score``, the
 verification's candidates). ``python -m emq.perf.layer_interactions`` asked the same of the
-empirical Fisher (there the joint form won on the zoo and lost on the unseen examples).
+empirical Fisher (there the joint form won on the zoo and lost on the first two unseen
+examples).
 
 Prints Spearman@topk / @100 % on every configuration of each bench for ``per-layer`` and
 ``joint``, 512 images read 128 at a time (``fisher_forms.batch_changes``). Rows go to
