@@ -159,10 +159,9 @@ def test_the_fisher_terms_over_chunks_rank_like_the_whole_batch(vgg):
     from emq.proxy import ProxyScorer
     from emq.scorers import resolve_scorer
     from emq.scoring import score_table, scorer_inputs
+    from emq.seeds import EMPIRICAL_FISHER
 
-    empirical = ProxyScorer(
-        "empirical", canonical(from_string("revert(sq_norm(sample_sum(mul(D, Ga))))"))
-    )
+    empirical = ProxyScorer("empirical", canonical(from_string(EMPIRICAL_FISHER)))
     for scorer, factor in ((empirical, 3.0), (resolve_scorer("default"), 1 / 3)):
         names = scorer_inputs(scorer)
         whole = score_table(scorer, _ctx(vgg, 24, 24, names))

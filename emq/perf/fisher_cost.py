@@ -26,8 +26,7 @@ from emq.proxy import ProxyScorer
 from emq.score import model_context
 from emq.scorers import resolve_scorer
 from emq.scoring import SCORING_IMAGES, score_table, scorer_inputs
-
-EMPIRICAL = "revert(sq_norm(sample_sum(mul(D, Ga))))"
+from emq.seeds import EMPIRICAL_FISHER
 
 
 def timed(scorer, model: torch.nn.Module, batch: int) -> float:
@@ -46,7 +45,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    scorers = {"empirical": ProxyScorer("empirical", canonical(from_string(EMPIRICAL))),
+    scorers = {"empirical": ProxyScorer("empirical", canonical(from_string(EMPIRICAL_FISHER))),
                "true": resolve_scorer("default")}  # fmt: skip
     for name in args.models.split(","):
         check_model_name(name)

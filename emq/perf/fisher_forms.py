@@ -45,6 +45,12 @@ from primitives.inputs import logit_changes, reuse_quantized_weights
 FORMS = ("empirical", "ggn", "sampled", "logit", "taylor")
 
 
+def true_fisher(dz: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``dz^T (diag p - p p^T) dz`` over the last (class) axis; ``p [n, C]`` broadcasts
+    against ``dz [..., n, C]``."""
+    return (dz**2 * p).sum(-1) - (dz * p).sum(-1) ** 2
+
+
 def _part_changes(model: torch.nn.Module, part) -> tuple[np.ndarray, np.ndarray]:
     """``dz [L, B, n, C]`` and the softmax ``[n, C]`` of one calibration chunk (as the input
     ``Dz`` computes them, before its whitening)."""
@@ -77,8 +83,7 @@ def form_tables(dz: np.ndarray, p: np.ndarray, y: np.ndarray, seed: int) -> dict
     rng = np.random.default_rng(seed)
     drawn = np.eye(p.shape[1])[[rng.choice(p.shape[1], p=row / row.sum()) for row in p]]
     first = (dz * (p - onehot)).sum(-1)  # [L, B, n]: image n's first-order loss change
-    mean = (dz * p).sum(-1)
-    ggn = (dz**2 * p).sum(-1) - mean**2
+    ggn = true_fisher(dz, p)
     return {
         "empirical": -(first**2).sum(-1),
         "ggn": -ggn.sum(-1),

@@ -31,16 +31,10 @@ import numpy as np
 import torch
 
 from benchmark.bench import Bench
-from emq.perf.fisher_forms import batch_changes
+from emq.perf.fisher_forms import batch_changes, true_fisher
 from emq.perf.layer_interactions import study_main
 
 FORMS = ("per-layer", "joint")
-
-
-def true_fisher(dz: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """``dz^T (diag p - p p^T) dz`` over the last (class) axis; ``p [n, C]`` broadcasts
-    against ``dz [..., n, C]``."""
-    return (dz**2 * p).sum(-1) - (dz * p).sum(-1) ** 2
 
 
 def joint_scores(dz: np.ndarray, p: np.ndarray, bit_index: np.ndarray) -> dict[str, np.ndarray]:
