@@ -15,7 +15,7 @@ from pathlib import Path
 
 from emq import __version__
 from emq.genome import from_names
-from emq.graph import Expr, canonical, expr_str, ops_used
+from emq.graph import Expr, canonical, expr_str, joint_operand, ops_used
 from emq.proxy import proxy_document, read_best
 from emq.scoring import reduce_to_bits
 from primitives import operations
@@ -80,6 +80,13 @@ def python_module(expr: Expr, doc: dict) -> str:
     op_src = "\n\n\n".join(_source(OPS[n].fn) for n in used)
     helpers = "\n\n\n".join(_source(getattr(operations, h)) for h in _HELPERS)
     body, result = _expr_code(expr)
+    joint = _joint_code(expr) if doc.get("combine") == "joint" else ""
+    joint_note = (
+        "\nThis proxy combines layers jointly: ``joint_scores`` scores configurations with the "
+        "layers'\nterms added before the norm (the table is its diagonal, what allocators take)."
+        if joint
+        else ""
+    )
     inputs = ", ".join(f"{n} ({INPUT_DOCS[n]})" for n in doc["inputs"])
     # Metadata (any JSON value: null, nested reports, paths) reaches the module as one string
     # literal parsed at import, never as Python source.
@@ -91,7 +98,7 @@ Formula: {doc["formula"]}
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
 inputs, 1 for the others): {inputs}.
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
-a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
+a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).{joint_note}
 """
 
 {_PRELUDE}
@@ -144,6 +151,35 @@ def score_bits(table: np.ndarray, configs, candidates) -> np.ndarray:
     if bad:
         raise ValueError(f"bit-width(s) {{bad}} not among the candidates {{list(candidates)}}")
     return score_configs(table, np.vectorize(lut.__getitem__)(configs))
+{joint}'''
+
+
+def _joint_code(expr: Expr) -> str:
+    """The exported module's joint combination (``emq.graph.joint_scores``) of a proxy
+    ``revert(sq_norm(X))``: ``layer_terms`` computes ``X``, ``joint_scores`` adds them."""
+    body, result = _expr_code(joint_operand(expr))
+    return f'''
+
+def layer_terms(inputs: dict) -> Tensor:
+    """{expr_str(joint_operand(expr))} on one layer's inputs (float64), [bits or 1, ...]."""
+    inputs = {{k: torch.as_tensor(v).double() for k, v in inputs.items()}}
+    with torch.no_grad():
+{chr(10).join("    " + line for line in body)}
+        return {result}
+
+
+def joint_scores(layers: list, bit_index: np.ndarray) -> np.ndarray:
+    """This proxy's combination (METADATA["combine"] == "joint"): configuration scores
+    ``-|sum_l X_l[b_l]|^2`` for candidate indices ``[N, L]``, the layers' terms added before
+    the norm (its table is the diagonal; a bit-independent term counts at every bit)."""
+    terms = [layer_terms(t) for t in layers]
+    bit_index = torch.as_tensor(np.atleast_2d(np.asarray(bit_index, dtype=np.int64)))
+    if bit_index.shape[1] != len(terms):
+        raise ValueError(f"configurations have {{bit_index.shape[1]}} layers, not {{len(terms)}}")
+    total = torch.zeros((len(bit_index), *terms[0].shape[1:]), dtype=torch.float64)
+    for layer, term in enumerate(terms):
+        total += term[bit_index[:, layer] if term.shape[0] > 1 else 0]
+    return (-torch.square(total).reshape(len(bit_index), -1).sum(1)).numpy()
 '''
 
 

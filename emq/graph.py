@@ -482,6 +482,74 @@ def score_table(
     return torch.stack(rows).numpy()
 
 
+# A proxy ``revert(sq_norm(X))`` whose per-layer term ``X`` has the same shape in every layer
+# (``Dz``: [bits, images, classes]) can also score a configuration *jointly*: the layers'
+# terms at their bit-widths are added before the norm, ``-|sum_l X_l[b_l]|^2``, so the
+# cross-layer products count (for ``Dz``, the whole configuration's second-order output KL;
+# the table's ``-sum_l |X_l[b_l]|^2`` is its diagonal). No score table expresses it, so the
+# allocators keep the table; ``emq score`` ranks configurations with it.
+JOINT_BLOCK = 1 << 22  # elements of one block of summed configurations (32 MB in float64)
+
+
+def joint_operand(expr: Expr) -> Expr:
+    """``X`` of a proxy ``revert(sq_norm(X))``; a clear error for any other proxy."""
+    if (
+        isinstance(expr, tuple)
+        and expr[0] == "revert"
+        and isinstance(expr[1], tuple)
+        and expr[1][0] == "sq_norm"
+    ):
+        return expr[1][1]
+    raise ValueError(
+        f"the joint combination needs a proxy of the form revert(sq_norm(X)), "
+        f"not {expr_str(expr)}; score it per layer (combine 'table')"
+    )
+
+
+def joint_terms(expr: Expr, inputs: LayerInputs) -> list[torch.Tensor]:
+    """Each layer's ``X`` (``joint_operand``) in float64, ``[bits or 1, ...]``; a clear
+    error when their non-bit shapes differ between layers."""
+    operand = joint_operand(expr)
+    names = leaves(operand)
+    terms = [
+        evaluate(operand, _LazyFloat64(inputs.tensors[i], names), layer=i)
+        for i in range(inputs.num_layers)
+    ]
+    shapes = [tuple(t.shape[1:]) for t in terms]
+    for i, shape in enumerate(shapes):
+        if shape != shapes[0]:
+            raise ValueError(
+                f"{expr_str(operand)} has shape {list(shapes[0])} in layer 0 and {list(shape)} "
+                f"in layer {i}: the layers' terms cannot be added (joint combination); score "
+                "this proxy per layer (combine 'table')"
+            )
+    return terms
+
+
+def joint_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.ndarray:
+    """Scores ``-|sum_l X_l[b_l]|^2`` of configurations ``bit_index [N, L]`` (candidate
+    indices) for a proxy ``revert(sq_norm(X))``, in float64, a block of configurations at a
+    time; a bit-independent ``X_l`` (bit axis 1) counts at every bit."""
+    bit_index = np.asarray(bit_index, dtype=np.int64)
+    if bit_index.ndim != 2 or bit_index.shape[1] != inputs.num_layers:
+        raise ValueError(
+            f"configurations have {bit_index.shape[-1]} layers, the model has "
+            f"{inputs.num_layers} quantizable layers"
+        )
+    terms = joint_terms(expr, inputs)
+    shape = tuple(terms[0].shape[1:])
+    block = max(1, JOINT_BLOCK // max(1, math.prod(shape)))
+    out = np.empty(len(bit_index), dtype=np.float64)
+    for start in range(0, len(bit_index), block):
+        rows = torch.from_numpy(bit_index[start : start + block])
+        total = torch.zeros((len(rows), *shape), dtype=torch.float64)
+        for layer, term in enumerate(terms):
+            total += term[rows[:, layer] if term.shape[0] > 1 else torch.zeros_like(rows[:, 0])]
+        out[start : start + len(rows)] = -torch.square(total).reshape(len(rows), -1).sum(1)
+    release_heap()
+    return out
+
+
 # ``release_heap`` trims only once the heap's resident memory has grown this much since the
 # last trim: a trim walks every free chunk of the heap (several ms once it has fragmented),
 # while a table's intermediates are back in the free lists a moment later.

@@ -14,7 +14,16 @@ import numpy as np
 
 from emq import __version__
 from emq.genome import from_names
-from emq.graph import Expr, canonical, expr_str, leaves, prefix_names, score_table
+from emq.graph import (
+    Expr,
+    canonical,
+    expr_str,
+    joint_operand,
+    joint_scores,
+    leaves,
+    prefix_names,
+    score_table,
+)
 from emq.schemas import (
     BEST_SCHEMA,
     PROXY_FORMAT,
@@ -23,7 +32,7 @@ from emq.schemas import (
     check_document,
     read_document,
 )
-from emq.scoring import ScoreContext
+from emq.scoring import ScoreContext, config_scores
 from primitives.inputs import INPUT_DOCS, INPUT_NAMES
 
 # The proxy ``emq score`` and ``emq allocate`` use unless told otherwise ("default"): the
@@ -34,13 +43,33 @@ FORMAT = PROXY_FORMAT
 FORMAT_VERSION = PROXY_FORMAT_VERSION
 
 
+COMBINES = ("table", "joint")
+
+
 @dataclass(frozen=True)
 class ProxyScorer:
-    """An evolved proxy as a Scorer (``emq.scoring.Scorer``): ``scorer(ctx) -> S[l, b]``."""
+    """An evolved proxy as a Scorer (``emq.scoring.Scorer``): ``scorer(ctx) -> S[l, b]``.
+
+    ``combine``: how ``emq score`` combines the layers of a configuration - ``"table"``,
+    the sum of the table's entries; ``"joint"``, the layers' terms added before the norm
+    (``emq.graph.joint_scores``; only for a proxy ``revert(sq_norm(X))``). The allocators
+    take the table either way.
+    """
 
     name: str
     expr: Expr
     measured: bool = False
+    combine: str = "table"
+
+    def __post_init__(self):
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINES)}, not {self.combine!r}")
+        if self.combine == "joint":
+            joint_operand(self.expr)  # a clear error for a proxy of another form
+
+    @property
+    def joint(self) -> bool:
+        return self.combine == "joint"
 
     @property
     def formula(self) -> str:
@@ -54,6 +83,13 @@ class ProxyScorer:
 
     def __call__(self, ctx: ScoreContext) -> np.ndarray:
         return score_table(self.expr, ctx.inputs)
+
+    def configs(self, ctx: ScoreContext, bit_index: np.ndarray) -> np.ndarray:
+        """Scores of configurations ``bit_index [N, L]`` on ``ctx``, combined as ``combine``
+        says."""
+        if self.joint:
+            return joint_scores(self.expr, ctx.inputs, bit_index)
+        return config_scores(self(ctx), bit_index)
 
 
 def proxy_document(expr: Expr, **extra) -> dict:
@@ -85,7 +121,12 @@ def load_proxy_document(doc: dict, source: str = "proxy") -> ProxyScorer:
         tree = from_names(doc["genome"])
     except ValueError as exc:
         raise type(exc)(f"{source}: field 'genome': {exc}") from None
-    return ProxyScorer(str(doc.get("name", source)), canonical(tree))
+    try:
+        return ProxyScorer(
+            str(doc.get("name", source)), canonical(tree), combine=doc.get("combine", "table")
+        )
+    except ValueError as exc:
+        raise ValueError(f"{source}: field 'combine': {exc}") from None
 
 
 def _read_best(path: Path, doc: dict | None = None) -> dict:

@@ -76,6 +76,12 @@ PROXY_SCHEMA = {
         "name": text(200, "the proxy's name"),
         "formula": FORMULA,
         "inputs": {"type": "array", "items": NAME, "maxItems": 64},
+        "combine": {
+            "enum": ["table", "joint"],
+            "description": "how a configuration's layers combine: 'table' (the sum of "
+            "per-layer scores, the default) or 'joint' (for revert(sq_norm(X)): the layers' "
+            "X added before the norm)",
+        },
     },
 }
 

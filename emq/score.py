@@ -13,7 +13,14 @@ from benchmark.adaround import AdaRoundSettings
 from benchmark.data import calibration_batch
 from benchmark.schemas import existing_path, parse_json, read_text
 from emq.schemas import CONFIGS_SCHEMA, check_document
-from emq.scoring import SCORING_IMAGES, ScoreContext, bits_to_index, config_scores, score_table
+from emq.scoring import (
+    SCORING_IMAGES,
+    ScoreContext,
+    bits_to_index,
+    config_scores,
+    configuration_scores,
+    score_table,
+)
 from primitives.inputs import InputSettings
 
 
@@ -103,3 +110,10 @@ def score(scorer, ctx: ScoreContext, configs: np.ndarray) -> tuple[np.ndarray, n
     the scores of ``configs`` (bit-widths ``[N, L]``)."""
     table = score_table(scorer, ctx)
     return table, config_scores(table, bits_to_index(configs, ctx.candidates))
+
+
+def score_configs(scorer, ctx: ScoreContext, configs: np.ndarray) -> np.ndarray:
+    """Scores of ``configs`` (bit-widths ``[N, L]``) as the scorer combines layers
+    (``configuration_scores``: a joint proxy adds its layers' terms, any other sums its
+    table), averaged over calibration chunks."""
+    return configuration_scores(scorer, ctx, bits_to_index(configs, ctx.candidates))

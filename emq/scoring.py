@@ -161,6 +161,10 @@ class Scorer(Protocol):
     the quantized network (L x B forward passes) instead of reading cached inputs;
     ``inputs``: the proxy inputs (``primitives.inputs.INPUT_NAMES``) it reads from
     ``ctx.inputs``, so only those are computed (empty: none).
+
+    A scorer may also score whole configurations (``joint`` true and a method
+    ``configs(ctx, bit_index) -> scores [N]``): ``configuration_scores`` then asks it, and
+    the allocators still take its table.
     """
 
     name: str
@@ -223,6 +227,28 @@ def score_table(scorer: Callable[[ScoreContext], np.ndarray], ctx: ScoreContext)
     if getattr(scorer, "measured", False):
         return np.asarray(scorer(ctx), dtype=np.float64)
     return chunk_tables([scorer], ctx, needs_inputs=False).tables[0]
+
+
+def configuration_scores(
+    scorer: Callable[[ScoreContext], np.ndarray], ctx: ScoreContext, bit_index: np.ndarray
+) -> np.ndarray:
+    """Scores of configurations ``bit_index [N, L]`` (candidate indices).
+
+    A scorer that scores configurations jointly (``scorer.joint``; its ``configs(ctx,
+    bit_index)``, e.g. a proxy with the combination ``joint``) is asked chunk by chunk and
+    the chunks' scores are averaged, like tables; any other scorer's configurations are
+    ``config_scores`` of its table (``score_table``).
+    """
+    if not getattr(scorer, "joint", False):
+        return config_scores(score_table(scorer, ctx), bit_index)
+    parts = ctx.chunks()
+    total = np.zeros(len(bit_index), dtype=np.float64)
+    with reuse_quantized_weights():
+        for part in parts:
+            total += np.asarray(scorer.configs(part, bit_index), dtype=np.float64)
+            if part is not ctx:
+                part.drop_inputs()  # one chunk's inputs alive at a time
+    return total / len(parts)
 
 
 def scorer_inputs(scorer: Callable[[ScoreContext], np.ndarray]) -> tuple[str, ...]:

@@ -312,6 +312,9 @@ bad_proxies = st.one_of(
     json_values.filter(lambda v: v != 1 or isinstance(v, bool)).map(
         lambda v: _set(PROXY, ("format_version",), v)),
     st.sampled_from(["name", "formula"]).map(lambda k: _set(PROXY, (k,), [1, 2])),
+    json_values.filter(lambda v: v not in ("table", "joint")).map(
+        lambda v: _set(PROXY, ("combine",), v)),
+    st.just(_set(PROXY, ("genome",), ["sq_norm", "Dz"])),  # joint needs revert(sq_norm(X))
     st.just(_dump(_set(PROXY, ("fitness",), "__NaN__"))),
     bad_file_texts,
 )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -14,16 +15,10 @@ from benchmark.factory import build_model
 from benchmark.quantizers import quantizable_layers
 from emq.commands.common import adaround_settings, add_rounding_arguments, check_rankable_split
 from emq.metrics import correlation_report
-from emq.score import model_context, parse_configs, score
+from emq.proxy import COMBINES, ProxyScorer
+from emq.score import model_context, parse_configs, score_configs
 from emq.scorers import resolve_scorer
-from emq.scoring import (
-    SCORING_CHUNK,
-    SCORING_IMAGES,
-    bits_to_index,
-    config_scores,
-    scorer_inputs,
-    scorer_label,
-)
+from emq.scoring import SCORING_CHUNK, SCORING_IMAGES, scorer_inputs, scorer_label
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,13 +40,29 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "whose inputs are cached)",
     )  # fmt: skip
     s.add_argument("--seed", type=options.seed, default=0, help="calibration batch seed")
+    s.add_argument(
+        "--combine", choices=COMBINES,
+        help="how a configuration's layers combine: 'table' (sum of per-layer scores) or "
+        "'joint' (a proxy revert(sq_norm(X)): the layers' X added before the norm); default: "
+        "the proxy file's ('joint' for the default proxy; 'table' for campaigns' proxies)",
+    )  # fmt: skip
     add_rounding_arguments(s, default=None, what="the bench's, else nearest")
     s.add_argument("--json", action="store_true")
     return s
 
 
+def with_combine(scorer, combine: str | None):
+    """``scorer`` combining layers as ``combine`` says (None: as it does); a clear error for
+    a scorer that only has a table (a baseline) asked for ``joint``."""
+    if combine is None or combine == getattr(scorer, "combine", "table"):
+        return scorer
+    if not isinstance(scorer, ProxyScorer):
+        raise ValueError(f"--combine {combine}: {scorer.name} is scored per layer only")
+    return replace(scorer, combine=combine)
+
+
 def run(args: argparse.Namespace) -> None:
-    scorer = resolve_scorer(args.proxy)
+    scorer = with_combine(resolve_scorer(args.proxy), args.combine)
     bench = Bench.open(args.bench) if args.bench else None
     cands = bench.candidates if bench else args.bits
     if args.rounding is None:
@@ -78,9 +89,14 @@ def run(args: argparse.Namespace) -> None:
         model, cands, args.batch, args.seed, rounding=args.rounding, adaround=ada, names=names
     )
     start = time.perf_counter()
-    table, scores = score(scorer, ctx, configs.astype(np.int64))  # the table, once
+    # One pass over the calibration chunks for the given configurations and the bench's.
+    every = np.concatenate([configs.astype(np.int64)] + ([bench.w_bits] if bench else []))
+    all_scores = score_configs(scorer, ctx, every)
+    scores, bench_scores = all_scores[: len(configs)], all_scores[len(configs) :]
+    combine = getattr(scorer, "combine", "table")
     out: dict = {
         "proxy": scorer_label(scorer),
+        "combine": combine,
         "model": args.model,
         "seconds": round(time.perf_counter() - start, 3),
         "scores": [
@@ -89,13 +105,13 @@ def run(args: argparse.Namespace) -> None:
         ],
     }
     if bench is not None:
-        bench_scores = config_scores(table, bits_to_index(bench.w_bits, ctx.candidates))
         out["bench"] = {"path": str(bench.path), "configs": len(bench),
                         **correlation_report(bench_scores, bench.accuracy)}  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"proxy   {out['proxy']}\nmodel   {args.model}  ({n_layers} layers)")
+    joint = "  (layers combined jointly)" if combine == "joint" else ""
+    print(f"proxy   {out['proxy']}{joint}\nmodel   {args.model}  ({n_layers} layers)")
     for row in out["scores"]:
         print(f"{row['score']:>14.6g}  {row['config']}")
     if bench is not None:
