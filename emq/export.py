@@ -16,7 +16,7 @@ from pathlib import Path
 from emq import __version__
 from emq.genome import from_names
 from emq.graph import Expr, canonical, expr_str, joint_operand, ops_used
-from emq.proxy import proxy_document, read_best
+from emq.proxy import load_proxy_document, proxy_document, read_best
 from emq.scoring import reduce_to_bits
 from primitives import operations
 from primitives.inputs import INPUT_DOCS
@@ -193,6 +193,19 @@ def export_proxy(expr: Expr, out: Path | str, name: str = "proxy", **extra) -> d
     paths["py"].write_text(python_module(expr, doc))
     paths["formula"].write_text(doc["formula"] + "\n")
     return paths
+
+
+def export_document(doc: dict, out: Path | str, source: str = "proxy") -> dict[str, Path]:
+    """Export a proxy JSON document (``emq/default_proxy.json``, an exported ``.json``) again
+    as ``<name>.py``, ``.json`` and ``.txt`` in ``out``, its fields (``combine``,
+    ``description``, ...) kept; validated first (``load_proxy_document``)."""
+    scorer = load_proxy_document(doc, source)
+    name = str(doc.get("name") or "proxy")
+    if not name.isidentifier():
+        raise ValueError(f"{source}: name {name!r} cannot name a module; rename it in the file")
+    skip = {"format", "format_version", "library_version", "formula", "genome", "inputs", "name"}
+    extra = {k: v for k, v in doc.items() if k not in skip}
+    return export_proxy(scorer.expr, out, name, **extra)
 
 
 def export_run(run: Path | str, out: Path | str | None = None) -> dict[str, Path]:

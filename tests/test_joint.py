@@ -18,6 +18,7 @@ from cli_checks import refused
 from benchmark.data import calibration_batch
 from benchmark.ptq import fold_bn
 from benchmark.quantizers import quantizable_layers
+from emq.cli import main
 from emq.export import export_proxy
 from emq.genome import from_string
 from emq.graph import canonical, joint_scores, prefix_names, score_table
@@ -144,9 +145,12 @@ def test_terms_of_different_shapes_cannot_be_added(resnet_inputs):
         joint_scores(weights, resnet_inputs, np.zeros((1, resnet_inputs.num_layers), int))
 
 
-def test_the_exported_module_scores_jointly_like_the_engine(tmp_path, resnet_inputs):
-    paths = export_proxy(FISHER, tmp_path, "joint", combine="joint")
-    spec = importlib.util.spec_from_file_location("joint_export", paths["py"])
+def test_the_exported_default_proxy_scores_jointly_like_the_engine(tmp_path, resnet_inputs, capsys):
+    """``emq export default --out DIR``: the shipped default proxy as a standalone module
+    whose ``joint_scores`` equals the engine's, and a JSON that loads as the same proxy."""
+    assert main(["export", "default", "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    spec = importlib.util.spec_from_file_location("joint_export", tmp_path / "out/true_fisher.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.METADATA["combine"] == "joint"
@@ -156,7 +160,17 @@ def test_the_exported_module_scores_jointly_like_the_engine(tmp_path, resnet_inp
         joint_scores(FISHER, resnet_inputs, configs),
         rtol=1e-12,
     )
-    assert resolve_scorer(str(paths["json"])).joint
+    table = module.score_table(resnet_inputs.tensors, len(BITS))
+    np.testing.assert_array_equal(table, score_table(FISHER, resnet_inputs))
+    exported = resolve_scorer(str(tmp_path / "out/true_fisher.json"))
+    assert exported == resolve_scorer("default")
+    # a table proxy's module has no joint function
+    paths = export_proxy(FISHER, tmp_path / "table", "table")
+    assert "def joint_scores" not in paths["py"].read_text()
+
+
+def test_exporting_a_proxy_file_needs_an_output_folder(capsys):
+    refused(["export", "default"], capsys, "needs --out")
 
 
 def test_score_combine_on_a_baseline_is_one_clear_line(capsys):
