@@ -248,7 +248,9 @@ def test_emq_train_trains_a_factory_model(tmp_path, monkeypatch, capsys):
     assert top1 == pytest.approx(record["test_top1"], abs=0.01)
 
 
-@pytest.mark.parametrize("name, layers", [("torch_vit", 26), ("convnext", 15), ("inception", 20)])
+@pytest.mark.parametrize(
+    "name, layers", [("torch_vit", 26), ("convnext", 15), ("inception", 20), ("mixer", 18)]
+)
 def test_shipped_example_model_matches_its_bench(name, layers, monkeypatch):
     """``examples/NAME.py``: its checkpoint is the one its bench measured, and the model as
     EMQ builds it (attention rewritten) keeps the FP accuracy recorded at training time."""

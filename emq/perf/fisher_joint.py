@@ -7,8 +7,8 @@ true Fisher, the output KL to second order). It is a score table, so it ignores 
 layers' changes combine. The *joint* form adds them first, ``-sum_n dz^T F_n dz`` with
 ``dz = sum_l dz_l``: the second-order KL of the whole configuration (still linearised in
 each layer's change), cross-layer terms included; no score table can express it, so the
-ILP could not optimise it, but a configuration-level scorer could (``emq score``, the
-verification's candidates). ``python -m emq.perf.layer_interactions`` asked the same of the
+ILP cannot optimise it. This study chose it for ``emq score``: the default proxy's
+``combine`` is ``joint`` (``emq.graph.joint_scores``, README "The joint combination"). ``python -m emq.perf.layer_interactions`` asked the same of the
 empirical Fisher (there the joint form won on the zoo and lost on the first two unseen
 examples).
 
@@ -18,7 +18,7 @@ Prints Spearman@topk / @100 % on every configuration of each bench for ``per-lay
 nothing.
 
     python -m emq.perf.fisher_joint [--models resnet20,...] [--seeds 0,1]
-        [--examples examples/torch_vit,examples/convnext,examples/inception]
+        [--examples examples/torch_vit,examples/convnext,examples/inception,examples/mixer]
         [--out /tmp/fisher-joint]
 
 An example ``examples/NAME`` is its bench ``NAME.sqlite``, checkpoint ``NAME.pt`` and factory
