@@ -526,6 +526,38 @@ def joint_terms(expr: Expr, inputs: LayerInputs) -> list[torch.Tensor]:
     return terms
 
 
+def joint_gram(expr: Expr, inputs: LayerInputs) -> np.ndarray:
+    """``G[l, b, m, c] = <X_l[b], X_m[c]>`` (float64) of a proxy ``revert(sq_norm(X))``: what
+    its joint score of any configuration is made of, ``-sum_{l, m} G[l, b_l, m, b_m]``
+    (``gram_scores``), its table the diagonal ``-G[l, b, l, b]``. ``L x B`` squared values:
+    a pool of allocations is scored from it without the inputs (``emq allocate --verify``).
+    A bit-independent ``X_l`` is repeated at every bit."""
+    terms = joint_terms(expr, inputs)
+    bits = max(t.shape[0] for t in terms)
+    flat = torch.cat([t.expand(bits, *t.shape[1:]).reshape(bits, -1) for t in terms])
+    gram = (flat @ flat.T).reshape(len(terms), bits, len(terms), bits)
+    release_heap()
+    return gram.numpy()
+
+
+def gram_scores(gram: np.ndarray, bit_index: np.ndarray) -> np.ndarray:
+    """Joint scores ``-sum_{l, m} G[l, b_l, m, b_m]`` of configurations ``bit_index [N, L]``
+    from a ``joint_gram`` ``G [L, B, L, B]``, a block of configurations at a time."""
+    gram = np.asarray(gram, dtype=np.float64)
+    layers, bits = gram.shape[:2]
+    bit_index = np.asarray(bit_index, dtype=np.int64)
+    if bit_index.ndim != 2 or bit_index.shape[1] != layers:
+        raise ValueError(f"configurations have {bit_index.shape[-1]} layers, the Gram {layers}")
+    flat = gram.reshape(layers * bits, layers * bits)
+    rows = np.arange(layers) * bits + bit_index  # [N, L] rows of ``flat``
+    block = max(1, JOINT_BLOCK // max(1, layers * layers))
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), block):
+        r = rows[start : start + block]
+        out[start : start + len(r)] = -flat[r[:, :, None], r[:, None, :]].sum((1, 2))
+    return out
+
+
 def joint_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.ndarray:
     """Scores ``-|sum_l X_l[b_l]|^2`` of configurations ``bit_index [N, L]`` (candidate
     indices) for a proxy ``revert(sq_norm(X))``, in float64, a block of configurations at a

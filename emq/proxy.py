@@ -18,6 +18,7 @@ from emq.graph import (
     Expr,
     canonical,
     expr_str,
+    joint_gram,
     joint_operand,
     joint_scores,
     leaves,
@@ -90,6 +91,13 @@ class ProxyScorer:
         if self.joint:
             return joint_scores(self.expr, ctx.inputs, bit_index)
         return config_scores(self(ctx), bit_index)
+
+    def gram(self, ctx: ScoreContext) -> np.ndarray:
+        """The joint combination's Gram ``G [L, B, L, B]`` on ``ctx`` (``emq.graph.joint_gram``;
+        a joint proxy only)."""
+        if not self.joint:
+            raise ValueError(f"proxy {self.name} combines its layers as a table: it has no Gram")
+        return joint_gram(self.expr, ctx.inputs)
 
 
 def proxy_document(expr: Expr, **extra) -> dict:

@@ -13,15 +13,27 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from allocate_tiny import tiny_net
 from cli_checks import refused
 
 from benchmark.data import calibration_batch
 from benchmark.ptq import fold_bn
 from benchmark.quantizers import quantizable_layers
+from emq.allocate.budget import Budget
+from emq.allocate.ilp import allocate_ilp
+from emq.allocate.problem import AllocationProblem
+from emq.allocate.sqnr import greedy_front
 from emq.cli import main
 from emq.export import export_proxy
 from emq.genome import from_string
-from emq.graph import canonical, joint_scores, prefix_names, score_table
+from emq.graph import (
+    canonical,
+    gram_scores,
+    joint_gram,
+    joint_scores,
+    prefix_names,
+    score_table,
+)
 from emq.proxy import DEFAULT_PROXY, ProxyScorer, load_proxy_document
 from emq.scorers import resolve_scorer
 from emq.scoring import ScoreContext, config_scores, configuration_scores
@@ -183,3 +195,50 @@ def test_combine_can_be_switched_on_a_proxy():
     assert not joint.joint
     with pytest.raises(ValueError, match="combine must be one of"):
         replace(joint, combine="sum")
+
+
+def test_the_gram_gives_the_joint_scores_and_the_table_on_its_diagonal(resnet_inputs):
+    gram = joint_gram(FISHER, resnet_inputs)
+    layers, bits = resnet_inputs.num_layers, len(BITS)
+    assert gram.shape == (layers, bits, layers, bits)
+    configs = np.random.default_rng(3).integers(0, bits, size=(40, layers))
+    np.testing.assert_allclose(
+        gram_scores(gram, configs), joint_scores(FISHER, resnet_inputs, configs), rtol=1e-9
+    )
+    diagonal = -np.einsum("lblb->lb", gram)
+    np.testing.assert_allclose(diagonal, score_table(FISHER, resnet_inputs), rtol=1e-12)
+
+
+def test_a_joint_proxys_verification_ranks_a_larger_pool_by_its_gram(tmp_path):
+    """Phase 1 of the default proxy keeps the joint Gram beside the table (and in the cache);
+    the verification draws JOINT_POOL x K ILP solutions and front points and measures the K
+    the joint combination ranks best after the answer."""
+
+    def problem():
+        return AllocationProblem.for_model("tiny", tiny_net(), cache=tmp_path,
+                                           validation_images=100, scorer_images=32)  # fmt: skip
+
+    p = problem()
+    table = p.sensitivity("default")
+    assert table.gram is not None and table.gram.shape == (3, 4, 3, 4)
+    cached = problem().sensitivity("default")
+    assert cached.from_cache and np.array_equal(cached.gram, table.gram)
+    for g, values in enumerate(table.values):  # the table is the Gram's diagonal
+        diagonal = -table.gram[g, :, g, :].diagonal()[list(table.columns[g])]  # its candidates
+        np.testing.assert_allclose(values, diagonal[0] - diagonal, rtol=1e-9, atol=1e-12)
+    budget = Budget(0.5, None)
+    answer = allocate_ilp(table, p.macs, 0.5).choice
+    pool = p.verification_pool(answer, table, budget, 3)
+    sources = [c.source for c in pool]
+    mixed = [c for c in pool if c.source.startswith("joint #")]
+    assert sources[0] == "answer" and sources[1 : 1 + len(mixed)] == [c.source for c in mixed]
+    assert mixed and all(s.startswith("uniform") for s in sources[1 + len(mixed) :])
+    scores = table.joint_scores([c.choice for c in mixed])
+    assert np.all(np.diff(scores) <= 1e-12 * np.abs(scores).max())  # best first
+    drawn = allocate_ilp(table, p.macs, 0.5, solutions=3 * 3)
+    assert {c.choice for c in mixed} <= {drawn.choice, *drawn.alternatives} | {
+        pt.choice for pt in greedy_front(table, p.macs)
+    }
+    # the table's scorer draws only K and alternates, as before
+    plain = p.verification_pool(answer, p.sensitivity("hawq_v3"), budget, 3)
+    assert not any(c.source.startswith("joint") for c in plain)

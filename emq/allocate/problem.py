@@ -68,10 +68,15 @@ from emq.allocate.sensitivity import (
 from emq.allocate.sqnr import check_bops_budget, greedy_front
 from emq.allocate.verify import Candidate, candidate_pool, chunk_bounds, uniform_choices, verify
 from emq.scorers import resolve_scorer
-from emq.scoring import SCORING_IMAGES, ScoreContext, scorer_inputs
+from emq.scoring import SCORING_IMAGES, ScoreContext, rank_scores, scorer_inputs
 from primitives.inputs import InputSettings
 
 SQNR_IMAGES = 256  # calibration images whose output SQNR phase 1 measures (as in the paper)
+# A joint proxy's verification draws this many times K ILP solutions and front points and
+# measures the K its joint combination ranks best (``verification_pool``; README "The joint
+# combination in the verification"): ``python -m emq.perf.joint_pool`` ranked such pools of
+# 12 + 12 better with the joint form than with the table in most cells.
+JOINT_POOL = 3
 SCORER_IMAGES = SCORING_IMAGES  # training-free scorers' calibration images (emq score's)
 
 
@@ -308,16 +313,29 @@ class AllocationProblem:
         budget: Budget,
         k: int,
     ) -> list[Candidate]:
-        """The answer, next-best ILP solutions, front points near the budget, uniform ones."""
+        """The answer, next-best ILP solutions, front points near the budget, uniform ones.
+
+        With a joint proxy's Gram (``SensitivityTable.gram``), ``JOINT_POOL`` times as many
+        ILP solutions and front points are drawn and ranked by the joint combination (the
+        layers' interactions, which the table the ILP optimises leaves out); its best ones
+        follow the answer (``candidate_pool``'s ``ranked``)."""
         ilp, front = [], []
+        draw = k * JOINT_POOL if table is not None and table.gram is not None else k
         if table is not None and k > 1:
-            res = allocate_ilp(table, self.macs, budget.bops, budget.size, self.weights, k)
+            res = allocate_ilp(table, self.macs, budget.bops, budget.size, self.weights, draw)
             ilp = [res.choice, *res.alternatives]
             points = [p.choice for p in greedy_front(table, self.macs)]
             first = next((i for i, c in enumerate(points) if self.fits(budget, c)), None)
-            front = [] if first is None else points[first : first + k]
+            front = [] if first is None else points[first : first + draw]
         uniform = [u for u in uniform_choices(self.groups) if self.fits(budget, u.choice)]
-        return candidate_pool(tuple(answer), k, ilp, front, uniform)
+        if table is None or table.gram is None or k <= 1:
+            return candidate_pool(tuple(answer), k, ilp, front, uniform)
+        drawn = [(f"ilp #{i + 1}", tuple(c)) for i, c in enumerate(ilp)]
+        drawn += [(f"front +{i}", tuple(c)) for i, c in enumerate(front)]
+        scores = table.joint_scores([c for _, c in drawn])
+        order = np.argsort(-rank_scores(scores), kind="stable")  # ties: the ILP's order
+        ranked = [(f"joint #{r + 1} ({drawn[i][0]})", drawn[i][1]) for r, i in enumerate(order)]
+        return candidate_pool(tuple(answer), k, uniform=uniform, ranked=ranked)
 
     def _verification_cache(self) -> _JsonCache:
         x, _ = self.data("validation")

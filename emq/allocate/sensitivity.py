@@ -32,7 +32,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,8 @@ from benchmark.cache import atomic_write_text, cache_dir
 from benchmark.ptq import QuantSim, state_fingerprint
 from emq.allocate.groups import QuantizerGroup, candidate_name
 from emq.baselines import sqnr_db
-from emq.scoring import ScoreContext, score_table
+from emq.graph import gram_scores
+from emq.scoring import ScoreContext, chunk_tables, score_table
 
 MEASURED = "sqnr-measured"
 CACHE_VERSION = 1
@@ -62,6 +63,21 @@ class SensitivityTable:
     seconds: float
     evaluations: int
     from_cache: int = 0
+    # A joint proxy's Gram [L, B, L, B] over the scorer's weight-bit columns (``columns``):
+    # its joint score of any allocation (``joint_scores``); None for any other source.
+    gram: np.ndarray | None = field(default=None, repr=False, compare=False)
+    columns: tuple[tuple[int, ...], ...] = ()  # per group, each candidate's Gram column
+
+    def joint_scores(self, choices: Sequence[Sequence[int]]) -> np.ndarray | None:
+        """The joint combination's scores (higher = expected more accurate) of allocations
+        given as a candidate index per group, or None without a Gram."""
+        if self.gram is None:
+            return None
+        bit_index = np.zeros((len(choices), self.gram.shape[0]), dtype=np.int64)
+        for row, choice in enumerate(choices):
+            for g, c, cols in zip(self.groups, choice, self.columns, strict=True):
+                bit_index[row, list(g.layers)] = cols[c]
+        return gram_scores(self.gram, bit_index)
 
     def flips(self) -> list[tuple[int, int, float]]:
         """Every ``(group, candidate, sensitivity)`` below a group's top candidate."""
@@ -269,23 +285,40 @@ def scorer_sensitivity(
     hits = 0
     n_layers = max(i for g in groups for i in g.layers) + 1
     cached = store.table("table", len(ctx.candidates), n_layers)
+    joint = bool(getattr(scorer, "joint", False))
+    gram = None
+    if joint and cached is not None:
+        size = cached.shape[0] * len(ctx.candidates)
+        gram = store.table("gram", size, size)
+        cached = None if gram is None else cached  # an entry from before: compute both
     if cached is not None:
         table, hits = cached, 1
     else:
-        table = score_table(scorer, ctx)  # averaged over calibration chunks
+        if joint:  # the table and the joint Gram from one pass over the chunks' inputs
+            both = chunk_tables([scorer, scorer.gram], ctx, needs_inputs=False).tables
+            table, gram = both[0], both[1].reshape(len(both[1]) * len(ctx.candidates), -1)
+        else:
+            table = score_table(scorer, ctx)  # averaged over calibration chunks
         if table.ndim != 2 or table.shape[1] != len(ctx.candidates):
             raise ValueError(
                 f"scorer {ident} returned a table of shape {table.shape}, expected "
                 f"(layers, {len(ctx.candidates)})"
             )
-        if not np.all(np.isfinite(table)):
+        if not np.all(np.isfinite(table)) or (gram is not None and not np.all(np.isfinite(gram))):
             raise ValueError(f"scorer {ident} returned non-finite scores")
+        if gram is not None:
+            store.put("gram", gram.tolist())
         store.put("table", table.tolist())
     if table.shape[0] < n_layers:
         raise ValueError(f"scorer table has {table.shape[0]} layers, the groups use {n_layers}")
     values = table_sensitivity(table, groups, ctx.candidates)
     # a measured baseline (e.g. sqnr_measured) ran one forward pass per table entry
     evaluations = table.size if getattr(scorer, "measured", False) and not hits else 0
+    if gram is not None:
+        bits = len(ctx.candidates)
+        gram = np.asarray(gram).reshape(table.shape[0], bits, table.shape[0], bits)
+    columns = tuple(tuple(c) for c in scorer_columns(groups, ctx.candidates))
     return SensitivityTable(
-        tuple(groups), tuple(values), ident, time.perf_counter() - start, evaluations, hits
-    )
+        tuple(groups), tuple(values), ident, time.perf_counter() - start, evaluations, hits,
+        gram, columns,
+    )  # fmt: skip

@@ -8,7 +8,10 @@ every method gets that safety net (``--verify K``):
   next-best solutions of the ILP on the same sensitivities (no-good cuts, ``ilp.solve_choices``)
   and the points of the greedy Pareto front at and after the first one within the budget,
   ``K`` in all (duplicates dropped); then every uniform configuration (all groups at the same
-  candidate rank) that fits the budget;
+  candidate rank) that fits the budget. For a proxy that combines its layers jointly (the
+  default proxy) ``JOINT_POOL`` times as many ILP solutions and front points are drawn and
+  the ones its joint combination ranks best follow the answer
+  (``AllocationProblem.verification_pool``);
 * **race** (``race``): all candidates are measured on a first chunk of validation images,
   then on the next chunks only those not yet clearly beaten: a candidate leaves when its
   paired accuracy gap to the leader on the images seen so far exceeds ``z`` standard
@@ -77,11 +80,14 @@ def candidate_pool(
     ilp: Sequence[Choice] = (),
     front: Sequence[Choice] = (),
     uniform: Sequence[Candidate] = (),
+    ranked: Sequence[tuple[str, Choice]] | None = None,
 ) -> list[Candidate]:
     """``k`` allocations (the answer, then ILP and front alternately), then the uniform ones.
 
     ``ilp``: the ILP's solutions best first; ``front``: greedy-front points within the budget,
-    nearest to it first; ``uniform``: the uniform candidates that fit. Duplicate choices keep
+    nearest to it first; ``uniform``: the uniform candidates that fit. ``ranked``: labelled
+    choices already in the order to take them (a joint proxy's ranking of ILP solutions and
+    front points), used instead of alternating ``ilp`` and ``front``. Duplicate choices keep
     their first label (an answer that is uniform is marked ``uniform``).
     """
     if k < 1:
@@ -90,6 +96,8 @@ def candidate_pool(
     seen = {tuple(answer)}
     ilp_left = [(f"ilp #{i + 1}", tuple(c)) for i, c in enumerate(ilp)]
     front_left = [(f"front +{i}", tuple(c)) for i, c in enumerate(front)]
+    if ranked is not None:
+        ilp_left, front_left = [(label, tuple(c)) for label, c in ranked], []
     turn = 0
     while len(pool) < k and (ilp_left or front_left):
         source = (ilp_left if turn % 2 == 0 else front_left) or ilp_left or front_left

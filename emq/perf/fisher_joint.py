@@ -1,6 +1,6 @@
 """Study: the true Fisher with the layers' interactions, against the per-layer default proxy.
 
-The default proxy, ``revert(sq_norm(Dz))``, scores a configuration by
+The default proxy's table, ``revert(sq_norm(Dz))``, scores a configuration by
 ``-sum_l sum_n dz_l^T F_n dz_l`` with ``dz_l = dz[l, b_l, n]`` image n's linearised logit
 change when only layer l is quantized at its bit-width and ``F_n = diag p - p p^T`` (the
 true Fisher, the output KL to second order). It is a score table, so it ignores how the
@@ -8,9 +8,9 @@ layers' changes combine. The *joint* form adds them first, ``-sum_n dz^T F_n dz`
 ``dz = sum_l dz_l``: the second-order KL of the whole configuration (still linearised in
 each layer's change), cross-layer terms included; no score table can express it, so the
 ILP cannot optimise it. This study chose it for ``emq score``: the default proxy's
-``combine`` is ``joint`` (``emq.graph.joint_scores``, README "The joint combination"). ``python -m emq.perf.layer_interactions`` asked the same of the
-empirical Fisher (there the joint form won on the zoo and lost on the first two unseen
-examples).
+``combine`` is ``joint`` (``emq.graph.joint_scores``, README "The joint combination").
+``python -m emq.perf.layer_interactions`` asked the same of the empirical Fisher (there
+the joint form won on the zoo and lost on the first two unseen examples).
 
 Prints Spearman@topk / @100 % on every configuration of each bench for ``per-layer`` and
 ``joint``, 512 images read 128 at a time (``fisher_forms.batch_changes``). Rows go to
