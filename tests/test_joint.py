@@ -209,10 +209,11 @@ def test_the_gram_gives_the_joint_scores_and_the_table_on_its_diagonal(resnet_in
     np.testing.assert_allclose(diagonal, score_table(FISHER, resnet_inputs), rtol=1e-12)
 
 
-def test_a_joint_proxys_verification_ranks_a_larger_pool_by_its_gram(tmp_path):
+def test_a_joint_proxys_verification_ranks_a_larger_pool_by_its_gram(tmp_path, monkeypatch):
     """Phase 1 of the default proxy keeps the joint Gram beside the table (and in the cache);
     the verification draws JOINT_POOL x K ILP solutions and front points and measures the K
     the joint combination ranks best after the answer."""
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path / "inputs"))  # the proxy inputs' cache
 
     def problem():
         return AllocationProblem.for_model("tiny", tiny_net(), cache=tmp_path,
@@ -242,3 +243,24 @@ def test_a_joint_proxys_verification_ranks_a_larger_pool_by_its_gram(tmp_path):
     # the table's scorer draws only K and alternates, as before
     plain = p.verification_pool(answer, p.sensitivity("hawq_v3"), budget, 3)
     assert not any(c.source.startswith("joint") for c in plain)
+
+
+def test_emq_score_combines_jointly_by_default_and_per_layer_on_request(
+    capsys, tmp_path, monkeypatch
+):
+    """The default proxy's ``emq score``: joint scores (the label says so); ``--combine
+    table`` gives the table's sums, which differ by the cross-layer products."""
+    monkeypatch.setenv("EMQ_CACHE", str(tmp_path))
+    configs = ";".join(",".join([b] * 8) for b in ("8", "4", "2")) + ";2,3,4,8,8,4,3,2"
+    runs = {}
+    for combine in (None, "table"):
+        extra = ["--combine", combine] if combine else []
+        argv = ["score", "--model", "vgg", "--batch", "16", "--configs", configs, "--json"]
+        assert main(argv + extra) == 0
+        out = json.loads(capsys.readouterr().out)
+        runs[out["combine"]] = np.array([r["score"] for r in out["scores"]])
+    assert set(runs) == {"joint", "table"}
+    for scores in runs.values():
+        assert scores[0] > scores[1] > scores[2]  # more bits, less output damage
+    assert np.all(runs["joint"] != runs["table"])
+    assert np.isclose(runs["joint"][0], runs["table"][0], rtol=0.9)  # the same term's scale
