@@ -7,8 +7,9 @@ examples (README "The joint combination"). Two explanations tell different desig
 apart: the linear sum may mispredict the whole configuration's logit change (then measuring
 the change, not predicting it, would fix it), or the output KL may not be what orders these
 models' accuracies (then no better estimate of it would help). Here every configuration of
-a bench is also *run*: all its layers' weights quantized at once (``Wq``, the float64 folded
-net, activations in float as for ``Dz``) on the same 512 calibration images, and ranked by
+a bench is also *run*: all its layers' weights quantized at once (``Wq``, the folded net in
+float32 - float64 convolutions took seconds per configuration -, activations in float as for
+``Dz``) on the same 512 calibration images, and ranked by
 
 - ``per-layer`` / ``joint``: the default proxy's table sum and joint combination;
 - ``measured Fisher``: the true-Fisher term of the measured logit change, ``sum_n dz^T (diag
@@ -43,23 +44,24 @@ FORMS = ("per-layer", "joint", "measured Fisher", "measured KL")
 
 def measured_changes(model: torch.nn.Module, bench: Bench, seed: int) -> tuple[np.ndarray, ...]:
     """Per configuration of the bench, the measured ``sum_n dz^T F_n dz`` and ``sum_n KL``
-    with every layer's weights quantized at once (float64, 512 images of ``seed``)."""
+    with every layer's weights quantized at once (float32 forward passes, sums in float64;
+    512 images of ``seed``)."""
     ctx = model_context(model, bench.candidates, seed=seed, cache=False, names=("Wq",),
                         rounding=bench.rounding, adaround=bench.adaround)  # fmt: skip
-    x = ctx.x.double()
-    folded = fold_bn(copy.deepcopy(model).double(), x[:2])
+    x = ctx.x.float()
+    folded = fold_bn(copy.deepcopy(model).float(), x[:2])
     layers = [layer for _, layer in quantizable_layers(folded)]
-    weights = [t["Wq"].double() for t in ctx.inputs.tensors]
+    weights = [t["Wq"].float() for t in ctx.inputs.tensors]
     fp = [layer.weight.detach().clone() for layer in layers]
     with torch.no_grad():
-        z = folded(x)
+        z = folded(x).double()
         logp = torch.log_softmax(z, 1)
         p = logp.exp()
         fisher, kl = [], []
         for row in bench.bit_index():
             for layer, w, b in zip(layers, weights, row, strict=True):
                 layer.weight.copy_(w[b])
-            zq = folded(x)
+            zq = folded(x).double()
             dz = zq - z
             fisher.append(float(((dz**2 * p).sum(1) - (dz * p).sum(1) ** 2).sum()))
             kl.append(float((p * (logp - torch.log_softmax(zq, 1))).sum()))
