@@ -241,6 +241,8 @@ def configuration_scores(
     """
     if not getattr(scorer, "joint", False):
         return config_scores(score_table(scorer, ctx), bit_index)
+    if getattr(scorer, "measured", False):  # runs the network on the whole batch
+        return np.asarray(scorer.configs(ctx, bit_index), dtype=np.float64)
     parts = ctx.chunks()
     total = np.zeros(len(bit_index), dtype=np.float64)
     with reuse_quantized_weights():

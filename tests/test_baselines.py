@@ -123,10 +123,12 @@ def hutchinson_traces(tiny):
 def test_registry_holds_every_baseline_of_the_issue():
     expected = {
         "bparams", "bops", "hawq", "hawq_v2", "hawq_v3", "ompq", "qe", "snip", "synflow",
-        "emq", "sqnr_measured", "dloss_measured", "random",
+        "emq", "sqnr_measured", "dloss_measured", "random", "kl_measured",
     }  # fmt: skip
     assert set(BASELINES) == expected
-    assert {n for n, b in BASELINES.items() if b.measured} == {"sqnr_measured", "dloss_measured"}
+    measured = {"sqnr_measured", "dloss_measured", "kl_measured"}
+    assert {n for n, b in BASELINES.items() if b.measured} == measured
+    assert {n for n, b in BASELINES.items() if b.joint} == {"kl_measured"}  # whole configs
     for b in BASELINES.values():
         assert b.doc and b.fn.__doc__
 

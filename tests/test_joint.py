@@ -264,3 +264,32 @@ def test_emq_score_combines_jointly_by_default_and_per_layer_on_request(
         assert scores[0] > scores[1] > scores[2]  # more bits, less output damage
     assert np.all(runs["joint"] != runs["table"])
     assert np.isclose(runs["joint"][0], runs["table"][0], rtol=0.9)  # the same term's scale
+
+
+def test_kl_measured_runs_each_whole_configuration(batch):
+    """``kl_measured`` scores a configuration by the output KL with all its layers quantized
+    at once (the bench's quantizer, activations in float): checked against the folded net
+    with every layer's ``Wq`` swapped in; ``--combine table`` falls back to its table."""
+    from emq.commands.score import with_combine
+
+    model = tiny_net()
+    x, y = batch[0][:32], batch[1][:32]
+    ctx = ScoreContext(model, x, y, InputSettings(candidates=BITS, names=("Wq",)), cache=False)
+    scorer = resolve_scorer("kl_measured")
+    assert scorer.measured and scorer.joint and scorer.combine == "joint"
+    configs = np.array([[3, 3, 3], [0, 0, 0], [3, 0, 3], [1, 2, 3], [2, 2, 2]])
+    got = configuration_scores(scorer, ctx, configs)
+    folded = fold_bn(copy.deepcopy(model), x[:2])
+    layers = [layer for _, layer in quantizable_layers(folded)]
+    with torch.no_grad():
+        logp = torch.log_softmax(folded(x).double(), 1)
+        for row, config in enumerate(configs):
+            for layer, t, b in zip(layers, ctx.inputs.tensors, config, strict=True):
+                layer.weight.copy_(t["Wq"][b])
+            logq = torch.log_softmax(folded(x).double(), 1)
+            kl = float((logp.exp() * (logp - logq)).sum())
+            assert got[row] == pytest.approx(-kl, rel=1e-3, abs=1e-9)
+    assert got[0] > got[4] > got[1]  # W8 everywhere closest to float, W2 farthest
+    table = with_combine(scorer, "table")
+    assert not table.joint and table.name == "kl_measured"
+    assert configuration_scores(table, ctx, configs).shape == (5,)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,10 +39,31 @@ class Baseline:
     measured: bool
     inputs: tuple[str, ...]
     doc: str
+    # ``configs_fn(ctx, bit_index) -> scores [N]``: the baseline also scores whole
+    # configurations (``configurations``); ``emq score`` then asks it instead of its table.
+    configs_fn: Callable[..., np.ndarray] | None = None
 
     @property
     def needs_inputs(self) -> bool:
         return bool(self.inputs)
+
+    @property
+    def joint(self) -> bool:
+        """Whether it scores whole configurations (``emq.scoring.configuration_scores``)."""
+        return self.configs_fn is not None
+
+    @property
+    def combine(self) -> str:
+        return "joint" if self.joint else "table"
+
+    def configs(self, ctx: ScoreContext, bit_index: np.ndarray) -> np.ndarray:
+        """Scores of configurations ``bit_index [N, L]`` (candidate indices) on ``ctx``."""
+        if self.configs_fn is None:
+            raise ValueError(f"baseline {self.name!r} scores per layer only")
+        scores = np.asarray(self.configs_fn(ctx, np.asarray(bit_index)), dtype=np.float64)
+        if scores.shape != (len(bit_index),):
+            raise ValueError(f"baseline {self.name!r} returned {scores.shape} configuration scores")
+        return scores
 
     @property
     def kind(self) -> str:
@@ -95,6 +116,17 @@ def baseline(
         if not doc:
             raise ValueError(f"baseline {name!r} needs a docstring citing its paper and formula")
         BASELINES[name] = Baseline(name, fn, measured, tuple(inputs), doc[0])
+        return fn
+
+    return decorator
+
+
+def configurations(name: str) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Decorator giving the registered baseline ``name`` a configuration-level scorer
+    ``fn(ctx, bit_index) -> scores [N]`` (higher = expected more accurate)."""
+
+    def decorator(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        BASELINES[name] = replace(get_baseline(name), configs_fn=fn)
         return fn
 
     return decorator

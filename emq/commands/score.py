@@ -56,9 +56,11 @@ def with_combine(scorer, combine: str | None):
     a scorer that only has a table (a baseline) asked for ``joint``."""
     if combine is None or combine == getattr(scorer, "combine", "table"):
         return scorer
-    if not isinstance(scorer, ProxyScorer):
-        raise ValueError(f"--combine {combine}: {scorer.name} is scored per layer only")
-    return replace(scorer, combine=combine)
+    if isinstance(scorer, ProxyScorer):
+        return replace(scorer, combine=combine)
+    if combine == "table" and getattr(scorer, "joint", False):  # a baseline's table
+        return replace(scorer, configs_fn=None)
+    raise ValueError(f"--combine {combine}: {scorer.name} is scored per layer only")
 
 
 def run(args: argparse.Namespace) -> None:
