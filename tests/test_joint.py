@@ -243,6 +243,11 @@ def test_a_joint_proxys_verification_ranks_a_larger_pool_by_its_gram(tmp_path, m
     # the table's scorer draws only K and alternates, as before
     plain = p.verification_pool(answer, p.sensitivity("hawq_v3"), budget, 3)
     assert not any(c.source.startswith("joint") for c in plain)
+    # a measured configuration scorer allocates with its (single-layer) table, no Gram
+    measured = p.sensitivity("kl_measured")
+    assert measured.gram is None and measured.evaluations == 3 * 4
+    assert not any(c.source.startswith("joint") for c in p.verification_pool(
+        allocate_ilp(measured, p.macs, 0.5).choice, measured, budget, 3))  # fmt: skip
 
 
 def test_emq_score_combines_jointly_by_default_and_per_layer_on_request(

@@ -285,7 +285,8 @@ def scorer_sensitivity(
     hits = 0
     n_layers = max(i for g in groups for i in g.layers) + 1
     cached = store.table("table", len(ctx.candidates), n_layers)
-    joint = bool(getattr(scorer, "joint", False))
+    # a joint proxy's Gram (a measured configuration scorer such as kl_measured has none)
+    joint = bool(getattr(scorer, "joint", False)) and callable(getattr(scorer, "gram", None))
     gram = None
     if joint and cached is not None:
         size = cached.shape[0] * len(ctx.candidates)
