@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(out, indent=2))
         return
     joint = "  (layers combined jointly)" if combine == "joint" else ""
+    if combine == "joint" and getattr(scorer, "measured", False):
+        joint = "  (each configuration run, all its layers quantized at once)"
     print(f"proxy   {out['proxy']}{joint}\nmodel   {args.model}  ({n_layers} layers)")
     for row in out["scores"]:
         print(f"{row['score']:>14.6g}  {row['config']}")
