@@ -322,11 +322,7 @@ class AllocationProblem:
         ilp, front = [], []
         draw = k * JOINT_POOL if table is not None and table.gram is not None else k
         if table is not None and k > 1:
-            res = allocate_ilp(table, self.macs, budget.bops, budget.size, self.weights, draw)
-            ilp = [res.choice, *res.alternatives]
-            points = [p.choice for p in greedy_front(table, self.macs)]
-            first = next((i for i, c in enumerate(points) if self.fits(budget, c)), None)
-            front = [] if first is None else points[first : first + draw]
+            ilp, front = self.near_optimal(table, budget, draw)
         uniform = [u for u in uniform_choices(self.groups) if self.fits(budget, u.choice)]
         if table is None or table.gram is None or k <= 1:
             return candidate_pool(tuple(answer), k, ilp, front, uniform)
@@ -336,6 +332,14 @@ class AllocationProblem:
         order = np.argsort(-rank_scores(scores), kind="stable")  # ties: the ILP's order
         ranked = [(f"joint #{r + 1} ({drawn[i][0]})", drawn[i][1]) for r, i in enumerate(order)]
         return candidate_pool(tuple(answer), k, uniform=uniform, ranked=ranked)
+
+    def near_optimal(self, table: SensitivityTable, budget: Budget, n: int) -> tuple[list, list]:
+        """The ILP's ``n`` best choices on ``table`` (no-good cuts) and the ``n`` greedy-front
+        points at and after the first one within ``budget``."""
+        res = allocate_ilp(table, self.macs, budget.bops, budget.size, self.weights, n)
+        points = [p.choice for p in greedy_front(table, self.macs)]
+        first = next((i for i, c in enumerate(points) if self.fits(budget, c)), None)
+        return [res.choice, *res.alternatives], [] if first is None else points[first : first + n]
 
     def _verification_cache(self) -> _JsonCache:
         x, _ = self.data("validation")

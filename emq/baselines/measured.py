@@ -20,6 +20,15 @@ from emq.scoring import ScoreContext
 SQNR_FLOOR = 1e-30
 
 
+def _simulator(ctx: ScoreContext) -> tuple[QuantSim, torch.Tensor]:
+    """The bench's quantizer on ``ctx`` (``QuantSim``, BN folded, same weight rounding) and
+    its full-precision logits on the calibration batch."""
+    s = ctx.settings
+    sim = QuantSim(ctx.model, ctx.x, s.clip_grid, s.rounding, s.adaround)
+    sim.set_fp()
+    return sim, sim.forward(ctx.x)
+
+
 def _single_layer_sweep(
     ctx: ScoreContext, metric: Callable[[torch.Tensor, torch.Tensor], float]
 ) -> np.ndarray:
@@ -28,11 +37,8 @@ def _single_layer_sweep(
     Activations stay in full precision; one forward pass of the calibration batch per
     (layer, bit), on the bench's quantizer (``QuantSim``, BN folded, same weight rounding).
     """
-    s = ctx.settings
-    sim = QuantSim(ctx.model, ctx.x, s.clip_grid, s.rounding, s.adaround)
+    sim, ref = _simulator(ctx)
     fp = [None] * sim.num_layers
-    sim.set_fp()
-    ref = sim.forward(ctx.x)
     table = np.empty((sim.num_layers, len(ctx.candidates)))
     try:
         for i in range(sim.num_layers):
@@ -103,11 +109,8 @@ def kl_measured_configs(ctx: ScoreContext, bit_index: np.ndarray) -> np.ndarray:
     its layers' weights quantized at once, activations in full precision, on the bench's
     quantizer (``QuantSim``). Label-free; ranks whole configurations at 84-96 S@topk on the
     zoo and the examples (README "Where it loses, and what would not")."""
-    s = ctx.settings
-    sim = QuantSim(ctx.model, ctx.x, s.clip_grid, s.rounding, s.adaround)
+    sim, ref = _simulator(ctx)
     fp = [None] * sim.num_layers
-    sim.set_fp()
-    ref = sim.forward(ctx.x)
     scores = np.empty(len(bit_index))
     try:
         for row, index in enumerate(np.asarray(bit_index)):

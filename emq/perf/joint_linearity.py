@@ -34,7 +34,8 @@ import torch
 from benchmark.bench import Bench
 from benchmark.ptq import fold_bn
 from benchmark.quantizers import quantizable_layers
-from emq.perf.fisher_forms import batch_changes
+from emq.baselines.measured import output_kl
+from emq.perf.fisher_forms import batch_changes, true_fisher
 from emq.perf.fisher_joint import joint_scores
 from emq.perf.layer_interactions import study_main
 from emq.score import model_context
@@ -55,16 +56,14 @@ def measured_changes(model: torch.nn.Module, bench: Bench, seed: int) -> tuple[n
     fp = [layer.weight.detach().clone() for layer in layers]
     with torch.no_grad():
         z = folded(x).double()
-        logp = torch.log_softmax(z, 1)
-        p = logp.exp()
+        p = torch.softmax(z, 1).numpy()
         fisher, kl = [], []
         for row in bench.bit_index():
             for layer, w, b in zip(layers, weights, row, strict=True):
                 layer.weight.copy_(w[b])
             zq = folded(x).double()
-            dz = zq - z
-            fisher.append(float(((dz**2 * p).sum(1) - (dz * p).sum(1) ** 2).sum()))
-            kl.append(float((p * (logp - torch.log_softmax(zq, 1))).sum()))
+            fisher.append(float(true_fisher((zq - z).numpy(), p).sum()))
+            kl.append(output_kl(z, zq))
         for layer, w in zip(layers, fp, strict=True):
             layer.weight.copy_(w)
     return np.array(fisher), np.array(kl)

@@ -35,49 +35,29 @@ from scipy.stats import spearmanr
 from benchmark.models import MODELS, load_model
 from emq.allocate.budget import Budget
 from emq.allocate.groups import layer_bits
-from emq.allocate.ilp import allocate_ilp
 from emq.allocate.problem import AllocationProblem
-from emq.allocate.result import CALIB_SEED, training_subset
-from emq.allocate.sqnr import greedy_front
-from emq.scorers import resolve_scorer
-from emq.scoring import ScoreContext, bits_to_index, configuration_scores
-from primitives.inputs import InputSettings
 
 TOP = 4  # candidates a default verification measures besides the uniform ones
 
 
 def pool_choices(problem: AllocationProblem, table, budget: float, solutions: int) -> list:
     """The ILP's best ``solutions`` and as many front points from the budget on, unique."""
-    res = allocate_ilp(table, problem.macs, budget, None, problem.weights, solutions)
-    points = [p.choice for p in greedy_front(table, problem.macs)]
-    first = next(i for i, c in enumerate(points) if problem.fits(Budget(budget, None), c))
-    seen, pool = set(), []
-    for choice in [res.choice, *res.alternatives, *points[first : first + solutions]]:
-        if tuple(choice) not in seen:
-            seen.add(tuple(choice))
-            pool.append(tuple(choice))
-    return pool
+    ilp, front = problem.near_optimal(table, Budget(budget, None), solutions)
+    return list(dict.fromkeys(tuple(c) for c in (*ilp, *front)))
 
 
 def model_cells(name: str, budgets: list[float], solutions: int) -> list[dict]:
-    """Every budget's row for one model: pools first, the joint scores of all of them in one
-    pass over the calibration chunks, then the measurements."""
+    """Every budget's row for one model: the pools scored by the default proxy's table and
+    its joint Gram (both from ``emq allocate``'s phase 1), then measured."""
     model = load_model(name)
     problem = AllocationProblem.for_model(name, model)
-    table = problem.sensitivity("default")  # the ILP's objective (cached by emq allocate)
-    pools = {b: pool_choices(problem, table, b, solutions) for b in budgets}
+    table = problem.sensitivity("default")  # the ILP's objective and the joint Gram
     n = len(problem.layer_names)
-    w_bits = sorted({w for g in problem.groups for w, _ in g.candidates})
-    x, y = training_subset(0, problem.scorer_images, CALIB_SEED)
-    ctx = ScoreContext(model, x, y, InputSettings(candidates=tuple(w_bits), names=("Dz",)), False)
-    every = [c for b in budgets for c in pools[b]]
-    w_index = bits_to_index(np.array([layer_bits(problem.groups, c, n)[0] for c in every]), w_bits)
-    joint_all = configuration_scores(resolve_scorer("default"), ctx, w_index)
-    rows, at = [], 0
+    rows = []
     for budget in budgets:
         start = time.perf_counter()
-        pool = pools[budget]
-        joint, at = joint_all[at : at + len(pool)], at + len(pool)
+        pool = pool_choices(problem, table, budget, solutions)
+        joint = table.joint_scores(pool)
         # the table's score of a choice: minus its summed sensitivities (the ILP's objective)
         per_layer = -np.array([sum(table.values[g][k] for g, k in enumerate(c)) for c in pool])
         acc = np.array([problem.accuracy(*layer_bits(problem.groups, c, n), "test") for c in pool])
@@ -126,10 +106,10 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     keys = ("ilp", "joint_pick", "table_top4_best", "joint_top4_best", "answer_joint_best",
             "pool_best")  # fmt: skip
-    print(f"{'model':<14}{'budget':>7}{'pool':>5}" + "".join(f"{k:>17}" for k in keys)
+    print(f"{'model':<14}{'budget':>7}{'pool':>5}" + "".join(f"{k:>19}" for k in keys)
           + f"{'rho table':>10}{'rho joint':>10}")  # fmt: skip
     for (name, budget), row in sorted(done.items()):
-        cells = "".join(f"{row.get(k, float('nan')):>17.2f}" for k in keys)
+        cells = "".join(f"{row.get(k, float('nan')):>19.2f}" for k in keys)
         print(f"{name:<14}{budget:>7}{row['pool']:>5}{cells}"
               f"{row['spearman_table']:>10.2f}{row['spearman_joint']:>10.2f}")  # fmt: skip
 
