@@ -136,9 +136,45 @@ def _masked(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return scores + mask
 
 
+def _weight_hooks(module: nn.Module) -> list:
+    """The old-style ``torch.nn.utils.weight_norm`` / ``spectral_norm`` hooks of a layer
+    (they recompute ``weight`` before every call, so a quantized weight written into it
+    would be overwritten: the layer would silently stay in float)."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    return [
+        h for h in module._forward_pre_hooks.values() if isinstance(h, (WeightNorm, SpectralNorm))
+    ]
+
+
+def _reparametrized(module: nn.Module) -> bool:
+    return nn.utils.parametrize.is_parametrized(module) or bool(_weight_hooks(module))
+
+
+def _remove_reparametrizations(module: nn.Module) -> None:
+    """Bake a layer's weight reparametrization (weight norm, spectral norm, any
+    ``torch.nn.utils.parametrize``) into a plain weight: the same function at inference."""
+    from torch.nn.utils.spectral_norm import SpectralNorm, remove_spectral_norm
+    from torch.nn.utils.weight_norm import remove_weight_norm
+
+    if nn.utils.parametrize.is_parametrized(module):
+        # Not parametrize.remove_parametrizations: it deletes the tensor's property from the
+        # module's generated class, which a deepcopy shares with the user's model (whose
+        # forward then fails). Each tensor's current value becomes a plain parameter.
+        values = {n: getattr(module, n).detach().clone() for n in module.parametrizations}
+        del module._modules["parametrizations"]
+        module.__class__ = module.__class__.__bases__[0]
+        for n, v in values.items():
+            setattr(module, n, nn.Parameter(v))
+    for hook in _weight_hooks(module):
+        remove = remove_spectral_norm if isinstance(hook, SpectralNorm) else remove_weight_norm
+        remove(module, hook.name)
+
+
 def needs_conversion(model: nn.Module) -> bool:
     """Whether ``model`` holds a layer ``make_quantizable`` rewrites."""
-    return any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    return any(isinstance(m, nn.MultiheadAttention) or _reparametrized(m) for m in model.modules())
 
 
 def make_quantizable(
@@ -153,6 +189,9 @@ def make_quantizable(
     if not needs_conversion(model):
         return model
     converted = copy.deepcopy(model)
+    for module in list(converted.modules()):
+        if _reparametrized(module):
+            _remove_reparametrizations(module)
     for name, module in list(converted.named_modules()):
         if isinstance(module, nn.MultiheadAttention):
             converted.set_submodule(name, LinearMultiheadAttention.from_torch(module))
@@ -164,8 +203,9 @@ def make_quantizable(
         torch.is_tensor(out) and torch.allclose(ref, out, rtol=1e-3, atol=atol * max(scale, 1))
     ):
         raise ValueError(
-            "rewriting nn.MultiheadAttention with nn.Linear projections changed the model's "
-            "output: this attention layout is not supported (write the projections as "
-            "nn.Linear modules)"
+            "rewriting nn.MultiheadAttention with nn.Linear projections (or baking weight "
+            "norm / parametrizations into plain weights) changed the model's output: this "
+            "layout is not supported (write the projections as nn.Linear modules, without "
+            "weight parametrizations)"
         )
     return converted

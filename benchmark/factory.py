@@ -50,7 +50,30 @@ def build_model(spec: str, checkpoint: Path | str | None = None) -> nn.Module:
     model = initial_model(spec)
     if checkpoint is not None:
         check_finite(load_state(model, checkpoint), spec, checkpoint)
-    return make_quantizable(model.eval()).eval()
+    model = make_quantizable(model.eval()).eval()
+    _warn_hand_written_layers(model, spec)
+    return model
+
+
+def _warn_hand_written_layers(model: nn.Module, spec: str) -> None:
+    """Say which weight matrices of the user's own modules (a conv written with F.conv2d
+    and its own nn.Parameter) stay in float: EMQ quantizes nn.Conv2d / nn.Linear only."""
+    found = [
+        f"{name + '.' if name else ''}weight {list(m.weight.shape)} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if not isinstance(m, (nn.Conv2d, nn.Linear))
+        and isinstance(m._parameters.get("weight"), nn.Parameter)
+        and m.weight.ndim >= 2
+        and not type(m).__module__.startswith("torch.nn")
+    ]
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        print(
+            f"emq: warning: --model {spec}: {found[0]}{more} is not an nn.Conv2d or nn.Linear "
+            "weight: it stays full precision and is not counted in BOPs; write that layer as "
+            "nn.Conv2d / nn.Linear to quantize it",
+            file=sys.stderr,
+        )
 
 
 def initial_model(spec: str) -> nn.Module:

@@ -117,7 +117,9 @@ def layer_table(model: nn.Module, input_shape: Sequence[int] = (1, 28, 28)) -> l
     def hook(name: str):
         def fn(mod: nn.Module, inputs, output: torch.Tensor) -> None:
             per_out = mod.weight[0].numel()  # MACs per output element (Cin/groups * kh * kw)
-            macs[name] = macs.get(name, 0) + int(output[0].numel() * per_out)
+            # The probe is one image: every output element is that image's, whatever the
+            # layout ([L, N, E] sequence-first, batch merged into rows [N * L, E], ...).
+            macs[name] = macs.get(name, 0) + int(output.numel() * per_out)
 
         return fn
 

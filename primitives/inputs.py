@@ -22,7 +22,7 @@ import mmap
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +159,19 @@ def _linear_op(module: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Ten
     return F.linear(x, w)
 
 
+def _output_change(module: nn.Module, x: torch.Tensor, q: torch.Tensor, w: torch.Tensor):
+    """``D``: the change of the layer's output when its weight ``w`` becomes ``q``.
+
+    A ``Conv2d`` / ``Linear`` subclass with its own ``forward`` (weight standardization,
+    a scaled weight, ...) is run as it is, with each weight: its output is not the plain
+    linear map of the weight."""
+    base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
+    if type(module).forward is base.forward:
+        return _linear_op(module, x, q - w)
+    call = torch.func.functional_call
+    return call(module, {"weight": q}, (x,)) - call(module, {"weight": w}, (x,))
+
+
 def _virtual_gradient(folded: nn.Module, input_shape: tuple[int, ...]) -> list[torch.Tensor]:
     """dR/dW of the |theta| network with activations removed, input of ones, R = sum(out).
 
@@ -196,8 +209,15 @@ def compute_inputs(
     y: torch.Tensor | None,
     settings: InputSettings | None = None,
     dtype: torch.dtype = torch.float64,
+    dz_x: torch.Tensor | None = None,
 ) -> LayerInputs:
     """Compute the proxy inputs of every quantizable layer of ``model`` on batch ``(x, y)``.
+
+    ``dz_x``: a larger batch whose first ``len(x)`` images are ``x``, on which ``Dz`` alone
+    is computed (``len(x)`` images at a time; each image's ``Dz`` depends on that image
+    only): ``Dz`` holds one row per image, ``len(x)`` of them per layer and bit-width, not
+    ``C x H x W`` values, so it can read more images than the other inputs for little memory
+    (a campaign's ``--dz-images``).
 
     Everything (BN folding, the forward and backward passes, the Hessian estimate and
     ``Q_b(W)`` from the ``WeightQuantizer`` that ``benchmark.adaround.weight_quantizer``
@@ -211,10 +231,12 @@ def compute_inputs(
     names = set(settings.names)
     _check_batch(x, y, bool(names & NEEDS_LABELS))
     quantizable_layers(model)  # clear error for a model with no Conv2d/Linear
+    extra = _dz_chunks(x, dz_x) if "Dz" in names else []
     if dtype != torch.float64:
-        return _compute(model, x, y, settings, dtype)
+        return _with_dz(_compute(model, x, y, settings, dtype), model, extra, settings, dtype)
     try:
-        return _compute(model, x, y, settings, torch.float64)
+        inputs = _compute(model, x, y, settings, torch.float64)
+        return _with_dz(inputs, model, extra, settings, torch.float64)
     except RuntimeError as exc:
         if not _dtype_error(exc):
             raise
@@ -227,7 +249,45 @@ def compute_inputs(
             RuntimeWarning,
             stacklevel=2,
         )
-        return _compute(model, x, y, settings, torch.float32)
+        inputs = _compute(model, x, y, settings, torch.float32)
+        return _with_dz(inputs, model, extra, settings, torch.float32)
+
+
+def _dz_chunks(x: torch.Tensor, dz_x: torch.Tensor | None) -> list[torch.Tensor]:
+    """The images of ``dz_x`` after ``x`` in chunks of ``len(x)``; a clear error when
+    ``dz_x`` does not start with ``x``."""
+    if dz_x is None or len(dz_x) <= len(x):
+        return []
+    if tuple(dz_x.shape[1:]) != tuple(x.shape[1:]) or not torch.equal(dz_x[: len(x)], x):
+        raise ValueError(
+            f"the Dz batch ({len(dz_x)} images) must start with the calibration batch's "
+            f"{len(x)} images (the same seed's Fashion-MNIST calibration batch)"
+        )
+    rest = dz_x[len(x) :]
+    return [rest[i : i + len(x)] for i in range(0, len(rest), len(x))]
+
+
+def _with_dz(
+    inputs: LayerInputs,
+    model: nn.Module,
+    chunks: list[torch.Tensor],
+    settings: InputSettings,
+    dtype: torch.dtype,
+) -> LayerInputs:
+    """``inputs`` with ``Dz`` of the ``chunks`` appended along the sample axis."""
+    if not chunks:
+        return inputs
+    only = replace(settings, names=("Dz",))
+    parts = [[t["Dz"]] for t in inputs.tensors]
+    with reuse_quantized_weights():  # Q_b(W) once for every chunk
+        for chunk in chunks:
+            more = _compute(model, chunk, None, only, dtype)
+            for part, t in zip(parts, more.tensors, strict=True):
+                part.append(t["Dz"])
+            del more
+    for t, part in zip(inputs.tensors, parts, strict=True):
+        t["Dz"] = torch.cat(part, 1)
+    return inputs
 
 
 # Q_b(W) does not depend on the batch: inside ``reuse_quantized_weights()`` (the chunks of
@@ -364,7 +424,7 @@ def _compute(
                 if "E" in names:
                     t["E"] = w.unsqueeze(0) - wq
                 if names & {"D", "Dz"}:
-                    t["D"] = torch.stack([_linear_op(mod, ins[i], q - w).float() for q in wq])
+                    t["D"] = torch.stack([_output_change(mod, ins[i], q, w).float() for q in wq])
             if "b" in names:
                 t["b"] = torch.tensor(bits, dtype=torch.float64)
             # Rounded to float32 here, layer by layer (float64 noise ends at the rounding).
@@ -386,8 +446,20 @@ def recorded_forward(folded: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
     outs: list[torch.Tensor | None] = [None] * len(layers)
     ins: list[torch.Tensor | None] = [None] * len(layers)
 
+    names = [n for n, _ in layers]
+
     def hook(i: int):
         def fn(mod, inputs, output):
+            if output.ndim == 0 or output.shape[0] != len(x):
+                raise ValueError(
+                    f"layer {names[i]!r} returns a tensor of shape {list(output.shape)} on "
+                    f"{len(x)} images: its axis 0 is not the image axis (a sequence-first "
+                    "[L, N, E] layout, e.g. nn.TransformerEncoderLayer without "
+                    "batch_first=True, or images merged into rows); EMQ's proxy inputs are "
+                    "per image along axis 0: build the model batch-first, or use a measured "
+                    "scorer (emq allocate --scorer sqnr-measured, emq score --proxy "
+                    "kl_measured)"
+                )
             ins[i] = inputs[0].detach()
             outs[i] = output
             # Hand the rest of the net a copy, so an in-place activation (ReLU(inplace=True))
@@ -456,9 +528,14 @@ def cache_dir() -> Path:
 
 
 def cache_key(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, settings: InputSettings
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    settings: InputSettings,
+    dz_x: torch.Tensor | None = None,
 ) -> str:
-    """Content hash of model state, architecture, batch, labels and settings."""
+    """Content hash of model state, architecture, batch, labels, settings and the ``Dz``
+    batch (when it has more images than ``x`` and ``Dz`` is computed)."""
     h = hashlib.sha256()
     h.update(f"v{CACHE_VERSION}".encode())
     h.update(type(model).__qualname__.encode())
@@ -472,6 +549,9 @@ def cache_key(
     if settings.rounding == "nearest":  # keys of nearest-rounding inputs predate rounding
         del fields["rounding"], fields["adaround"]
     h.update(json.dumps(fields, sort_keys=True).encode())
+    if dz_x is not None and len(dz_x) > len(x) and "Dz" in settings.names:
+        h.update(f"dz{tuple(dz_x.shape)}".encode())
+        h.update(dz_x.detach().contiguous().numpy().tobytes())
     return h.hexdigest()[:24]
 
 
@@ -587,16 +667,18 @@ def get_inputs(
     y: torch.Tensor | None,
     settings: InputSettings | None = None,
     cache: Path | str | None | bool = None,
+    dz_x: torch.Tensor | None = None,
 ) -> LayerInputs:
     """Inputs from the on-disk cache, computing and storing them on a miss.
 
-    ``cache=False`` disables the cache; ``None`` uses ``cache_dir()``.
+    ``cache=False`` disables the cache; ``None`` uses ``cache_dir()``. ``dz_x``: a larger
+    batch for ``Dz`` (``compute_inputs``).
     """
     settings = settings or InputSettings()
     if cache is False:
-        return compute_inputs(model, x, y, settings)
+        return compute_inputs(model, x, y, settings, dz_x=dz_x)
     _check_batch(x, y, bool(set(settings.names) & NEEDS_LABELS))
-    key = cache_key(model, x, y, settings)
+    key = cache_key(model, x, y, settings, dz_x)
     folder = cache_dir() if cache is None or cache is True else Path(cache)
     path = folder / f"{key}{SUFFIX}"
     if path.is_file():
@@ -604,7 +686,7 @@ def get_inputs(
         check_inputs(inputs, settings)
         inputs.key, inputs.path, inputs.from_cache = key, path, True
         return inputs
-    save_inputs(compute_inputs(model, x, y, settings), path)
+    save_inputs(compute_inputs(model, x, y, settings, dz_x=dz_x), path)
     # Served from the file just written, as every later call is: the same float64 values,
     # in pages shared with other processes that map the file.
     inputs = load_inputs(path)

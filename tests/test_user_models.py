@@ -31,6 +31,7 @@ from benchmark.quantizers import quantizable_layers
 from emq.allocate.result import CALIB_IMAGES, CALIB_SEED, training_subset
 from emq.cli import main
 from emq.deploy import export_allocation, onnx_logits
+from primitives.inputs import InputSettings, compute_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
@@ -275,3 +276,70 @@ def test_a_shared_layer_counts_every_call_and_an_unused_one_is_refused(capsys):
         layer_table(WithUnusedHead())
     assert main(["score", "--model", "user_models:WithUnusedHead", "--configs", "8,8"]) == 2
     assert "never called" in capsys.readouterr().err
+
+
+def test_a_sequence_first_layer_is_refused_by_name_and_its_macs_count_the_image():
+    """A layer whose output's axis 0 is not the image (``nn.TransformerEncoderLayer``
+    without ``batch_first``): the proxy inputs are per image along axis 0, so they are
+    refused with the layer's name, never computed across images; its MACs count every
+    output element of the one-image probe (the ILP once saw it as nearly free)."""
+    from benchmark.ptq import layer_table
+
+    model = build_model("user_models:SeqFirstTransformer")
+    macs = {layer.name: layer.macs for layer in layer_table(model)}
+    assert macs["embed"] == 28 * 16 * 28  # 28 rows of one image, 16 x 28 each
+    x, y = load_split("train")
+    with pytest.raises(ValueError, match="layer 'embed' returns .* axis 0 is not the image"):
+        compute_inputs(model, x[:8], y[:8], InputSettings(names=("D", "Dz")))
+
+
+def test_a_conv_with_its_own_forward_gets_the_output_change_its_forward_makes():
+    """``D`` of a ``Conv2d`` subclass that transforms its weight (weight standardization) is
+    the change of *its* output with the quantized weight, not of a plain convolution."""
+    model = build_model("user_models:standardized_net")
+    x, y = load_split("train")
+    x = x[:8]
+    inputs = compute_inputs(model, x, y[:8], InputSettings(names=("Wq", "D")))
+    conv = model[0]
+    call = torch.func.functional_call
+    with torch.no_grad():
+        for b in range(len(inputs.candidates)):
+            q = inputs.tensors[0]["Wq"][b].to(conv.weight.dtype)
+            real = call(conv, {"weight": q}, (x,)) - conv(x)
+            torch.testing.assert_close(inputs.tensors[0]["D"][b], real, rtol=1e-4, atol=1e-5)
+    plain = nn.functional.conv2d(x, inputs.tensors[0]["Wq"][0] - conv.weight.detach(), padding=1)
+    assert not torch.allclose(plain, inputs.tensors[0]["D"][0], atol=1e-3)
+
+
+@pytest.mark.parametrize("factory", ["weight_norm_net", "old_weight_norm_net"])
+def test_weight_norm_layers_are_baked_into_plain_weights_and_quantized(factory, capsys):
+    """Weight norm (a parametrization, or the older pre-hook) is baked into the layer's
+    weight: the same function, and a quantized weight is not overwritten by the hook."""
+    import user_models
+
+    original = getattr(user_models, factory)()
+    model = build_model(f"user_models:{factory}")
+    assert [type(m) for _, m in quantizable_layers(model)] == [nn.Conv2d, nn.Conv2d, nn.Linear]
+    x, _ = load_split("test")
+    x = x[:64]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
+        sim = QuantSim(model, x)
+        sim.set_config([2, 2, 8], [8, 8, 8])
+        low = sim.forward(x)
+        sim.set_fp()
+        assert (low - original(x)).abs().max() > 1e-2  # W2 really changes the output
+    assert main(["score", "--model", f"user_models:{factory}", "--configs", "4,4,8", "--batch",
+                 "32"]) == 0  # fmt: skip
+    capsys.readouterr()
+
+
+def test_a_hand_written_layer_that_stays_in_float_is_named(capsys):
+    """A conv written with its own ``nn.Parameter`` and ``F.conv2d`` is not a layer EMQ
+    quantizes: the user is told which weight stays in full precision."""
+    model = build_model("user_models:hand_written_net")
+    assert [n for n, _ in quantizable_layers(model)] == ["4"]
+    err = capsys.readouterr().err
+    assert "emq: warning:" in err and "0.weight [8, 1, 3, 3] (HandWrittenConv)" in err
+    build_model("user_models:PreActNet")  # only nn.Conv2d / nn.Linear weights: no warning
+    assert "warning" not in capsys.readouterr().err

@@ -151,3 +151,82 @@ class WithUnusedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.flatten(1))
+
+
+class SeqFirstTransformer(nn.Module):
+    """``nn.TransformerEncoderLayer`` in its default sequence-first layout: its layers'
+    outputs are ``[tokens, images, features]``, not image-first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(28, 16)
+        self.encoder = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0)
+        self.head = nn.Linear(16, 10)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x[:, 0].transpose(0, 1)  # [28 rows, N, 28]
+        return self.head(self.encoder(self.embed(rows)).mean(0))
+
+
+class StandardizedConv(nn.Conv2d):
+    """A weight-standardized conv (BiT, NFNets): a ``Conv2d`` with its own ``forward``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def standardized_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        StandardizedConv(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+        StandardizedConv(8, 8, 3, padding=1, stride=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    ).eval()  # fmt: skip
+
+
+def _small_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )  # fmt: skip
+
+
+def weight_norm_net() -> nn.Module:
+    """Weight norm as ``torch.nn.utils.parametrizations`` writes it (a parametrization)."""
+    model = _small_cnn()
+    for i in (0, 2):
+        model[i] = nn.utils.parametrizations.weight_norm(model[i])
+    return model.eval()
+
+
+def old_weight_norm_net() -> nn.Module:
+    """Weight norm the older way (``torch.nn.utils.weight_norm``: a forward pre-hook that
+    recomputes ``weight`` before every call)."""
+    model = _small_cnn()
+    for i in (0, 2):
+        model[i] = nn.utils.weight_norm(model[i])
+    return model.eval()
+
+
+class HandWrittenConv(nn.Module):
+    """A conv written by hand: its own ``nn.Parameter`` and ``F.conv2d``."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) * (2 / (9 * cin)) ** 0.5)
+        self.bias = nn.Parameter(torch.zeros(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, padding=1)
+
+
+def hand_written_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        HandWrittenConv(1, 8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    ).eval()
