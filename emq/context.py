@@ -18,16 +18,24 @@ def bench_inputs(
     checkpoint: Path | str | None = None,
     cache: Path | str | None = None,
     names: tuple[str, ...] = INPUT_NAMES,
+    dz_images: int | None = None,
 ) -> LayerInputs:
-    """Proxy inputs (``names``) of the bench's model on the seeded calibration batch (cached)."""
+    """Proxy inputs (``names``) of the bench's model on the seeded calibration batch (cached).
+
+    ``dz_images`` (more than ``calib_images``): ``Dz`` reads the first ``dz_images`` images
+    of the same seed's calibration batch, the other inputs its first ``calib_images``
+    (``primitives.inputs.compute_inputs``)."""
     model = build_model(bench.model, checkpoint)
     bench.check_model(model)
     x, y = calibration_batch(calib_images, calib_seed)
+    dz_x = None
+    if dz_images is not None and dz_images > calib_images and "Dz" in names:
+        dz_x, _ = calibration_batch(dz_images, calib_seed)
     settings = InputSettings(
         candidates=bench.candidates, names=tuple(names), rounding=bench.rounding,
         adaround=bench.adaround,
     )  # fmt: skip
-    return get_inputs(model, x, y, settings, cache)
+    return get_inputs(model, x, y, settings, cache, dz_x=dz_x)
 
 
 def bench_evaluator(
@@ -38,7 +46,10 @@ def bench_evaluator(
     checkpoint: Path | str | None = None,
     cache: Path | str | None = None,
     names: tuple[str, ...] = INPUT_NAMES,
+    dz_images: int | None = None,
+    combine: str = "table",
 ) -> Evaluator:
-    """An ``Evaluator`` for genomes against ``bench`` (proxies over the inputs ``names``)."""
-    inputs = bench_inputs(bench, calib_images, calib_seed, checkpoint, cache, names)
-    return Evaluator.from_bench(bench, inputs, inputs.path, split_seed)
+    """An ``Evaluator`` for genomes against ``bench`` (proxies over the inputs ``names``;
+    ``dz_images``: ``bench_inputs``; ``combine``: ``Evaluator``)."""
+    inputs = bench_inputs(bench, calib_images, calib_seed, checkpoint, cache, names, dz_images)
+    return Evaluator.from_bench(bench, inputs, inputs.path, split_seed, combine=combine)

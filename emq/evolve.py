@@ -30,7 +30,7 @@ from benchmark.cluster import check_workers, package_version, pool, workers_can_
 from benchmark.lock import exclusive, is_lock_file, run_folder_lock
 from emq import __version__
 from emq.export import export_run
-from emq.fitness import AGGREGATES, Evaluator, evaluate_texts
+from emq.fitness import AGGREGATES, COMBINES, Evaluator, evaluate_texts
 from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names
 from emq.osp import OperationSampler
@@ -44,14 +44,20 @@ from primitives.inputs import CACHE_VERSION as INPUTS_VERSION
 # Every input but the Hessian: its Hutchinson estimate costs most of a proxy's inputs
 # (16 Hessian-vector products; ~5 of ~6 s on ResNet-20) and the proxies evolved with it key
 # on weight error and did not transfer to MobileNetV2 (README, "Transfer"). --inputs adds it.
-# Nor Dz (added 2026-12-07, after the shipped campaigns): ten backward passes per model, and
-# a default search space with it would no longer reproduce the shipped campaigns (README,
-# "The true Fisher"). --inputs adds it.
+# Dz (the true Fisher's logit changes) is a default input since the campaigns that search
+# configuration-level terms (``combine``, ``dz_images``; README, "The default campaign
+# searches whole configurations"); the campaigns before it searched without it.
 INPUTS_BEFORE_DZ = tuple(n for n in INPUT_NAMES if n != "Dz")
-DEFAULT_INPUTS = tuple(n for n in INPUTS_BEFORE_DZ if n != "H")
+DEFAULT_INPUTS = tuple(n for n in INPUT_NAMES if n != "H")
+INPUTS_WITHOUT_DZ = tuple(n for n in DEFAULT_INPUTS if n != "Dz")  # the earlier default
+# ``Dz`` reads this many times the calibration images by default (``dz_images``).
+DZ_PER_CALIB = 4
 # Settings added after the first campaigns, with the value older run folders implicitly had:
 # left out of a campaign's identity when they hold it, so those folders still resume.
-LEGACY_VALUES = {"inputs": INPUTS_BEFORE_DZ, "init": (), "bench_agg": "mean"}
+LEGACY_VALUES = {
+    "inputs": INPUTS_BEFORE_DZ, "init": (), "bench_agg": "mean", "combine": "table",
+    "dz_images": None,
+}  # fmt: skip
 
 LOG_FIELDS = (
     "step", "evaluations", "best", "median", "validity", "unique_ratio", "evals_per_s",
@@ -84,9 +90,20 @@ class CampaignSettings:
     # Several benches: how their fitness combines (fitness.AGGREGATES); chosen by
     # leave-one-architecture-out selection (``emq transfer --pool``, README).
     bench_agg: str = "mean-std"
+    # How a configuration's layers combine (``emq.fitness.COMBINES``): ``auto`` also scores
+    # a genome revert(sq_norm(X)) jointly and keeps the better combination (best.json's
+    # ``combine``); ``table`` as every campaign before 2026-12-07.
+    combine: str = "auto"
+    # Images ``Dz`` reads (the first of the same seed's calibration batch): 0, the default,
+    # is ``DZ_PER_CALIB`` x ``calib_images`` (512 for 128); None, as many as the other inputs
+    # (the campaigns before). ``Dz`` holds one row per image, not an activation, so more
+    # images cost its computation, not memory (``emq.context.bench_inputs``).
+    dz_images: int | None = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        if self.dz_images == 0:
+            object.__setattr__(self, "dz_images", DZ_PER_CALIB * self.calib_images)
         init = fitting(LITERATURE, self.inputs) if self.init is None else self.init
         object.__setattr__(self, "init", tuple(init))
         for text in self.init:  # a clear error for unknown names or excluded inputs
@@ -114,6 +131,15 @@ class CampaignSettings:
             raise ValueError(
                 f"unknown --bench-agg {self.bench_agg!r}: expected one of {', '.join(AGGREGATES)}"
             )
+        if self.combine not in COMBINES:
+            raise ValueError(
+                f"unknown --combine {self.combine!r}: expected one of {', '.join(COMBINES)}"
+            )
+        if self.dz_images is not None and self.dz_images < self.calib_images:
+            raise ValueError(
+                f"--dz-images {self.dz_images} is below --calib-images {self.calib_images}: "
+                "Dz reads at least the images the other inputs read"
+            )
         if self.mode not in ("steady", "generational"):
             raise ValueError(f"unknown mode {self.mode!r}: expected 'steady' or 'generational'")
         if self.population < 4:
@@ -122,14 +148,25 @@ class CampaignSettings:
             raise ValueError(f"--offspring must be >= 1, got {self.offspring}")
 
 
+def recorded_settings(
+    settings: CampaignSettings, legacy: tuple[str, ...] = tuple(LEGACY_VALUES)
+) -> dict:
+    """The settings as a record, without the ``legacy`` fields that hold the value older
+    records implicitly had (``LEGACY_VALUES``), so those records still match."""
+    fields_ = asdict(settings)
+    for key in legacy:
+        if fields_[key] == LEGACY_VALUES[key]:
+            del fields_[key]
+    if "Dz" not in settings.inputs:  # Dz's images do not matter to a search without it
+        fields_.pop("dz_images", None)
+    return fields_
+
+
 def campaign_identity(
     settings: CampaignSettings, bench: Bench, extra_benches: tuple[Bench, ...] = ()
 ) -> dict:
     """What must match for a run folder to be resumed (not the bench's path), as JSON."""
-    fields_ = asdict(settings)
-    for key, value in LEGACY_VALUES.items():  # run folders predating the field resume
-        if fields_[key] == value:
-            del fields_[key]
+    fields_ = recorded_settings(settings)  # run folders predating a field resume
     if not extra_benches:  # one bench: nothing to aggregate, whatever the default
         fields_.pop("bench_agg", None)
     ident = {"settings": fields_, "bench_fingerprint": bench.fingerprint}
@@ -231,11 +268,11 @@ class Campaign:
         progress: bool = True,
         client: Any = None,
         extra_benches: tuple[Bench, ...] = (),
-        heldout_report: Callable[[Any], list[dict]] | None = None,
+        heldout_report: Callable[[Any, str], list[dict]] | None = None,
         prune: bool = True,
     ):
         self.run = Path(run)
-        # expr -> the best proxy's reports on models never searched (``emq.transfer``)
+        # (expr, combine) -> the best proxy's reports on models never searched (``emq.transfer``)
         self.heldout_report = heldout_report
         self.bench, self.evaluator, self.settings = bench, evaluator, settings
         self.extra_benches = tuple(extra_benches)  # also searched on (``MultiEvaluator``)
@@ -610,11 +647,13 @@ class Campaign:
         """Best proxy, its search fitness and held-out report; writes best.json and plots."""
         best = self.best()
         expr = self.screener_expr(best)
-        heldout = self.evaluator.report(expr, "heldout")
+        combine = self.combine_of(expr)
+        heldout = self.evaluator.report(expr, "heldout", combine)
         out = {
             "formula": best.canonical,
             "genome": str(best),
             "genome_names": prefix_names(expr),
+            "combine": combine,
             "fitness_search": best.fitness.values[0],
             "heldout": heldout,
             "step": self.step,
@@ -622,19 +661,27 @@ class Campaign:
             "bench": _display(self.bench.path),
             "bench_fingerprint": self.bench.fingerprint,
             "settings": asdict(self.settings),
-            **self._extra_summary(expr),
+            **self._extra_summary(expr, combine),
             "version": __version__,
         }
         if self.heldout_report is not None:
-            out["heldout_models"] = self.heldout_report(expr)
+            out["heldout_models"] = self.heldout_report(expr, combine)
         atomic_write_text(self.run / "best.json", json.dumps(_finite(out), indent=2))
-        plot_campaign(self.run, self.history, self.evaluator, expr, best.canonical)
+        plot_campaign(self.run, self.history, self.evaluator, expr, best.canonical, combine)
         export_run(self.run)
         if self.startup_seconds is not None:  # a timing: printed (--json), not in best.json
             out["startup_seconds"] = round(self.startup_seconds, 3)
         return out
 
-    def _extra_summary(self, expr) -> dict:
+    def combine_of(self, expr) -> str:
+        """How the campaign combines ``expr``'s layers: ``joint`` when its ``--combine auto``
+        fitness came from the joint combination (evaluated again: the same value), else
+        ``table``."""
+        if self.settings.combine == "table":
+            return "table"
+        return self.evaluator.evaluate(expr).get("combine", "table")
+
+    def _extra_summary(self, expr, combine: str = "table") -> dict:
         """Per-bench search fitness and held-out reports of a multi-bench campaign."""
         if not self.extra_benches:
             return {}
@@ -645,8 +692,8 @@ class Campaign:
                 {"bench": _display(b.path), "search": s["spearman@topk"], "heldout": h}
                 for b, s, h in zip(
                     benches,
-                    self.evaluator.reports(expr, "search"),
-                    self.evaluator.reports(expr, "heldout"),
+                    self.evaluator.reports(expr, "search", combine),
+                    self.evaluator.reports(expr, "heldout", combine),
                     strict=True,
                 )
             ],  # fmt: skip

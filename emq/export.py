@@ -218,5 +218,6 @@ def export_run(run: Path | str, out: Path | str | None = None) -> dict[str, Path
         "bench_fingerprint": info.get("bench_fingerprint"),
         "candidates": info.get("bench_fingerprint", {}).get("candidates"),
         "run": str(run),
+        "combine": info.get("combine", "table"),
     }
     return export_proxy(canonical(tree), out or run, "best_proxy", **extra)

@@ -30,6 +30,9 @@ from emq.graph import (
     as_float64,
     canonical,
     evaluate,
+    infer_shape,
+    joint_operand,
+    joint_scores,
     score_table,
 )
 from emq.metrics import RATIOS, correlation_report, spearman_at_topk
@@ -41,6 +44,36 @@ INVALID = -1.0  # fitness of rejected genomes (never admitted to a population)
 # Fitness is kept to 6 decimals: closer genomes tie and the older survives (same on every
 # machine), rather than a last-bit difference deciding.
 FITNESS_DIGITS = 6
+
+
+# How a campaign combines a configuration's layers (``--combine``): ``table``, the sum of a
+# genome's per-layer table (every genome); ``auto``, a genome ``revert(sq_norm(X))`` whose
+# ``X`` adds up across layers (``joint_candidate``) is also scored jointly, ``-|sum_l
+# X_l[b_l]|^2`` (``emq.graph.joint_scores``), and keeps the combination with the better
+# fitness, recorded with it (the proxy file's ``combine``).
+COMBINES = ("table", "auto")
+# ``X`` of at most this many values per layer and bit-width is scored jointly (``Dz`` of 512
+# images and 10 classes has 5,120; a per-sample loss change, one per image): the joint sum
+# reads every value of every layer once per configuration.
+JOINT_MAX_ELEMENTS = 1 << 16
+
+
+def joint_candidate(expr: Expr, shapes: list[dict[str, tuple[int, ...]]]) -> bool:
+    """Whether ``expr`` can be combined jointly on inputs of these per-layer ``shapes``: a
+    proxy ``revert(sq_norm(X))`` whose ``X`` depends on the bit-width and has one shape, of
+    at most ``JOINT_MAX_ELEMENTS`` values, in every layer (static shapes only)."""
+    try:
+        operand = joint_operand(expr)
+    except ValueError:
+        return False
+    try:
+        found = {infer_shape(operand, layer) for layer in shapes}
+    except (ShapeError, KeyError):
+        return False
+    if len(found) != 1:
+        return False
+    (shape,) = found
+    return len(shape) > 1 and shape[0] > 1 and math.prod(shape[1:]) <= JOINT_MAX_ELEMENTS
 
 
 # Per process: the inputs mapped from each cache file (keyed by path and the file's
@@ -88,6 +121,7 @@ class Evaluator:
     convention: str = "predicted"
     probe_layers: tuple[int, ...] = ()
     ship_inputs: bool = False  # pickle with the tensors (see ``portable``)
+    combine: str = "table"  # ``COMBINES``
     _inputs: LayerInputs | None = field(default=None, repr=False)
     _cache: SubexpressionCache | None = field(default=None, repr=False)
 
@@ -110,6 +144,12 @@ class Evaluator:
         )  # fmt: skip
         ev._inputs = inputs
         return ev
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINES:
+            raise ValueError(
+                f"unknown --combine {self.combine!r}: expected one of {', '.join(COMBINES)}"
+            )
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -162,9 +202,23 @@ class Evaluator:
         )
         return round(fit, FITNESS_DIGITS) if np.isfinite(fit) else fit
 
-    def report(self, expr: Expr, split: str = "heldout") -> dict[str, float]:
-        """Correlation report of a proxy on a split (``search``, ``heldout`` or ``all``)."""
-        scores = rank_scores(config_scores(self.table(expr), self.bit_index))
+    def joint(self, expr: Expr) -> bool:
+        """Whether this evaluator also scores ``expr`` jointly (``combine`` 'auto')."""
+        return self.combine == "auto" and joint_candidate(expr, self.shapes())
+
+    def scores(self, expr: Expr, combine: str = "table") -> np.ndarray:
+        """Every bench configuration's score, its layers combined as ``combine`` says
+        (``table`` or ``joint``)."""
+        if combine == "joint":
+            return joint_scores(expr, self.inputs, self.bit_index)
+        return config_scores(self.table(expr), self.bit_index)
+
+    def report(
+        self, expr: Expr, split: str = "heldout", combine: str = "table"
+    ) -> dict[str, float]:
+        """Correlation report of a proxy on a split (``search``, ``heldout`` or ``all``),
+        its layers combined as ``combine`` says."""
+        scores = rank_scores(self.scores(expr, combine))
         idx = {"search": self.search, "heldout": self.heldout}.get(split)
         idx = np.arange(len(scores)) if idx is None else idx
         return correlation_report(scores[idx], self.accuracy[idx])
@@ -204,10 +258,29 @@ class Evaluator:
                 if not np.isfinite(fit):
                     out.update(status="invalid", reason="constant")
                 else:
-                    out.update(status="ok", reason=None, fitness=float(fit))
+                    out.update(status="ok", reason=None, fitness=float(fit), combine="table")
                     out["fingerprint"] = rank_fingerprint(scores[self.search])
+                    if self.joint(expr):
+                        self._add_joint(expr, out)
         out["seconds"] = time.perf_counter() - start
         return out
+
+    def _add_joint(self, expr: Expr, out: dict) -> None:
+        """The joint combination's fitness beside the table's (``fitness_table``,
+        ``fitness_joint``); the better one is the fitness (the table on a tie), and the
+        fingerprint is of both rankings."""
+        try:
+            scores = joint_scores(expr, self.inputs, self.bit_index)
+        except (ShapeError, RuntimeError, ValueError):
+            return
+        joint = self.fitness_of_scores(scores)
+        if not np.isfinite(joint):
+            return
+        fp = rank_fingerprint(scores[self.search])
+        out["fitness_table"], out["fitness_joint"] = out["fitness"], float(joint)
+        if joint > out["fitness"]:
+            out.update(fitness=float(joint), combine="joint")
+        out["fingerprint"] = hashlib.sha1(f"{out['fingerprint']}/{fp}".encode()).hexdigest()[:16]
 
 
 def check_rankable(
@@ -373,14 +446,21 @@ class MultiEvaluator:
     def table(self, expr: Expr) -> np.ndarray:
         return self.parts[0].table(expr)
 
-    def report(self, expr: Expr, split: str = "heldout") -> dict[str, float]:
-        return self.parts[0].report(expr, split)
+    def scores(self, expr: Expr, combine: str = "table") -> np.ndarray:
+        return self.parts[0].scores(expr, combine)
 
-    def reports(self, expr: Expr, split: str = "heldout") -> list[dict[str, float]]:
+    def report(
+        self, expr: Expr, split: str = "heldout", combine: str = "table"
+    ) -> dict[str, float]:
+        return self.parts[0].report(expr, split, combine)
+
+    def reports(
+        self, expr: Expr, split: str = "heldout", combine: str = "table"
+    ) -> list[dict[str, float]]:
         """One correlation report per bench, in order."""
         out = []
         for part in self.parts:
-            out.append(part.report(expr, split))
+            out.append(part.report(expr, split, combine))
             part.release()
         return out
 
@@ -408,7 +488,9 @@ class MultiEvaluator:
         """
         start = time.perf_counter()
         results: list[dict | None] = [None] * len(self.parts)
-        done: list[float] = []
+        done: list[float] = []  # the table's fitness on each bench so far
+        # the joint combination's, while every bench so far has one (``Evaluator.joint``)
+        joint: list[float] | None = [] if all(p.joint(expr) for p in self.parts) else None
         for i in self.order():
             part = self.parts[i]
             res = part.evaluate(expr)
@@ -417,12 +499,15 @@ class MultiEvaluator:
                 res["seconds"] = time.perf_counter() - start
                 return res
             results[i] = res
-            done.append(res["fitness"])
+            done.append(res.get("fitness_table", res["fitness"]))
+            if joint is not None:
+                joint = joint + [res["fitness_joint"]] if "fitness_joint" in res else None
             left = len(self.parts) - len(done)
             if floor is not None and left:
                 # A margin of 1e-9 (far below the rounding step) so that summation order
                 # or the bound's search cannot put the full fitness above it.
-                bound = round(AGGREGATE_BOUNDS[self.agg](done, left) + 1e-9, FITNESS_DIGITS)
+                bounds = [AGGREGATE_BOUNDS[self.agg](f, left) for f in (done, joint) if f]
+                bound = round(max(bounds) + 1e-9, FITNESS_DIGITS)
                 if bound < floor:
                     return {
                         "status": "pruned", "reason": f"below {floor:g} after {len(done)} "
@@ -431,11 +516,23 @@ class MultiEvaluator:
                         "bench_fingerprints": [r and r["fingerprint"] for r in results],
                         "seconds": time.perf_counter() - start,
                     }  # fmt: skip
-        fits = [r["fitness"] for r in results]
+
+        def in_bench_order(values: list[float]) -> list[float]:
+            order = self.order()
+            return [values[order.index(i)] for i in range(len(self.parts))]
+
+        fits, combine = in_bench_order(done), "table"
         fitness = round(float(AGGREGATES[self.agg](fits)), FITNESS_DIGITS)
+        out: dict = {}
+        if joint is not None:
+            joint_fits = in_bench_order(joint)
+            joint_fitness = round(float(AGGREGATES[self.agg](joint_fits)), FITNESS_DIGITS)
+            out = {"fitness_table": fitness, "fitness_joint": joint_fitness}
+            if joint_fitness > fitness:  # the table on a tie
+                fits, combine, fitness = joint_fits, "joint", joint_fitness
         fps = [r["fingerprint"] for r in results]
         return {
-            "status": "ok", "reason": None, "fitness": fitness,
+            "status": "ok", "reason": None, "fitness": fitness, "combine": combine, **out,
             "fitness_per_bench": fits, "bench_fingerprints": fps,
             "fingerprint": hashlib.sha1("/".join(fps).encode()).hexdigest()[:16],
             "seconds": time.perf_counter() - start,

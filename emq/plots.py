@@ -10,11 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from emq.scoring import config_scores  # noqa: E402
 
-
-def plot_campaign(run: Path, history: list[dict], evaluator, expr, formula: str) -> None:
-    """Write ``fitness.png`` and ``heldout_scatter.png`` into the run folder."""
+def plot_campaign(
+    run: Path, history: list[dict], evaluator, expr, formula: str, combine: str = "table"
+) -> None:
+    """Write ``fitness.png`` and ``heldout_scatter.png`` into the run folder (the proxy's
+    layers combined as ``combine`` says)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = [h["step"] for h in history]
     ax.plot(steps, [h["best"] for h in history], label="best")
@@ -27,11 +28,11 @@ def plot_campaign(run: Path, history: list[dict], evaluator, expr, formula: str)
     fig.savefig(run / "fitness.png", dpi=100)
     plt.close(fig)
 
-    scores = config_scores(evaluator.table(expr), evaluator.bit_index)
+    scores = evaluator.scores(expr, combine)
     idx = evaluator.heldout
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.scatter(scores[idx], evaluator.accuracy[idx], s=10, alpha=0.7)
-    rho = evaluator.report(expr, "heldout")["spearman@topk"]
+    rho = evaluator.report(expr, "heldout", combine)["spearman@topk"]
     ax.set_xlabel("proxy score")
     ax.set_ylabel("measured top-1 (%)")
     short = formula if len(formula) < 70 else formula[:67] + "..."

@@ -162,5 +162,6 @@ def read_best(run: Path) -> dict:
 def best_proxy(path: Path, doc: dict | None = None) -> ProxyScorer:
     """The proxy of a campaign's ``best.json`` (its canonical genome is under genome_names)."""
     info = _read_best(path, doc)
-    proxy = {"format": FORMAT, "format_version": FORMAT_VERSION, "genome": info["genome_names"]}
+    proxy = {"format": FORMAT, "format_version": FORMAT_VERSION, "genome": info["genome_names"],
+             "combine": info.get("combine", "table")}  # fmt: skip
     return load_proxy_document(proxy, f"best proxy file {path}")

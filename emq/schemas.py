@@ -61,6 +61,12 @@ FINGERPRINT = {
     "properties": {k: BENCH_META_SCHEMA["properties"][k] for k in IDENTITY_KEYS},
 }
 
+COMBINE = {
+    "enum": ["table", "joint"],
+    "description": "how a configuration's layers combine: 'table' (the sum of per-layer "
+    "scores, the default) or 'joint' (for revert(sq_norm(X)): the layers' X added before "
+    "the norm)",
+}
 PROXY_SCHEMA = {
     "type": "object",
     "description": f"an EMQ proxy file ({{'format': '{PROXY_FORMAT}', 'genome': [...], ...}})",
@@ -76,12 +82,7 @@ PROXY_SCHEMA = {
         "name": text(200, "the proxy's name"),
         "formula": FORMULA,
         "inputs": {"type": "array", "items": NAME, "maxItems": 64},
-        "combine": {
-            "enum": ["table", "joint"],
-            "description": "how a configuration's layers combine: 'table' (the sum of "
-            "per-layer scores, the default) or 'joint' (for revert(sq_norm(X)): the layers' "
-            "X added before the norm)",
-        },
+        "combine": COMBINE,
     },
 }
 
@@ -108,6 +109,8 @@ CAMPAIGN_SETTINGS = {
         "inputs": {"type": "array", "items": NAME, "minItems": 1, "maxItems": 64},
         "init": {"type": "array", "items": FORMULA, "maxItems": 100_000},
         "bench_agg": text(32, "a bench aggregate name"),
+        "combine": {"enum": ["table", "auto"]},
+        "dz_images": integer(1, 100_000, "an integer >= 1"),
     },
 }
 
@@ -242,6 +245,7 @@ BEST_SCHEMA = {
         "formula": FORMULA,
         "genome": FORMULA,
         "genome_names": GENOME_NAMES,
+        "combine": COMBINE,
         "fitness_search": FITNESS,
         "heldout": REPORT,
         "step": COUNT,

@@ -23,7 +23,7 @@ from benchmark.models import HELDOUT_MODELS, MODELS, check_model_name, search_mo
 from benchmark.schemas import read_json
 from emq.baselines.table import run_baselines
 from emq.context import bench_evaluator
-from emq.evolve import Campaign, CampaignSettings
+from emq.evolve import Campaign, CampaignSettings, recorded_settings
 from emq.fitness import AGGREGATES, MultiEvaluator
 from emq.genome import from_string
 from emq.graph import Expr, canonical, expr_str, release_heap
@@ -93,16 +93,18 @@ def resolve_split(
 
 
 def heldout_reports(
-    expr: Expr, benches: Sequence[Bench], settings: CampaignSettings
+    expr: Expr, benches: Sequence[Bench], settings: CampaignSettings, combine: str = "table"
 ) -> list[dict[str, Any]]:
-    """The proxy's correlation on every configuration of each (never searched) bench."""
+    """The proxy's correlation on every configuration of each (never searched) bench, its
+    layers combined as ``combine`` says."""
     rows = []
     for bench in benches:
         ev = bench_evaluator(
             bench, settings.calib_images, settings.calib_seed, settings.split_seed,
-            names=settings.inputs,
+            names=settings.inputs, dz_images=settings.dz_images,
         )  # fmt: skip
-        rows.append({"model": bench.model, "configs": len(bench), **ev.report(expr, "all")})
+        report = ev.report(expr, "all", combine)
+        rows.append({"model": bench.model, "configs": len(bench), **report})
         ev.release()
     return rows
 
@@ -135,11 +137,17 @@ def bench_campaign(
         bench_evaluator(
             b, settings.calib_images, settings.calib_seed, settings.split_seed,
             checkpoint if i == 0 else None, names=settings.inputs,
+            dz_images=settings.dz_images, combine=settings.combine,
         )
         for i, b in enumerate(benches)
     ]  # fmt: skip
     evaluator = parts[0] if len(parts) == 1 else MultiEvaluator(parts, settings.bench_agg)
-    report = (lambda expr: heldout_reports(expr, heldout, settings)) if heldout else None
+    report = None
+    if heldout:
+
+        def report(expr: Expr, combine: str = "table") -> list[dict[str, Any]]:
+            return heldout_reports(expr, heldout, settings, combine)
+
     return Campaign(
         run, benches[0], evaluator, settings, jobs=jobs, client=client, progress=progress,
         extra_benches=tuple(benches[1:]), heldout_report=report,
@@ -208,7 +216,9 @@ def run_transfer(
     out.mkdir(parents=True, exist_ok=True)
     plan = {"models": list(models), "seeds": list(seeds), "steps": steps,
             "fingerprints": [benches[m].fingerprint for m in models],
-            "settings": json.loads(json.dumps(settings.__dict__, default=list)),
+            # (fields added since the first plans are left out at their old values)
+            "settings": json.loads(json.dumps(
+                recorded_settings(settings, ("combine", "dz_images")), default=list)),
             "inputs_version": INPUTS_VERSION}  # fmt: skip
     keep_plan(
         out / "transfer-plan.json", plan,
@@ -240,6 +250,7 @@ def run_transfer(
                     result,
                     {
                         "left_out": left, "seed": seed, "formula": summary["formula"],
+                        "combine": summary["combine"],
                         "fitness_search": summary["fitness_search"], **clean(report),
                     },
                 )  # fmt: skip
@@ -254,7 +265,8 @@ def run_transfer(
             res = evolved[left, seed]
             rows.append(
                 {"left_out": left, "seed": seed, "proxy": EVOLVED, "kind": "training-free",
-                 "formula": res["formula"], **{k: res[k] for k in CORR_KEYS}}
+                 "formula": res["formula"], "combine": res.get("combine", "table"),
+                 **{k: res[k] for k in CORR_KEYS}}
             )  # fmt: skip
     summary = summarize(rows, models)
     write_transfer(out, rows, summary)

@@ -15,6 +15,7 @@ from benchmark.bench import Bench
 from benchmark.lock import check_folder_path, is_lock_file
 from emq.baselines.table import split_indices
 from emq.evolve import CampaignSettings
+from emq.fitness import COMBINES
 
 CONFIG_COUNT = options.int_range(0, 1_000_000, "a number of configurations")
 POPULATION = options.int_range(4, 100_000, "a population size")
@@ -104,6 +105,23 @@ def adaround_knobs(args: argparse.Namespace) -> AdaRoundSettings:
     return AdaRoundSettings(
         iterations=args.adaround_iterations, images=args.adaround_images,
         lr=args.adaround_lr, reg_weight=args.adaround_lambda,
+    )  # fmt: skip
+
+
+def add_combine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--combine`` and ``--dz-images`` of the commands that run campaigns."""
+    parser.add_argument(
+        "--combine", choices=list(COMBINES),
+        help="how a configuration's layers combine: 'auto' (the default: a genome "
+        "revert(sq_norm(X)) whose X adds up across layers is also scored jointly, "
+        "-|sum_l X_l|^2, and keeps the better fitness) or 'table' (the sum of each "
+        "genome's per-layer table, as campaigns before 2026-12-07)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dz-images", type=options.int_range(1, 60000, "a number of images"),
+        help="images the input Dz reads (at least --calib-images; default: 4 x "
+        "--calib-images, 512): Dz holds one row per image, so more images cost its "
+        "computation, not memory",
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from benchmark.cluster import connected, scheduler_address
 from benchmark.lock import created_folder, exclusive, run_folder_lock
 from emq.commands.common import (
     POPULATION,
+    add_combine_arguments,
     add_scheduler_argument,
     campaign_settings,
     distinct_names,
@@ -67,7 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "(random genomes only)")  # fmt: skip
     e.add_argument("--inputs", metavar="A,W,...",
                    help="proxy inputs the search may use (default: all but H, the costly "
-                   "Hessian; e.g. A,W,G,H,V,Ga,Wq,E,D,b for all)")  # fmt: skip
+                   "Hessian; e.g. A,W,G,H,V,Ga,Wq,E,D,b,Dz for all)")  # fmt: skip
+    add_combine_arguments(e)
     e.add_argument("--no-osp", dest="osp", action="store_false", default=None,
                    help="uniform operation sampling (ablation)")  # fmt: skip
     e.add_argument("--no-dps", dest="dps", action="store_false", default=None,
@@ -126,6 +128,8 @@ def print_summary(run_folder: Path, summary: dict) -> None:
     held = summary["heldout"]
     print(f"run folder         {run_folder}")
     print(f"best proxy         {summary['formula']}")
+    if summary.get("combine") == "joint":
+        print("combination        joint (the layers' terms added before the norm)")
     print(f"search fitness     {summary['fitness_search']:.4f}  (Spearman@topk, search split)")
     print(f"held-out S@topk    {held['spearman@topk']:.4f}")
     print(

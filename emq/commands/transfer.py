@@ -13,6 +13,7 @@ from benchmark.lock import created_folder, exclusive, run_folder_lock
 from emq.baselines import get_baseline
 from emq.commands.common import (
     POPULATION,
+    add_combine_arguments,
     campaign_settings,
     check_output_folder,
     distinct_names,
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     tr.add_argument("--population", type=POPULATION, default=32, help="population (default 32)")
     tr.add_argument("--bench-agg", choices=list(AGGREGATES), help="default: mean-std")
     tr.add_argument("--inputs", metavar="A,W,...", help="proxy inputs (default: all but H)")
+    add_combine_arguments(tr)
     tr.add_argument(
         "--baselines",
         metavar="NAME,...",
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> None:
     if len(models) < 2:
         raise ValueError(f"--models {args.models}: leave-one-out needs at least two models, "
                          "e.g. --models vgg,resnext")  # fmt: skip
-    kw = {"population": args.population, "bench_agg": args.bench_agg}
+    kw = {"population": args.population, "bench_agg": args.bench_agg,
+          "combine": args.combine, "dz_images": args.dz_images}  # fmt: skip
     if args.inputs is not None:
         kw["inputs"] = distinct_names(args.inputs, "--inputs")
     settings = campaign_settings(**kw)

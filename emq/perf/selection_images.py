@@ -17,8 +17,9 @@ averaged, as ``emq.scoring.score_table`` does), then
 Rows are appended to ``OUT/rows.jsonl`` one model at a time (a rerun skips finished
 models). Prints the figures; asserts nothing.
 
-    python -m emq.perf.selection_images [--runs runs/zoo-seed0,runs/zoo-seed1,runs/zoo-seed2]
-                                        [--models ...] [--out /tmp/selection-images]
+    python -m emq.perf.selection_images
+        [--runs runs/zoo-table-seed0,runs/zoo-table-seed1,runs/zoo-table-seed2]
+        [--models ...] [--out /tmp/selection-images]
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def searched_models(run: str) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", default="runs/zoo-seed0,runs/zoo-seed1,runs/zoo-seed2")
+    p.add_argument("--runs", default=",".join(f"runs/zoo-table-seed{s}" for s in range(3)))
     p.add_argument("--models", default=",".join(zoo_models_with_bench()))
     p.add_argument("--seed", type=int, default=0, help="calibration batch seed")
     p.add_argument("--out", default="/tmp/selection-images")

@@ -18,7 +18,7 @@ EVOLVED = "evolved"  # the proxy column of the evolved proxy's rows
 def write_transfer(out: Path, rows: Sequence[dict], summary: Sequence[dict]) -> None:
     """``transfer.csv`` (one row per left-out model, seed and proxy), ``transfer.json``
     (rows and per-model summary) and ``transfer.png`` (heatmap of S@topk)."""
-    cols = ["left_out", "seed", "proxy", "kind", *CORR_KEYS, "formula"]
+    cols = ["left_out", "seed", "proxy", "kind", *CORR_KEYS, "formula", "combine"]
     write_csv(out / "transfer.csv", cols, rows)
     write_json(out / "transfer.json", {"rows": [clean(r) for r in rows],
                                         "summary": [clean(s) for s in summary]})  # fmt: skip
