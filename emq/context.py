@@ -53,3 +53,15 @@ def bench_evaluator(
     ``dz_images``: ``bench_inputs``; ``combine``: ``Evaluator``)."""
     inputs = bench_inputs(bench, calib_images, calib_seed, checkpoint, cache, names, dz_images)
     return Evaluator.from_bench(bench, inputs, inputs.path, split_seed, combine=combine)
+
+
+def campaign_evaluator(
+    bench: Bench, settings, checkpoint: Path | str | None = None, cache: Path | str | None = None
+) -> Evaluator:
+    """The evaluator a campaign of ``settings`` (``emq.evolve.CampaignSettings``) scores
+    ``bench`` with: its calibration images and seed, split, inputs, ``Dz`` images and
+    combination."""
+    return bench_evaluator(
+        bench, settings.calib_images, settings.calib_seed, settings.split_seed, checkpoint,
+        cache, names=settings.inputs, dz_images=settings.dz_images, combine=settings.combine,
+    )  # fmt: skip

@@ -32,7 +32,7 @@ from emq import __version__
 from emq.export import export_run
 from emq.fitness import AGGREGATES, COMBINES, Evaluator, evaluate_texts
 from emq.genome import Genome, from_string, make_toolbox
-from emq.graph import canonical, expr_str, leaves, ops_used, prefix_names
+from emq.graph import canonical, dag_hash, expr_str, leaves, ops_used, prefix_names
 from emq.osp import OperationSampler
 from emq.plots import plot_campaign
 from emq.schemas import CAMPAIGN_SCHEMA, CHECKPOINT_SCHEMA, read_document
@@ -675,10 +675,13 @@ class Campaign:
 
     def combine_of(self, expr) -> str:
         """How the campaign combines ``expr``'s layers: ``joint`` when its ``--combine auto``
-        fitness came from the joint combination (evaluated again: the same value), else
-        ``table``."""
+        fitness came from the joint combination (its screening result says; evaluated again
+        when that result predates the field), else ``table``."""
         if self.settings.combine == "table":
             return "table"
+        cached = self.screener.cache.get(dag_hash(expr)) or {}
+        if cached.get("status") == "ok" and "combine" in cached:
+            return cached["combine"]
         return self.evaluator.evaluate(expr).get("combine", "table")
 
     def _extra_summary(self, expr, combine: str = "table") -> dict:

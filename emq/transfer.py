@@ -22,7 +22,7 @@ from benchmark.bench import Bench, default_bench
 from benchmark.models import HELDOUT_MODELS, MODELS, check_model_name, search_models
 from benchmark.schemas import read_json
 from emq.baselines.table import run_baselines
-from emq.context import bench_evaluator
+from emq.context import campaign_evaluator
 from emq.evolve import Campaign, CampaignSettings, recorded_settings
 from emq.fitness import AGGREGATES, MultiEvaluator
 from emq.genome import from_string
@@ -99,10 +99,7 @@ def heldout_reports(
     layers combined as ``combine`` says."""
     rows = []
     for bench in benches:
-        ev = bench_evaluator(
-            bench, settings.calib_images, settings.calib_seed, settings.split_seed,
-            names=settings.inputs, dz_images=settings.dz_images,
-        )  # fmt: skip
+        ev = campaign_evaluator(bench, settings)
         report = ev.report(expr, "all", combine)
         rows.append({"model": bench.model, "configs": len(bench), **report})
         ev.release()
@@ -134,13 +131,9 @@ def bench_campaign(
                 f"held-out bench {b.path} measures {b.model}, which is in the search set"
             )
     parts = [
-        bench_evaluator(
-            b, settings.calib_images, settings.calib_seed, settings.split_seed,
-            checkpoint if i == 0 else None, names=settings.inputs,
-            dz_images=settings.dz_images, combine=settings.combine,
-        )
+        campaign_evaluator(b, settings, checkpoint if i == 0 else None)
         for i, b in enumerate(benches)
-    ]  # fmt: skip
+    ]
     evaluator = parts[0] if len(parts) == 1 else MultiEvaluator(parts, settings.bench_agg)
     report = None
     if heldout:
@@ -376,10 +369,7 @@ def score_pool(
             if not todo:
                 continue
             log(f"[{model}] {len(todo)} candidates")
-            ev = bench_evaluator(
-                bench, settings.calib_images, settings.calib_seed, settings.split_seed,
-                names=settings.inputs,
-            )  # fmt: skip
+            ev = campaign_evaluator(bench, settings)
             for text in todo:
                 try:
                     expr = canonical(from_string(text))

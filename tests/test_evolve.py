@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.bench import default_bench
-from emq.context import bench_evaluator
+from emq.context import campaign_evaluator
 from emq.evolve import INPUTS_BEFORE_DZ, Campaign, CampaignSettings, task_batches
 from emq.seeds import LITERATURE, fitting
 from primitives.inputs import INPUT_NAMES
@@ -35,9 +35,14 @@ def bench(resnet20_bench):
     return resnet20_bench
 
 
+def _evaluator(bench, cache):
+    """The evaluator a campaign of ``SETTINGS`` builds (its inputs, Dz images, combine)."""
+    return campaign_evaluator(bench, SETTINGS, cache=cache)
+
+
 @pytest.fixture(scope="module")
-def evaluator(resnet20_evaluator):
-    return resnet20_evaluator
+def evaluator(bench, cache_dir):
+    return _evaluator(bench, cache_dir)
 
 
 def _run(path, bench, evaluator, steps, settings=SETTINGS, jobs=1):
@@ -150,7 +155,7 @@ def test_a_truncated_inputs_file_stops_a_parallel_campaign_and_it_resumes(
     cache.mkdir()
     src = Path(evaluator.inputs_path)
     shutil.copyfile(src, cache / src.name)
-    ev = bench_evaluator(bench, CALIB, cache=cache)
+    ev = _evaluator(bench, cache)
     assert ev.inputs_path == str(cache / src.name)
     run = tmp_path / "run"
     _run(run, bench, ev, 1, jobs=2)
@@ -161,7 +166,7 @@ def test_a_truncated_inputs_file_stops_a_parallel_campaign_and_it_resumes(
         _run(run, bench, ev, 3, jobs=2)
     assert json.loads((run / "checkpoint.json").read_text())["step"] == 1
     (cache / src.name).unlink()  # what the error says
-    _run(run, bench, bench_evaluator(bench, CALIB, cache=cache), 3, jobs=2)
+    _run(run, bench, _evaluator(bench, cache), 3, jobs=2)
     assert _state(run) == _state(reference[0])
 
 
@@ -263,14 +268,16 @@ def test_search_restricted_to_some_inputs(tmp_path, bench, evaluator):
     assert used and used <= set(allowed)
     campaign = json.loads((tmp_path / "run" / "campaign.json").read_text())
     assert campaign["settings"]["inputs"] == list(allowed)
-    # Every input and no seeds (the settings before --inputs/--init existed) are left out of
-    # the identity, so older run folders still resume; today's defaults are recorded. Every
-    # input then was every input but Dz (added later).
-    legacy = replace(SETTINGS, inputs=INPUTS_BEFORE_DZ, init=())
+    # Every input and no seeds (the settings before --inputs/--init existed), the table
+    # combination and Dz on the calibration images (before --combine/--dz-images) are left
+    # out of the identity, so older run folders still resume; today's defaults are
+    # recorded. Every input then was every input but Dz (added later).
+    legacy = replace(SETTINGS, inputs=INPUTS_BEFORE_DZ, init=(), combine="table", dz_images=None)
     ident = Campaign(tmp_path / "x", bench, evaluator, legacy).identity()["settings"]
-    assert "inputs" not in ident and "init" not in ident
+    assert not {"inputs", "init", "combine", "dz_images"} & set(ident)
     ident = Campaign(tmp_path / "y", bench, evaluator, SETTINGS).identity()["settings"]
-    assert "H" not in ident["inputs"] and "Dz" not in ident["inputs"]
+    assert "H" not in ident["inputs"] and "Dz" in ident["inputs"]
+    assert ident["combine"] == "auto" and ident["dz_images"] == 4 * SETTINGS.calib_images
     assert tuple(ident["init"]) == fitting(LITERATURE, ident["inputs"])
 
 
@@ -343,13 +350,13 @@ def test_multi_bench_campaign_records_every_bench(tmp_path, bench, evaluator, re
         CampaignSettings(bench_agg="max")
 
 
-def test_seed_formulas_enter_the_initial_population(tmp_path, bench, evaluator):
+def test_seed_formulas_enter_the_initial_population(tmp_path, bench, resnet20_evaluator):
     from emq.genome import from_string
     from emq.graph import canonical, expr_str
 
     seeds = ("revert(sum(abs(mul(Ga, D))))", "revert(mul(to_mean_scalar(H), sq_norm(E)))")
-    settings = replace(SETTINGS, init=seeds, inputs=INPUT_NAMES)
-    _run(tmp_path / "s", bench, evaluator, 0, settings)
+    settings = replace(SETTINGS, init=seeds, inputs=INPUT_NAMES, combine="table")
+    _run(tmp_path / "s", bench, resnet20_evaluator, 0, settings)  # every input, H's too
     ck = json.loads((tmp_path / "s" / "checkpoint.json").read_text())
     formulas = {rec["formula"] for rec in ck["population"]}
     assert {expr_str(canonical(from_string(t))) for t in seeds} <= formulas
@@ -376,14 +383,15 @@ def test_cli_init_file(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
-def test_literature_seeds_parse_and_are_valid_on_the_bench(evaluator):
+def test_literature_seeds_parse_and_are_valid_on_the_bench(resnet20_evaluator):
+    """Every literature seed, H's included (an evaluator of every input)."""
     from emq.genome import from_string
     from emq.graph import canonical
     from emq.seeds import LITERATURE, load_seeds
 
     assert load_seeds("literature") == LITERATURE and load_seeds("none") == ()
     for text in LITERATURE:
-        assert evaluator.evaluate(canonical(from_string(text)))["status"] == "ok", text
+        assert resnet20_evaluator.evaluate(canonical(from_string(text)))["status"] == "ok", text
     # A built-in set keeps the seeds that fit --inputs; the default campaign starts from them.
     no_h = load_seeds("literature", ("A", "W", "V", "Ga", "E", "D", "b"))
     assert 0 < len(no_h) < len(LITERATURE) and not any("H" in t for t in no_h)
