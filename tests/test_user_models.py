@@ -250,7 +250,8 @@ def test_emq_train_trains_a_factory_model(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(
-    "name, layers", [("torch_vit", 26), ("convnext", 15), ("inception", 20), ("mixer", 18)]
+    "name, layers",
+    [("torch_vit", 26), ("convnext", 15), ("inception", 20), ("mixer", 18), ("squeezenet", 17)],
 )
 def test_shipped_example_model_matches_its_bench(name, layers, monkeypatch):
     """``examples/NAME.py``: its checkpoint is the one its bench measured, and the model as

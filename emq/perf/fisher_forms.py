@@ -21,7 +21,8 @@ to ``OUT/rows.jsonl`` as each (bench, batch seed) finishes (a rerun skips them).
 nothing.
 
     python -m emq.perf.fisher_forms [--models resnet20,...] [--seeds 0,1]
-        [--examples examples/torch_vit,examples/convnext,examples/inception,examples/mixer]
+        [--examples examples/torch_vit,examples/convnext,examples/inception,examples/mixer,
+                    examples/squeezenet]
         [--out /tmp/fisher-forms]
 
 An example ``examples/NAME`` is its bench ``NAME.sqlite``, checkpoint ``NAME.pt`` and factory

@@ -18,7 +18,8 @@ Prints Spearman@topk / @100 % on every configuration of each bench for ``per-lay
 nothing.
 
     python -m emq.perf.fisher_joint [--models resnet20,...] [--seeds 0,1]
-        [--examples examples/torch_vit,examples/convnext,examples/inception,examples/mixer]
+        [--examples examples/torch_vit,examples/convnext,examples/inception,examples/mixer,
+                    examples/squeezenet]
         [--out /tmp/fisher-joint]
 
 An example ``examples/NAME`` is its bench ``NAME.sqlite``, checkpoint ``NAME.pt`` and factory

@@ -20,7 +20,8 @@ Prints S@topk / S@100 % per form (``layer_interactions.study_main``); rows go to
 ``OUT/rows.jsonl`` as each (bench, batch seed) finishes. Asserts nothing.
 
     python -m emq.perf.joint_linearity [--models resnet20,...] [--seeds 0]
-        [--examples examples/torch_vit,examples/convnext,examples/inception,examples/mixer]
+        [--examples examples/torch_vit,examples/convnext,examples/inception,examples/mixer,
+                    examples/squeezenet]
         [--out /tmp/joint-linearity]
 """
 

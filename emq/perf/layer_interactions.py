@@ -17,7 +17,8 @@ Rows go to ``OUT/rows.jsonl`` as each (bench, batch seed) finishes (a rerun skip
 Asserts nothing.
 
     python -m emq.perf.layer_interactions [--models resnet20,...] [--seeds 0,1]
-        [--examples examples/torch_vit,examples/convnext,examples/inception,examples/mixer]
+        [--examples examples/torch_vit,examples/convnext,examples/inception,examples/mixer,
+                    examples/squeezenet]
         [--out /tmp/layer-interactions]
 
 An example ``examples/NAME`` is its bench ``NAME.sqlite``, checkpoint ``NAME.pt`` and factory
@@ -44,7 +45,7 @@ from primitives.inputs import reuse_quantized_weights
 
 FORMS = ("per-layer", "joint", "abs per-layer", "abs joint")
 # the unseen example models in examples/ (no campaign searched them)
-EXAMPLES = ("torch_vit", "convnext", "inception", "mixer")
+EXAMPLES = ("torch_vit", "convnext", "inception", "mixer", "squeezenet")
 
 
 def sample_terms(model: torch.nn.Module, bench: Bench, seed: int) -> np.ndarray:
