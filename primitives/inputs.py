@@ -233,10 +233,9 @@ def compute_inputs(
     quantizable_layers(model)  # clear error for a model with no Conv2d/Linear
     extra = _dz_chunks(x, dz_x) if "Dz" in names else []
     if dtype != torch.float64:
-        return _with_dz(_compute(model, x, y, settings, dtype), model, extra, settings, dtype)
+        return _compute_with_dz(model, x, y, settings, dtype, extra)
     try:
-        inputs = _compute(model, x, y, settings, torch.float64)
-        return _with_dz(inputs, model, extra, settings, torch.float64)
+        return _compute_with_dz(model, x, y, settings, torch.float64, extra)
     except RuntimeError as exc:
         if not _dtype_error(exc):
             raise
@@ -249,8 +248,7 @@ def compute_inputs(
             RuntimeWarning,
             stacklevel=2,
         )
-        inputs = _compute(model, x, y, settings, torch.float32)
-        return _with_dz(inputs, model, extra, settings, torch.float32)
+        return _compute_with_dz(model, x, y, settings, torch.float32, extra)
 
 
 def _dz_chunks(x: torch.Tensor, dz_x: torch.Tensor | None) -> list[torch.Tensor]:
@@ -267,26 +265,31 @@ def _dz_chunks(x: torch.Tensor, dz_x: torch.Tensor | None) -> list[torch.Tensor]
     return [rest[i : i + len(x)] for i in range(0, len(rest), len(x))]
 
 
-def _with_dz(
-    inputs: LayerInputs,
+def _compute_with_dz(
     model: nn.Module,
-    chunks: list[torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor | None,
     settings: InputSettings,
     dtype: torch.dtype,
+    chunks: list[torch.Tensor],
 ) -> LayerInputs:
-    """``inputs`` with ``Dz`` of the ``chunks`` appended along the sample axis."""
-    if not chunks:
-        return inputs
+    """The inputs of ``(x, y)``, with ``Dz`` of the ``chunks`` appended along the sample
+    axis. The chunks come first: their ``Dz`` is small, while the batch's inputs (every
+    activation) would otherwise be held through each chunk's forward and backward passes
+    (the peak memory of a cold campaign)."""
     only = replace(settings, names=("Dz",))
-    parts = [[t["Dz"]] for t in inputs.tensors]
-    with reuse_quantized_weights():  # Q_b(W) once for every chunk
+    parts: list[list[torch.Tensor]] = []
+    with reuse_quantized_weights():  # Q_b(W) once for every chunk and the batch
         for chunk in chunks:
             more = _compute(model, chunk, None, only, dtype)
+            parts = parts or [[] for _ in more.tensors]
             for part, t in zip(parts, more.tensors, strict=True):
                 part.append(t["Dz"])
             del more
-    for t, part in zip(inputs.tensors, parts, strict=True):
-        t["Dz"] = torch.cat(part, 1)
+        inputs = _compute(model, x, y, settings, dtype)
+    for t, part in zip(inputs.tensors, parts or [[] for _ in inputs.tensors], strict=True):
+        if part:
+            t["Dz"] = torch.cat([t["Dz"], *part], 1)
     return inputs
 
 
