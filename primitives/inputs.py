@@ -278,18 +278,12 @@ def _compute_with_dz(
     activation) would otherwise be held through each chunk's forward and backward passes
     (the peak memory of a cold campaign)."""
     only = replace(settings, names=("Dz",))
-    parts: list[list[torch.Tensor]] = []
     with reuse_quantized_weights():  # Q_b(W) once for every chunk and the batch
-        for chunk in chunks:
-            more = _compute(model, chunk, None, only, dtype)
-            parts = parts or [[] for _ in more.tensors]
-            for part, t in zip(parts, more.tensors, strict=True):
-                part.append(t["Dz"])
-            del more
+        more = [_compute(model, chunk, None, only, dtype) for chunk in chunks]  # Dz alone
         inputs = _compute(model, x, y, settings, dtype)
-    for t, part in zip(inputs.tensors, parts or [[] for _ in inputs.tensors], strict=True):
-        if part:
-            t["Dz"] = torch.cat([t["Dz"], *part], 1)
+    for i, t in enumerate(inputs.tensors):
+        if more:
+            t["Dz"] = torch.cat([t["Dz"], *(m.tensors[i]["Dz"] for m in more)], 1)
     return inputs
 
 
