@@ -312,6 +312,23 @@ def test_a_conv_with_its_own_forward_gets_the_output_change_its_forward_makes():
     assert not torch.allclose(plain, inputs.tensors[0]["D"][0], atol=1e-3)
 
 
+def test_adaround_learns_on_the_output_of_a_conv_with_its_own_forward():
+    """AdaRound's reconstruction target and candidates run through a ``Conv2d`` subclass's
+    own forward (weight standardization), not a plain convolution of the weight."""
+    from benchmark.adaround import layer_forward
+
+    conv = build_model("user_models:standardized_net")[3]
+    x = torch.randn(4, 8, 28, 28, generator=torch.Generator().manual_seed(0))
+    w = conv.weight.detach()
+    with torch.no_grad():
+        torch.testing.assert_close(layer_forward(conv, x, w), conv(x))
+        q = w.round(decimals=1)  # another weight, as a candidate rounding is
+        torch.testing.assert_close(
+            layer_forward(conv, x, q), torch.func.functional_call(conv, {"weight": q}, (x,))
+        )
+        assert not torch.allclose(layer_forward(conv, x, w), conv._conv_forward(x, w, conv.bias))
+
+
 @pytest.mark.parametrize("factory", ["weight_norm_net", "old_weight_norm_net"])
 def test_weight_norm_layers_are_baked_into_plain_weights_and_quantized(factory, capsys):
     """Weight norm (a parametrization, or the older pre-hook) is baked into the layer's
