@@ -48,11 +48,14 @@ def bench_evaluator(
     names: tuple[str, ...] = INPUT_NAMES,
     dz_images: int | None = None,
     combine: str = "table",
+    cross: float = 1.0,
 ) -> Evaluator:
     """An ``Evaluator`` for genomes against ``bench`` (proxies over the inputs ``names``;
-    ``dz_images``: ``bench_inputs``; ``combine``: ``Evaluator``)."""
+    ``dz_images``: ``bench_inputs``; ``combine``, ``cross``: ``Evaluator``)."""
     inputs = bench_inputs(bench, calib_images, calib_seed, checkpoint, cache, names, dz_images)
-    return Evaluator.from_bench(bench, inputs, inputs.path, split_seed, combine=combine)
+    return Evaluator.from_bench(
+        bench, inputs, inputs.path, split_seed, combine=combine, cross=cross
+    )
 
 
 def campaign_evaluator(
@@ -60,8 +63,9 @@ def campaign_evaluator(
 ) -> Evaluator:
     """The evaluator a campaign of ``settings`` (``emq.evolve.CampaignSettings``) scores
     ``bench`` with: its calibration images and seed, split, inputs, ``Dz`` images and
-    combination."""
+    combination (and its cross-layer weight)."""
     return bench_evaluator(
         bench, settings.calib_images, settings.calib_seed, settings.split_seed, checkpoint,
         cache, names=settings.inputs, dz_images=settings.dz_images, combine=settings.combine,
+        cross=settings.cross,
     )  # fmt: skip

@@ -32,7 +32,16 @@ from emq import __version__
 from emq.export import export_run
 from emq.fitness import AGGREGATES, COMBINES, Evaluator, evaluate_texts
 from emq.genome import Genome, from_string, make_toolbox
-from emq.graph import canonical, dag_hash, expr_str, leaves, ops_used, prefix_names
+from emq.graph import (
+    DEFAULT_CROSS,
+    canonical,
+    check_cross,
+    dag_hash,
+    expr_str,
+    leaves,
+    ops_used,
+    prefix_names,
+)
 from emq.osp import OperationSampler
 from emq.plots import plot_campaign
 from emq.schemas import CAMPAIGN_SCHEMA, CHECKPOINT_SCHEMA, read_document
@@ -56,7 +65,7 @@ DZ_PER_CALIB = 4
 # left out of a campaign's identity when they hold it, so those folders still resume.
 LEGACY_VALUES = {
     "inputs": INPUTS_BEFORE_DZ, "init": (), "bench_agg": "mean", "combine": "table",
-    "dz_images": None,
+    "dz_images": None, "cross": 1.0,
 }  # fmt: skip
 
 LOG_FIELDS = (
@@ -99,9 +108,14 @@ class CampaignSettings:
     # (the campaigns before). ``Dz`` holds one row per image, not an activation, so more
     # images cost its computation, not memory (``emq.context.bench_inputs``).
     dz_images: int | None = 0
+    # The joint combination's cross-layer weight (``emq.graph.DEFAULT_CROSS``, chosen on the
+    # zoo by ``python -m emq.perf.joint_shrink``); 1, the full joint form, in the campaigns
+    # before 2026-12-08.
+    cross: float = DEFAULT_CROSS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", tuple(self.inputs))
+        object.__setattr__(self, "cross", check_cross(self.cross))
         if self.dz_images == 0:
             object.__setattr__(self, "dz_images", DZ_PER_CALIB * self.calib_images)
         init = fitting(LITERATURE, self.inputs) if self.init is None else self.init
@@ -159,6 +173,8 @@ def recorded_settings(
             del fields_[key]
     if "Dz" not in settings.inputs:  # Dz's images do not matter to a search without it
         fields_.pop("dz_images", None)
+    if settings.combine == "table":  # nor the joint form's weight to a search without it
+        fields_.pop("cross", None)
     return fields_
 
 
@@ -654,6 +670,7 @@ class Campaign:
             "genome": str(best),
             "genome_names": prefix_names(expr),
             "combine": combine,
+            **({"cross": self.settings.cross} if combine == "joint" else {}),
             "fitness_search": best.fitness.values[0],
             "heldout": heldout,
             "step": self.step,

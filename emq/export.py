@@ -168,18 +168,27 @@ def layer_terms(inputs: dict) -> Tensor:
         return {result}
 
 
+# the weight of the cross-layer terms (METADATA["cross"]; 1: the full joint form)
+CROSS = float(METADATA.get("cross", 1.0))
+
+
 def joint_scores(layers: list, bit_index: np.ndarray) -> np.ndarray:
     """This proxy's combination (METADATA["combine"] == "joint"): configuration scores
-    ``-|sum_l X_l[b_l]|^2`` for candidate indices ``[N, L]``, the layers' terms added before
-    the norm (its table is the diagonal; a bit-independent term counts at every bit)."""
+    ``-[(1 - CROSS) sum_l |X_l[b_l]|^2 + CROSS |sum_l X_l[b_l]|^2]`` for candidate indices
+    ``[N, L]``: the layers' terms added before the norm, their cross-layer products weighted
+    by ``CROSS`` (its table is the diagonal; a bit-independent term counts at every bit)."""
     terms = [layer_terms(t) for t in layers]
     bit_index = torch.as_tensor(np.atleast_2d(np.asarray(bit_index, dtype=np.int64)))
     if bit_index.shape[1] != len(terms):
         raise ValueError(f"configurations have {{bit_index.shape[1]}} layers, not {{len(terms)}}")
     total = torch.zeros((len(bit_index), *terms[0].shape[1:]), dtype=torch.float64)
+    diagonal = torch.zeros(len(bit_index), dtype=torch.float64)
     for layer, term in enumerate(terms):
-        total += term[bit_index[:, layer] if term.shape[0] > 1 else 0]
-    return (-torch.square(total).reshape(len(bit_index), -1).sum(1)).numpy()
+        part = term[bit_index[:, layer] if term.shape[0] > 1 else 0]
+        total += part
+        diagonal += torch.square(part).reshape(len(bit_index), -1).sum(1)
+    full = torch.square(total).reshape(len(bit_index), -1).sum(1)
+    return (-(CROSS * full + (1.0 - CROSS) * diagonal)).numpy()
 '''
 
 
@@ -219,5 +228,6 @@ def export_run(run: Path | str, out: Path | str | None = None) -> dict[str, Path
         "candidates": info.get("bench_fingerprint", {}).get("candidates"),
         "run": str(run),
         "combine": info.get("combine", "table"),
+        **({"cross": info.get("cross", 1.0)} if info.get("combine") == "joint" else {}),
     }
     return export_proxy(canonical(tree), out or run, "best_proxy", **extra)

@@ -29,6 +29,7 @@ from emq.graph import (
     SubexpressionCache,
     as_float64,
     canonical,
+    check_cross,
     evaluate,
     infer_shape,
     joint_operand,
@@ -122,6 +123,7 @@ class Evaluator:
     probe_layers: tuple[int, ...] = ()
     ship_inputs: bool = False  # pickle with the tensors (see ``portable``)
     combine: str = "table"  # ``COMBINES``
+    cross: float = 1.0  # the joint combination's cross-layer weight (``emq.graph.DEFAULT_CROSS``)
     _inputs: LayerInputs | None = field(default=None, repr=False)
     _cache: SubexpressionCache | None = field(default=None, repr=False)
 
@@ -150,6 +152,7 @@ class Evaluator:
             raise ValueError(
                 f"unknown --combine {self.combine!r}: expected one of {', '.join(COMBINES)}"
             )
+        self.cross = check_cross(self.cross)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -210,7 +213,7 @@ class Evaluator:
         """Every bench configuration's score, its layers combined as ``combine`` says
         (``table`` or ``joint``)."""
         if combine == "joint":
-            return joint_scores(expr, self.inputs, self.bit_index)
+            return joint_scores(expr, self.inputs, self.bit_index, self.cross)
         return config_scores(self.table(expr), self.bit_index)
 
     def report(
@@ -270,7 +273,7 @@ class Evaluator:
         ``fitness_joint``); the better one is the fitness (the table on a tie), and the
         fingerprint is of both rankings."""
         try:
-            scores = joint_scores(expr, self.inputs, self.bit_index)
+            scores = joint_scores(expr, self.inputs, self.bit_index, self.cross)
         except (ShapeError, RuntimeError, ValueError):
             return
         joint = self.fitness_of_scores(scores)

@@ -489,6 +489,24 @@ def score_table(
 # the table's ``-sum_l |X_l[b_l]|^2`` is its diagonal). No score table expresses it, so the
 # allocators keep the table; ``emq score`` ranks configurations with it.
 JOINT_BLOCK = 1 << 22  # elements of one block of summed configurations (32 MB in float64)
+# The weight of the cross-layer terms in the joint combination: a configuration's score is
+# ``-[(1 - a) sum_l |X_l|^2 + a |sum_l X_l|^2]`` = ``-(diagonal + a * cross terms)``; ``a =
+# 1`` the joint form, ``a = 0`` the per-layer table. The cross terms assume the layers'
+# changes add linearly, which is where the joint form loses (``emq.perf.joint_linearity``);
+# ``python -m emq.perf.joint_shrink`` (README, "Shrinking the cross terms") chose 0.75 on the
+# eight zoo models (the grid 0 / 0.25 / 0.5 / 0.75 / 1, two batch seeds), not on the examples.
+DEFAULT_CROSS = 0.75
+
+
+def check_cross(cross: float) -> float:
+    """``cross`` as a float in [0, 1], or a clear error."""
+    value = float(cross)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"the cross-layer weight must be in [0, 1] (0: the per-layer table, 1: the full "
+            f"joint form), got {cross!r}"
+        )
+    return value
 
 
 def joint_operand(expr: Expr) -> Expr:
@@ -540,9 +558,11 @@ def joint_gram(expr: Expr, inputs: LayerInputs) -> np.ndarray:
     return gram.numpy()
 
 
-def gram_scores(gram: np.ndarray, bit_index: np.ndarray) -> np.ndarray:
+def gram_scores(gram: np.ndarray, bit_index: np.ndarray, cross: float = 1.0) -> np.ndarray:
     """Joint scores ``-sum_{l, m} G[l, b_l, m, b_m]`` of configurations ``bit_index [N, L]``
-    from a ``joint_gram`` ``G [L, B, L, B]``, a block of configurations at a time."""
+    from a ``joint_gram`` ``G [L, B, L, B]``, a block of configurations at a time; the terms
+    ``l != m`` weighted by ``cross`` (``DEFAULT_CROSS``)."""
+    cross = check_cross(cross)
     gram = np.asarray(gram, dtype=np.float64)
     layers, bits = gram.shape[:2]
     bit_index = np.asarray(bit_index, dtype=np.int64)
@@ -554,14 +574,22 @@ def gram_scores(gram: np.ndarray, bit_index: np.ndarray) -> np.ndarray:
     out = np.empty(len(rows), dtype=np.float64)
     for start in range(0, len(rows), block):
         r = rows[start : start + block]
-        out[start : start + len(r)] = -flat[r[:, :, None], r[:, None, :]].sum((1, 2))
+        full = flat[r[:, :, None], r[:, None, :]].sum((1, 2))
+        if cross != 1.0:
+            diagonal = flat[r, r].sum(1)
+            full = cross * full + (1.0 - cross) * diagonal
+        out[start : start + len(r)] = -full
     return out
 
 
-def joint_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.ndarray:
+def joint_scores(
+    expr: Expr, inputs: LayerInputs, bit_index: np.ndarray, cross: float = 1.0
+) -> np.ndarray:
     """Scores ``-|sum_l X_l[b_l]|^2`` of configurations ``bit_index [N, L]`` (candidate
     indices) for a proxy ``revert(sq_norm(X))``, in float64, a block of configurations at a
-    time; a bit-independent ``X_l`` (bit axis 1) counts at every bit."""
+    time; a bit-independent ``X_l`` (bit axis 1) counts at every bit. With ``cross < 1``:
+    ``-[(1 - cross) sum_l |X_l[b_l]|^2 + cross |sum_l X_l[b_l]|^2]`` (``DEFAULT_CROSS``)."""
+    cross = check_cross(cross)
     bit_index = np.asarray(bit_index, dtype=np.int64)
     if bit_index.ndim != 2 or bit_index.shape[1] != inputs.num_layers:
         raise ValueError(
@@ -575,9 +603,16 @@ def joint_scores(expr: Expr, inputs: LayerInputs, bit_index: np.ndarray) -> np.n
     for start in range(0, len(bit_index), block):
         rows = torch.from_numpy(bit_index[start : start + block])
         total = torch.zeros((len(rows), *shape), dtype=torch.float64)
+        diagonal = torch.zeros(len(rows), dtype=torch.float64)
         for layer, term in enumerate(terms):
-            total += term[rows[:, layer] if term.shape[0] > 1 else torch.zeros_like(rows[:, 0])]
-        out[start : start + len(rows)] = -torch.square(total).reshape(len(rows), -1).sum(1)
+            part = term[rows[:, layer] if term.shape[0] > 1 else torch.zeros_like(rows[:, 0])]
+            total += part
+            if cross != 1.0:
+                diagonal += torch.square(part).reshape(len(rows), -1).sum(1)
+        full = torch.square(total).reshape(len(rows), -1).sum(1)
+        if cross != 1.0:
+            full = cross * full + (1.0 - cross) * diagonal
+        out[start : start + len(rows)] = -full
     release_heap()
     return out
 

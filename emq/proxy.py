@@ -17,6 +17,7 @@ from emq.genome import from_names
 from emq.graph import (
     Expr,
     canonical,
+    check_cross,
     expr_str,
     joint_gram,
     joint_operand,
@@ -53,18 +54,21 @@ class ProxyScorer:
 
     ``combine``: how ``emq score`` combines the layers of a configuration - ``"table"``,
     the sum of the table's entries; ``"joint"``, the layers' terms added before the norm
-    (``emq.graph.joint_scores``; only for a proxy ``revert(sq_norm(X))``). The allocators
-    take the table either way.
+    (``emq.graph.joint_scores``; only for a proxy ``revert(sq_norm(X))``), its cross-layer
+    terms weighted by ``cross`` (1 in a document without the field, as before the field).
+    The allocators take the table either way.
     """
 
     name: str
     expr: Expr
     measured: bool = False
     combine: str = "table"
+    cross: float = 1.0
 
     def __post_init__(self):
         if self.combine not in COMBINES:
             raise ValueError(f"combine must be one of {', '.join(COMBINES)}, not {self.combine!r}")
+        object.__setattr__(self, "cross", check_cross(self.cross))
         if self.combine == "joint":
             joint_operand(self.expr)  # a clear error for a proxy of another form
 
@@ -89,7 +93,7 @@ class ProxyScorer:
         """Scores of configurations ``bit_index [N, L]`` on ``ctx``, combined as ``combine``
         says."""
         if self.joint:
-            return joint_scores(self.expr, ctx.inputs, bit_index)
+            return joint_scores(self.expr, ctx.inputs, bit_index, self.cross)
         return config_scores(self(ctx), bit_index)
 
     def gram(self, ctx: ScoreContext) -> np.ndarray:
@@ -131,10 +135,12 @@ def load_proxy_document(doc: dict, source: str = "proxy") -> ProxyScorer:
         raise type(exc)(f"{source}: field 'genome': {exc}") from None
     try:
         return ProxyScorer(
-            str(doc.get("name", source)), canonical(tree), combine=doc.get("combine", "table")
-        )
+            str(doc.get("name", source)), canonical(tree), combine=doc.get("combine", "table"),
+            cross=doc.get("cross", 1.0),
+        )  # fmt: skip
     except ValueError as exc:
-        raise ValueError(f"{source}: field 'combine': {exc}") from None
+        field = "cross" if "cross-layer" in str(exc) else "combine"
+        raise ValueError(f"{source}: field '{field}': {exc}") from None
 
 
 def _read_best(path: Path, doc: dict | None = None) -> dict:
@@ -163,5 +169,5 @@ def best_proxy(path: Path, doc: dict | None = None) -> ProxyScorer:
     """The proxy of a campaign's ``best.json`` (its canonical genome is under genome_names)."""
     info = _read_best(path, doc)
     proxy = {"format": FORMAT, "format_version": FORMAT_VERSION, "genome": info["genome_names"],
-             "combine": info.get("combine", "table")}  # fmt: skip
+             "combine": info.get("combine", "table"), "cross": info.get("cross", 1.0)}  # fmt: skip
     return load_proxy_document(proxy, f"best proxy file {path}")

@@ -67,6 +67,13 @@ COMBINE = {
     "scores, the default) or 'joint' (for revert(sq_norm(X)): the layers' X added before "
     "the norm)",
 }
+CROSS = {
+    "type": "number",
+    "minimum": 0,
+    "maximum": 1,
+    "description": "the joint combination's weight of the cross-layer terms, in [0, 1] (1, "
+    "the full joint form, when absent)",
+}
 PROXY_SCHEMA = {
     "type": "object",
     "description": f"an EMQ proxy file ({{'format': '{PROXY_FORMAT}', 'genome': [...], ...}})",
@@ -83,6 +90,7 @@ PROXY_SCHEMA = {
         "formula": FORMULA,
         "inputs": {"type": "array", "items": NAME, "maxItems": 64},
         "combine": COMBINE,
+        "cross": CROSS,
     },
 }
 
@@ -111,6 +119,7 @@ CAMPAIGN_SETTINGS = {
         "bench_agg": text(32, "a bench aggregate name"),
         "combine": {"enum": ["table", "auto"]},
         "dz_images": integer(1, 100_000, "an integer >= 1"),
+        "cross": CROSS,
     },
 }
 
@@ -246,6 +255,7 @@ BEST_SCHEMA = {
         "genome": FORMULA,
         "genome_names": GENOME_NAMES,
         "combine": COMBINE,
+        "cross": CROSS,
         "fitness_search": FITNESS,
         "heldout": REPORT,
         "step": COUNT,

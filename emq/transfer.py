@@ -211,7 +211,7 @@ def run_transfer(
             "fingerprints": [benches[m].fingerprint for m in models],
             # (fields added since the first plans are left out at their old values)
             "settings": json.loads(json.dumps(
-                recorded_settings(settings, ("combine", "dz_images")), default=list)),
+                recorded_settings(settings, ("combine", "dz_images", "cross")), default=list)),
             "inputs_version": INPUTS_VERSION}  # fmt: skip
     keep_plan(
         out / "transfer-plan.json", plan,
@@ -244,6 +244,7 @@ def run_transfer(
                     {
                         "left_out": left, "seed": seed, "formula": summary["formula"],
                         "combine": summary["combine"],
+                        **({"cross": summary["cross"]} if "cross" in summary else {}),
                         "fitness_search": summary["fitness_search"], **clean(report),
                     },
                 )  # fmt: skip

@@ -314,6 +314,9 @@ bad_proxies = st.one_of(
     st.sampled_from(["name", "formula"]).map(lambda k: _set(PROXY, (k,), [1, 2])),
     json_values.filter(lambda v: v not in ("table", "joint")).map(
         lambda v: _set(PROXY, ("combine",), v)),
+    json_values.filter(
+        lambda v: isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1
+    ).map(lambda v: _set(PROXY, ("cross",), v)),
     st.just(_set(PROXY, ("genome",), ["sq_norm", "Dz"])),  # joint needs revert(sq_norm(X))
     st.just(_dump(_set(PROXY, ("fitness",), "__NaN__"))),
     bad_file_texts,

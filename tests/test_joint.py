@@ -27,6 +27,7 @@ from emq.cli import main
 from emq.export import export_proxy
 from emq.genome import from_string
 from emq.graph import (
+    DEFAULT_CROSS,
     canonical,
     gram_scores,
     joint_gram,
@@ -81,6 +82,13 @@ def test_joint_scores_add_the_layers_terms_before_the_norm(resnet_inputs):
     )
     np.testing.assert_allclose(got, diagonal - 2 * cross, rtol=1e-9)
     assert not np.allclose(got, diagonal, rtol=1e-3)  # the cross terms are not negligible
+    # a cross-layer weight a: the diagonal and a times the cross terms (0: the table)
+    for a in (0.0, 0.75):
+        shrunk = joint_scores(FISHER, resnet_inputs, configs, a)
+        np.testing.assert_allclose(shrunk, diagonal - 2 * a * cross, rtol=1e-9)
+    assert np.array_equal(joint_scores(FISHER, resnet_inputs, configs, 1.0), got)
+    with pytest.raises(ValueError, match=r"cross-layer weight must be in \[0, 1\]"):
+        joint_scores(FISHER, resnet_inputs, configs, 1.5)
 
 
 def test_the_joint_form_is_the_configurations_second_order_output_kl(
@@ -165,11 +173,11 @@ def test_the_exported_default_proxy_scores_jointly_like_the_engine(tmp_path, res
     spec = importlib.util.spec_from_file_location("joint_export", tmp_path / "out/true_fisher.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.METADATA["combine"] == "joint"
+    assert module.METADATA["combine"] == "joint" and module.CROSS == DEFAULT_CROSS == 0.75
     configs = np.random.default_rng(2).integers(0, len(BITS), size=(30, 20))
     np.testing.assert_allclose(
         module.joint_scores(resnet_inputs.tensors, configs),
-        joint_scores(FISHER, resnet_inputs, configs),
+        joint_scores(FISHER, resnet_inputs, configs, DEFAULT_CROSS),
         rtol=1e-12,
     )
     table = module.score_table(resnet_inputs.tensors, len(BITS))
@@ -190,6 +198,25 @@ def test_score_combine_on_a_baseline_is_one_clear_line(capsys):
              "--configs", ",".join(["8"] * 8)], capsys, "hawq_v3", "per layer")  # fmt: skip
 
 
+def test_score_cross_on_a_scorer_that_is_not_joint_is_one_clear_line(capsys):
+    refused(["score", "--model", "vgg", "--proxy", "hawq_v3", "--cross", "0.5",
+             "--configs", ",".join(["8"] * 8)], capsys, "--cross 0.5", "jointly")  # fmt: skip
+    refused(["score", "--model", "vgg", "--cross", "1.5", "--configs", ",".join(["8"] * 8)],
+            capsys, "--cross", "[0, 1]")  # fmt: skip
+
+
+def test_a_proxy_files_cross_weight_is_read_and_checked():
+    """``cross`` in a proxy file: the shipped default's 0.75; absent, 1 (files written before
+    the field); outside [0, 1], one clear error naming the field."""
+    assert resolve_scorer("default").cross == DEFAULT_CROSS
+    doc = {"format": "emq-proxy", "format_version": 1, "genome": prefix_names(FISHER),
+           "combine": "joint"}  # fmt: skip
+    assert load_proxy_document(doc).cross == 1.0
+    assert load_proxy_document({**doc, "cross": 0.25}).cross == 0.25
+    with pytest.raises(ValueError, match="cross"):
+        load_proxy_document({**doc, "cross": 2})
+
+
 def test_combine_can_be_switched_on_a_proxy():
     joint = replace(resolve_scorer("default"), combine="table")
     assert not joint.joint
@@ -202,9 +229,12 @@ def test_the_gram_gives_the_joint_scores_and_the_table_on_its_diagonal(resnet_in
     layers, bits = resnet_inputs.num_layers, len(BITS)
     assert gram.shape == (layers, bits, layers, bits)
     configs = np.random.default_rng(3).integers(0, bits, size=(40, layers))
-    np.testing.assert_allclose(
-        gram_scores(gram, configs), joint_scores(FISHER, resnet_inputs, configs), rtol=1e-9
-    )
+    for cross in (1.0, 0.75, 0.0):
+        np.testing.assert_allclose(
+            gram_scores(gram, configs, cross),
+            joint_scores(FISHER, resnet_inputs, configs, cross),
+            rtol=1e-9,
+        )
     diagonal = -np.einsum("lblb->lb", gram)
     np.testing.assert_allclose(diagonal, score_table(FISHER, resnet_inputs), rtol=1e-12)
 

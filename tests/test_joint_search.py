@@ -18,7 +18,7 @@ from emq.context import bench_evaluator, bench_inputs
 from emq.evolve import DZ_PER_CALIB, INPUTS_WITHOUT_DZ, CampaignSettings, campaign_identity
 from emq.fitness import AGGREGATES, MultiEvaluator, joint_candidate
 from emq.genome import from_string
-from emq.graph import canonical, joint_scores
+from emq.graph import DEFAULT_CROSS, canonical, joint_scores
 from emq.scorers import resolve_scorer
 from emq.transfer import bench_campaign
 from primitives.inputs import InputSettings, compute_inputs
@@ -143,9 +143,12 @@ def test_a_campaign_records_exports_and_reports_the_joint_combination(tmp_path, 
     assert resolve_scorer(str(run)).combine == best["combine"]
     if best["combine"] == "joint":
         assert "def joint_scores" in (run / "best_proxy.py").read_text()
+        # with the campaign's cross-layer weight (the default 0.75), in every file
+        assert best["cross"] == proxy["cross"] == settings.cross == DEFAULT_CROSS
+        assert resolve_scorer(str(run)).cross == DEFAULT_CROSS
     # The held-out model is scored with the same combination, on all its configurations.
     (row,) = summary["heldout_models"]
-    direct = bench_evaluator(vgg, CALIB, names=NAMES, dz_images=DZ_IMAGES)
+    direct = bench_evaluator(vgg, CALIB, names=NAMES, dz_images=DZ_IMAGES, cross=settings.cross)
     assert row["spearman@topk"] == pytest.approx(
         direct.report(e, "all", best["combine"])["spearman@topk"]
     )
@@ -168,6 +171,17 @@ def test_settings_and_run_folders_of_the_new_fields(r20, tmp_path, capsys):
         CampaignSettings(calib_images=32, dz_images=16)
     with pytest.raises(ValueError, match="unknown --combine 'sum'"):
         CampaignSettings(combine="sum")
+    # The cross-layer weight: recorded at 0.75; the joint campaigns before it (1) resume;
+    # a table campaign does not depend on it.
+    assert default.cross == DEFAULT_CROSS and ident["cross"] == DEFAULT_CROSS
+    assert "cross" not in campaign_identity(replace(default, cross=1.0), r20)["settings"]
+    assert "cross" not in campaign_identity(replace(earlier, cross=0.5), r20)["settings"]
+    with pytest.raises(ValueError, match=r"cross-layer weight must be in \[0, 1\]"):
+        CampaignSettings(cross=-0.1)
+    code = main(["evolve", "--models", "resnet20", "--run", str(tmp_path / "y"), "--steps", "0",
+                 "--cross", "1.5"])  # fmt: skip
+    assert code == 2 and "--cross" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
     code = main(["evolve", "--models", "resnet20", "--run", str(tmp_path / "x"), "--steps", "0",
                  "--calib-images", "32", "--dz-images", "16"])  # fmt: skip
     assert code == 2

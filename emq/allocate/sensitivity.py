@@ -67,6 +67,7 @@ class SensitivityTable:
     # its joint score of any allocation (``joint_scores``); None for any other source.
     gram: np.ndarray | None = field(default=None, repr=False, compare=False)
     columns: tuple[tuple[int, ...], ...] = ()  # per group, each candidate's Gram column
+    cross: float = 1.0  # the weight of the Gram's cross-layer terms (the proxy's ``cross``)
 
     def joint_scores(self, choices: Sequence[Sequence[int]]) -> np.ndarray | None:
         """The joint combination's scores (higher = expected more accurate) of allocations
@@ -77,7 +78,7 @@ class SensitivityTable:
         for row, choice in enumerate(choices):
             for g, c, cols in zip(self.groups, choice, self.columns, strict=True):
                 bit_index[row, list(g.layers)] = cols[c]
-        return gram_scores(self.gram, bit_index)
+        return gram_scores(self.gram, bit_index, self.cross)
 
     def flips(self) -> list[tuple[int, int, float]]:
         """Every ``(group, candidate, sensitivity)`` below a group's top candidate."""
@@ -321,5 +322,5 @@ def scorer_sensitivity(
     columns = tuple(tuple(c) for c in scorer_columns(groups, ctx.candidates))
     return SensitivityTable(
         tuple(groups), tuple(values), ident, time.perf_counter() - start, evaluations, hits,
-        gram, columns,
+        gram, columns, float(getattr(scorer, "cross", 1.0)),
     )  # fmt: skip

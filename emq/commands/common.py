@@ -16,6 +16,7 @@ from benchmark.lock import check_folder_path, is_lock_file
 from emq.baselines.table import split_indices
 from emq.evolve import CampaignSettings
 from emq.fitness import COMBINES
+from emq.graph import DEFAULT_CROSS
 
 CONFIG_COUNT = options.int_range(0, 1_000_000, "a number of configurations")
 POPULATION = options.int_range(4, 100_000, "a population size")
@@ -108,8 +109,18 @@ def adaround_knobs(args: argparse.Namespace) -> AdaRoundSettings:
     )  # fmt: skip
 
 
+def add_cross_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--cross``: the joint combination's weight of the cross-layer terms."""
+    parser.add_argument(
+        "--cross", type=options.float_range(0.0, 1.0, what="a weight"),
+        help="the joint combination's weight of the cross-layer terms: -[(1 - a) sum_l "
+        f"|X_l|^2 + a |sum_l X_l|^2], 1 the full joint form, 0 the per-layer table (default: "
+        f"{default})",
+    )  # fmt: skip
+
+
 def add_combine_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--combine`` and ``--dz-images`` of the commands that run campaigns."""
+    """``--combine``, ``--cross`` and ``--dz-images`` of the commands that run campaigns."""
     parser.add_argument(
         "--combine", choices=list(COMBINES),
         help="how a configuration's layers combine: 'auto' (the default: a genome "
@@ -117,6 +128,9 @@ def add_combine_arguments(parser: argparse.ArgumentParser) -> None:
         "-|sum_l X_l|^2, and keeps the better fitness) or 'table' (the sum of each "
         "genome's per-layer table, as campaigns before 2026-12-07)",
     )  # fmt: skip
+    add_cross_argument(
+        parser, f"{DEFAULT_CROSS:g}, chosen on the zoo; 1 in campaigns before 2026-12-08"
+    )
     parser.add_argument(
         "--dz-images", type=options.int_range(1, 60000, "a number of images"),
         help="images the input Dz reads (at least --calib-images; default: 4 x "

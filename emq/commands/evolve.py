@@ -129,7 +129,9 @@ def print_summary(run_folder: Path, summary: dict) -> None:
     print(f"run folder         {run_folder}")
     print(f"best proxy         {summary['formula']}")
     if summary.get("combine") == "joint":
-        print("combination        joint (the layers' terms added before the norm)")
+        cross = summary.get("cross", 1.0)
+        shrunk = f", cross-layer terms x {cross:g}" if cross != 1.0 else ""
+        print(f"combination        joint (the layers' terms added before the norm{shrunk})")
     print(f"search fitness     {summary['fitness_search']:.4f}  (Spearman@topk, search split)")
     print(f"held-out S@topk    {held['spearman@topk']:.4f}")
     print(

@@ -13,7 +13,12 @@ from benchmark import options
 from benchmark.bench import Bench
 from benchmark.factory import build_model
 from benchmark.quantizers import quantizable_layers
-from emq.commands.common import adaround_settings, add_rounding_arguments, check_rankable_split
+from emq.commands.common import (
+    adaround_settings,
+    add_cross_argument,
+    add_rounding_arguments,
+    check_rankable_split,
+)
 from emq.metrics import correlation_report
 from emq.proxy import COMBINES, ProxyScorer
 from emq.score import model_context, parse_configs, score_configs
@@ -46,14 +51,30 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "'joint' (a proxy revert(sq_norm(X)): the layers' X added before the norm); default: "
         "the proxy file's ('joint' for the default proxy; 'table' for campaigns' proxies)",
     )  # fmt: skip
+    add_cross_argument(s, "the proxy file's; 0.75 for the default proxy")
     add_rounding_arguments(s, default=None, what="the bench's, else nearest")
     s.add_argument("--json", action="store_true")
     return s
 
 
-def with_combine(scorer, combine: str | None):
-    """``scorer`` combining layers as ``combine`` says (None: as it does); a clear error for
-    a scorer that only has a table (a baseline) asked for ``joint``."""
+def with_combine(scorer, combine: str | None, cross: float | None = None):
+    """``scorer`` combining layers as ``combine`` says (None: as it does), a joint proxy's
+    cross-layer terms weighted by ``cross`` (None: as its file says); a clear error for a
+    scorer that only has a table (a baseline) asked for ``joint``, or a weight for a scorer
+    that does not combine jointly."""
+    scorer = _with_combine(scorer, combine)
+    if cross is None or cross == getattr(scorer, "cross", None):
+        return scorer
+    if not isinstance(scorer, ProxyScorer) or not scorer.joint:
+        raise ValueError(
+            f"--cross {cross:g}: {scorer.name} does not combine its layers jointly (the "
+            "weight is of a joint proxy's cross-layer terms; add --combine joint for a "
+            "proxy revert(sq_norm(X)))"
+        )
+    return replace(scorer, cross=cross)
+
+
+def _with_combine(scorer, combine: str | None):
     if combine is None or combine == getattr(scorer, "combine", "table"):
         return scorer
     if isinstance(scorer, ProxyScorer):
@@ -64,7 +85,7 @@ def with_combine(scorer, combine: str | None):
 
 
 def run(args: argparse.Namespace) -> None:
-    scorer = with_combine(resolve_scorer(args.proxy), args.combine)
+    scorer = with_combine(resolve_scorer(args.proxy), args.combine, args.cross)
     bench = Bench.open(args.bench) if args.bench else None
     cands = bench.candidates if bench else args.bits
     if args.rounding is None:
@@ -99,6 +120,7 @@ def run(args: argparse.Namespace) -> None:
     out: dict = {
         "proxy": scorer_label(scorer),
         "combine": combine,
+        **({"cross": scorer.cross} if isinstance(scorer, ProxyScorer) and scorer.joint else {}),
         "model": args.model,
         "seconds": round(time.perf_counter() - start, 3),
         "scores": [
@@ -113,6 +135,8 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(out, indent=2))
         return
     joint = "  (layers combined jointly)" if combine == "joint" else ""
+    if out.get("cross", 1.0) != 1.0:
+        joint = f"  (layers combined jointly, cross-layer terms x {out['cross']:g})"
     if combine == "joint" and getattr(scorer, "measured", False):
         joint = "  (each configuration run, all its layers quantized at once)"
     print(f"proxy   {out['proxy']}{joint}\nmodel   {args.model}  ({n_layers} layers)")

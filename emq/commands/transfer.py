@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"--models {args.models}: leave-one-out needs at least two models, "
                          "e.g. --models vgg,resnext")  # fmt: skip
     kw = {"population": args.population, "bench_agg": args.bench_agg,
-          "combine": args.combine, "dz_images": args.dz_images}  # fmt: skip
+          "combine": args.combine, "dz_images": args.dz_images, "cross": args.cross}  # fmt: skip
     if args.inputs is not None:
         kw["inputs"] = distinct_names(args.inputs, "--inputs")
     settings = campaign_settings(**kw)

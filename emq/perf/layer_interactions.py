@@ -101,8 +101,9 @@ def bench_rows(name: str, seeds: list[int], scores_of) -> list[dict]:
     return rows
 
 
-def study_main(doc: str, forms: tuple[str, ...], scores_of, default_out: str) -> None:
-    """The command line of a scoring-form study: resumable rows, then the table and means."""
+def study_main(doc: str, forms: tuple[str, ...], scores_of, default_out: str) -> list[dict]:
+    """The command line of a scoring-form study: resumable rows, then the table and means;
+    returns the rows of the models and seeds asked for."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--models", default=",".join(zoo_models_with_bench()))
     p.add_argument("--examples", default=",".join(f"examples/{n}" for n in EXAMPLES))
@@ -125,9 +126,8 @@ def study_main(doc: str, forms: tuple[str, ...], scores_of, default_out: str) ->
     print(f"S@topk / S@100 on every configuration, %, 512 images, batch seeds {args.seeds}")
     print(f"{'bench':<20} {'seed':>4}  " + "  ".join(f"{f:>13}" for f in forms))
     groups: dict[str, dict[str, list[float]]] = {"zoo": {}, "examples": {}}
+    rows = [r for r in rows if r["model"] in names and r["seed"] in seeds]
     for r in rows:
-        if r["model"] not in names or r["seed"] not in seeds:
-            continue
         cells = "  ".join(f"{r[f][0]:>6.1f} /{r[f][1]:>5.1f}" for f in forms)
         print(f"{r['model']:<20} {r['seed']:>4}  {cells}")
         group = groups["examples" if r["model"].startswith("examples/") else "zoo"]
@@ -137,6 +137,7 @@ def study_main(doc: str, forms: tuple[str, ...], scores_of, default_out: str) ->
         if group:
             means = "  ".join(f"{f} {np.mean(v):.1f}" for f, v in group.items())
             print(f"mean S@topk, {label} ({len(group[forms[0]])} rows): {means}")
+    return rows
 
 
 def interaction_scores(model: torch.nn.Module, bench: Bench, seed: int) -> dict[str, np.ndarray]:
