@@ -1,9 +1,9 @@
 """EMQ proxy, exported by emq 0.1.0. Needs only torch and numpy.
 
-Formula: revert(sq_norm(mul(mul(Dz, max_abs(sigmoid(Wq))), tanh(max_abs(exp(abssqrt(revert(Wq))))))))
+Formula: revert(sq_norm(Dz))
 
 Each layer's inputs are float32 tensors with a leading bit axis (size B for the bit-dependent
-inputs, 1 for the others): Dz (change of the logits when only this layer's weights are quantized at b, to first order, in the softmax's Fisher metric (its squared norm is the output KL to second order)), Wq (quantized weight Q_b(W)).
+inputs, 1 for the others): Dz (change of the logits when only this layer's weights are quantized at b, to first order, in the softmax's Fisher metric (its squared norm is the output KL to second order)).
 ``score_table`` evaluates the proxy once per layer on all bit options, giving ``S[l, b]``;
 a configuration's score is ``sum_l S[l, b_l]`` (higher = expected more accurate).
 This proxy combines layers jointly: ``joint_scores`` scores configurations with the layers'
@@ -32,9 +32,9 @@ def MATMUL(*shapes):
     """Shapes were checked when the proxy was screened; torch raises on a mismatch."""
 
 
-FORMULA = 'revert(sq_norm(mul(mul(Dz, max_abs(sigmoid(Wq))), tanh(max_abs(exp(abssqrt(revert(Wq))))))))'
-INPUTS = ('Dz', 'Wq')
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sq_norm(mul(mul(Dz, max_abs(sigmoid(Wq))), tanh(max_abs(exp(abssqrt(revert(Wq))))))))",\n "inputs": [\n  "Dz",\n  "Wq"\n ],\n "name": "best_proxy",\n "fitness_search": 0.851277,\n "heldout": {\n  "spearman@20%": 0.6766129032258065,\n  "spearman@50%": 0.7918523581681476,\n  "spearman@100%": 0.9322489824410846,\n  "spearman@topk": 0.8002380812783462,\n  "spearman@topk(true)": 0.8355176658703246,\n  "kendall": 0.7673627982224523\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed1",\n "combine": "joint"\n}')
+FORMULA = 'revert(sq_norm(Dz))'
+INPUTS = ('Dz',)
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sq_norm(Dz))",\n "inputs": [\n  "Dz"\n ],\n "name": "best_proxy",\n "fitness_search": 0.815423,\n "heldout": {\n  "spearman@20%": 0.7048387096774194,\n  "spearman@50%": 0.6844565960355434,\n  "spearman@100%": 0.894579029783391,\n  "spearman@topk": 0.7612914451654512,\n  "spearman@topk(true)": 0.77944239438601,\n  "kendall": 0.7173826666005987\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed1",\n "combine": "joint",\n "cross": 0.75\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -67,45 +67,14 @@ def _as_matrix(shape: Shape) -> tuple[int, int]:
     return (shape[1] if len(shape) > 1 else 1), math.prod(shape[2:])
 
 
-def _abssqrt(x: Tensor) -> Tensor:
-    """Square root of magnitude: sqrt|x|."""
-    return torch.sqrt(x.abs())
-
-
-def _exp(x: Tensor) -> Tensor:
-    """Exponential: e^x."""
-    return torch.exp(x)
-
-
-def _max_abs(x: Tensor) -> Tensor:
-    """Largest magnitude per bit slot: max |x| (the symmetric quantization range)."""
-    return _slots(x).abs().amax(dim=1)
-
-
-def _mul(x: Tensor, y: Tensor) -> Tensor:
-    """Elementwise product: x * y."""
-    x, y = _aligned(x, y)
-    return torch.mul(x, y)
-
-
 def _revert(x: Tensor) -> Tensor:
     """Negation: -x."""
     return torch.neg(x)
 
 
-def _sigmoid(x: Tensor) -> Tensor:
-    """Logistic sigmoid: 1/(1+e^-x)."""
-    return torch.sigmoid(x)
-
-
 def _sq_norm(x: Tensor) -> Tensor:
     """Sum of squares per bit slot: sum x^2 (e.g. ||W - Q_b(W)||^2)."""
     return torch.square(_slots(x)).sum(dim=1)
-
-
-def _tanh(x: Tensor) -> Tensor:
-    """Hyperbolic tangent: tanh(x)."""
-    return torch.tanh(x)
 
 
 def reduce_to_bits(out: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -130,18 +99,9 @@ def layer_scores(inputs: dict, num_bits: int) -> Tensor:
     """
     inputs = {k: torch.as_tensor(v).double() for k, v in inputs.items()}
     with torch.no_grad():
-        t0 = _sigmoid(inputs['Wq'])  # sigmoid
-        t1 = _max_abs(t0)  # max_abs
-        t2 = _mul(inputs['Dz'], t1)  # mul
-        t3 = _revert(inputs['Wq'])  # revert
-        t4 = _abssqrt(t3)  # abssqrt
-        t5 = _exp(t4)  # exp
-        t6 = _max_abs(t5)  # max_abs
-        t7 = _tanh(t6)  # tanh
-        t8 = _mul(t2, t7)  # mul
-        t9 = _sq_norm(t8)  # sq_norm
-        t10 = _revert(t9)  # revert
-        return reduce_to_bits(t10, num_bits)
+        t0 = _sq_norm(inputs['Dz'])  # sq_norm
+        t1 = _revert(t0)  # revert
+        return reduce_to_bits(t1, num_bits)
 
 
 def score_table(layers: list, num_bits: int) -> np.ndarray:
@@ -170,30 +130,31 @@ def score_bits(table: np.ndarray, configs, candidates) -> np.ndarray:
 
 
 def layer_terms(inputs: dict) -> Tensor:
-    """mul(mul(Dz, max_abs(sigmoid(Wq))), tanh(max_abs(exp(abssqrt(revert(Wq)))))) on one layer's inputs (float64), [bits or 1, ...]."""
+    """Dz on one layer's inputs (float64), [bits or 1, ...]."""
     inputs = {k: torch.as_tensor(v).double() for k, v in inputs.items()}
     with torch.no_grad():
-        t0 = _sigmoid(inputs['Wq'])  # sigmoid
-        t1 = _max_abs(t0)  # max_abs
-        t2 = _mul(inputs['Dz'], t1)  # mul
-        t3 = _revert(inputs['Wq'])  # revert
-        t4 = _abssqrt(t3)  # abssqrt
-        t5 = _exp(t4)  # exp
-        t6 = _max_abs(t5)  # max_abs
-        t7 = _tanh(t6)  # tanh
-        t8 = _mul(t2, t7)  # mul
-        return t8
+
+        return inputs['Dz']
+
+
+# the weight of the cross-layer terms (METADATA["cross"]; 1: the full joint form)
+CROSS = float(METADATA.get("cross", 1.0))
 
 
 def joint_scores(layers: list, bit_index: np.ndarray) -> np.ndarray:
     """This proxy's combination (METADATA["combine"] == "joint"): configuration scores
-    ``-|sum_l X_l[b_l]|^2`` for candidate indices ``[N, L]``, the layers' terms added before
-    the norm (its table is the diagonal; a bit-independent term counts at every bit)."""
+    ``-[(1 - CROSS) sum_l |X_l[b_l]|^2 + CROSS |sum_l X_l[b_l]|^2]`` for candidate indices
+    ``[N, L]``: the layers' terms added before the norm, their cross-layer products weighted
+    by ``CROSS`` (its table is the diagonal; a bit-independent term counts at every bit)."""
     terms = [layer_terms(t) for t in layers]
     bit_index = torch.as_tensor(np.atleast_2d(np.asarray(bit_index, dtype=np.int64)))
     if bit_index.shape[1] != len(terms):
         raise ValueError(f"configurations have {bit_index.shape[1]} layers, not {len(terms)}")
     total = torch.zeros((len(bit_index), *terms[0].shape[1:]), dtype=torch.float64)
+    diagonal = torch.zeros(len(bit_index), dtype=torch.float64)
     for layer, term in enumerate(terms):
-        total += term[bit_index[:, layer] if term.shape[0] > 1 else 0]
-    return (-torch.square(total).reshape(len(bit_index), -1).sum(1)).numpy()
+        part = term[bit_index[:, layer] if term.shape[0] > 1 else 0]
+        total += part
+        diagonal += torch.square(part).reshape(len(bit_index), -1).sum(1)
+    full = torch.square(total).reshape(len(bit_index), -1).sum(1)
+    return (-(CROSS * full + (1.0 - CROSS) * diagonal)).numpy()

@@ -34,7 +34,7 @@ def MATMUL(*shapes):
 
 FORMULA = 'revert(sq_norm(Dz))'
 INPUTS = ('Dz',)
-METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sq_norm(Dz))",\n "inputs": [\n  "Dz"\n ],\n "name": "best_proxy",\n "fitness_search": 0.821784,\n "heldout": {\n  "spearman@20%": 0.7125000000000001,\n  "spearman@50%": 0.6434996582365003,\n  "spearman@100%": 0.8864559833185511,\n  "spearman@topk": 0.747485213851684,\n  "spearman@topk(true)": 0.7770011591401249,\n  "kendall": 0.7073159969806495\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed2",\n "combine": "joint"\n}')
+METADATA = json.loads('{\n "format": "emq-proxy",\n "format_version": 1,\n "library_version": "0.1.0",\n "formula": "revert(sq_norm(Dz))",\n "inputs": [\n  "Dz"\n ],\n "name": "best_proxy",\n "fitness_search": 0.815423,\n "heldout": {\n  "spearman@20%": 0.7048387096774194,\n  "spearman@50%": 0.6844565960355434,\n  "spearman@100%": 0.894579029783391,\n  "spearman@topk": 0.7612914451654512,\n  "spearman@topk(true)": 0.77944239438601,\n  "kendall": 0.7173826666005987\n },\n "bench_fingerprint": {\n  "schema_version": 1,\n  "model": "resnet20",\n  "model_fingerprint": "a2ecc0ace272675f",\n  "data_fingerprint": "9f1ec356a747bfe4",\n  "quantizer": {\n   "weights": "per-channel symmetric narrow-range, MSE clipping",\n   "activations": "per-tensor asymmetric, min/max calibration",\n   "clip_grid": 100,\n   "calib_images": 512,\n   "calib_seed": 0,\n   "rounding": "nearest"\n  },\n  "candidates": [\n   2,\n   3,\n   4,\n   8\n  ],\n  "act_bits": 8,\n  "sample_seed": 0\n },\n "candidates": [\n  2,\n  3,\n  4,\n  8\n ],\n "run": "runs/zoo-seed2",\n "combine": "joint",\n "cross": 0.75\n}')
 
 
 def _slots(x: Tensor) -> Tensor:
@@ -137,15 +137,24 @@ def layer_terms(inputs: dict) -> Tensor:
         return inputs['Dz']
 
 
+# the weight of the cross-layer terms (METADATA["cross"]; 1: the full joint form)
+CROSS = float(METADATA.get("cross", 1.0))
+
+
 def joint_scores(layers: list, bit_index: np.ndarray) -> np.ndarray:
     """This proxy's combination (METADATA["combine"] == "joint"): configuration scores
-    ``-|sum_l X_l[b_l]|^2`` for candidate indices ``[N, L]``, the layers' terms added before
-    the norm (its table is the diagonal; a bit-independent term counts at every bit)."""
+    ``-[(1 - CROSS) sum_l |X_l[b_l]|^2 + CROSS |sum_l X_l[b_l]|^2]`` for candidate indices
+    ``[N, L]``: the layers' terms added before the norm, their cross-layer products weighted
+    by ``CROSS`` (its table is the diagonal; a bit-independent term counts at every bit)."""
     terms = [layer_terms(t) for t in layers]
     bit_index = torch.as_tensor(np.atleast_2d(np.asarray(bit_index, dtype=np.int64)))
     if bit_index.shape[1] != len(terms):
         raise ValueError(f"configurations have {bit_index.shape[1]} layers, not {len(terms)}")
     total = torch.zeros((len(bit_index), *terms[0].shape[1:]), dtype=torch.float64)
+    diagonal = torch.zeros(len(bit_index), dtype=torch.float64)
     for layer, term in enumerate(terms):
-        total += term[bit_index[:, layer] if term.shape[0] > 1 else 0]
-    return (-torch.square(total).reshape(len(bit_index), -1).sum(1)).numpy()
+        part = term[bit_index[:, layer] if term.shape[0] > 1 else 0]
+        total += part
+        diagonal += torch.square(part).reshape(len(bit_index), -1).sum(1)
+    full = torch.square(total).reshape(len(bit_index), -1).sum(1)
+    return (-(CROSS * full + (1.0 - CROSS) * diagonal)).numpy()
