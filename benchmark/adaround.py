@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -47,6 +46,7 @@ from benchmark.quantizers import (
     CLIP_GRID,
     NearestQuantizer,
     WeightQuantizer,
+    layer_forward,
     mse_weight_scales,
     quantizable_layers,
     state_fingerprint,
@@ -111,26 +111,6 @@ def init_v(w_over_s: torch.Tensor) -> torch.Tensor:
     """``V`` with ``h(V)`` equal to the fractional part of ``W / s`` (AdaRound's init)."""
     rest = (w_over_s - torch.floor(w_over_s)).clamp(1e-4, 1 - 1e-4)
     return -torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)
-
-
-def layer_forward(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``layer``'s output on ``x`` with ``weight`` in place of its own (conv or linear).
-
-    A ``Conv2d`` / ``Linear`` subclass with its own ``forward`` (weight standardization, a
-    scaled weight, ...) is run through that forward with ``weight``: its output is not the
-    plain convolution of the weight, and the rounding is learned on what the layer computes.
-    """
-    if isinstance(layer, nn.Conv2d):
-        base = nn.Conv2d
-    elif isinstance(layer, nn.Linear):
-        base = nn.Linear
-    else:
-        raise TypeError(f"AdaRound supports Conv2d and Linear layers, not {type(layer).__name__}")
-    if type(layer).forward is not base.forward:
-        return torch.func.functional_call(layer, {"weight": weight}, (x,))
-    if base is nn.Conv2d:
-        return layer._conv_forward(x, weight, layer.bias)
-    return F.linear(x, weight, layer.bias)
 
 
 def rounded_weight(w: torch.Tensor, scale: torch.Tensor, qmax: int, up: torch.Tensor):

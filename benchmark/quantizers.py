@@ -66,6 +66,26 @@ def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return layers
 
 
+def has_own_forward(layer: nn.Module) -> bool:
+    """Whether a ``Conv2d`` / ``Linear`` (subclass) computes its output in its own
+    ``forward`` (weight standardization, a scaled weight, ...), not as the plain linear map
+    of its weight."""
+    base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+    return type(layer).forward is not base.forward
+
+
+def layer_forward(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``layer``'s output on ``x`` with ``weight`` in place of its own (conv or linear); a
+    layer with its own forward (``has_own_forward``) is run through it with ``weight``."""
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise TypeError(f"only Conv2d and Linear layers are quantized, not {type(layer).__name__}")
+    if has_own_forward(layer):
+        return torch.func.functional_call(layer, {"weight": weight}, (x,))
+    if isinstance(layer, nn.Conv2d):
+        return layer._conv_forward(x, weight, layer.bias)
+    return torch.nn.functional.linear(x, weight, layer.bias)
+
+
 def weight_qrange(bits: int) -> int:
     """Largest integer level of the narrow symmetric range at ``bits``."""
     if bits not in SUPPORTED_BITS:

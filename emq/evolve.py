@@ -30,7 +30,7 @@ from benchmark.cluster import check_workers, package_version, pool, workers_can_
 from benchmark.lock import exclusive, is_lock_file, run_folder_lock
 from emq import __version__
 from emq.export import export_run
-from emq.fitness import AGGREGATES, COMBINES, Evaluator, evaluate_texts
+from emq.fitness import AGGREGATES, Evaluator, check_combine, evaluate_texts
 from emq.genome import Genome, from_string, make_toolbox
 from emq.graph import (
     DEFAULT_CROSS,
@@ -145,10 +145,7 @@ class CampaignSettings:
             raise ValueError(
                 f"unknown --bench-agg {self.bench_agg!r}: expected one of {', '.join(AGGREGATES)}"
             )
-        if self.combine not in COMBINES:
-            raise ValueError(
-                f"unknown --combine {self.combine!r}: expected one of {', '.join(COMBINES)}"
-            )
+        check_combine(self.combine)
         if self.dz_images is not None and self.dz_images < self.calib_images:
             raise ValueError(
                 f"--dz-images {self.dz_images} is below --calib-images {self.calib_images}: "

@@ -59,6 +59,13 @@ COMBINES = ("table", "auto")
 JOINT_MAX_ELEMENTS = 1 << 16
 
 
+def check_combine(combine: str) -> str:
+    """``combine`` if it is one of ``COMBINES``, or a clear error."""
+    if combine not in COMBINES:
+        raise ValueError(f"unknown --combine {combine!r}: expected one of {', '.join(COMBINES)}")
+    return combine
+
+
 def joint_candidate(expr: Expr, shapes: list[dict[str, tuple[int, ...]]]) -> bool:
     """Whether ``expr`` can be combined jointly on inputs of these per-layer ``shapes``: a
     proxy ``revert(sq_norm(X))`` whose ``X`` depends on the bit-width and has one shape, of
@@ -148,10 +155,7 @@ class Evaluator:
         return ev
 
     def __post_init__(self) -> None:
-        if self.combine not in COMBINES:
-            raise ValueError(
-                f"unknown --combine {self.combine!r}: expected one of {', '.join(COMBINES)}"
-            )
+        check_combine(self.combine)
         self.cross = check_cross(self.cross)
 
     def __getstate__(self) -> dict:
@@ -519,16 +523,11 @@ class MultiEvaluator:
                         "bench_fingerprints": [r and r["fingerprint"] for r in results],
                         "seconds": time.perf_counter() - start,
                     }  # fmt: skip
-
-        def in_bench_order(values: list[float]) -> list[float]:
-            order = self.order()
-            return [values[order.index(i)] for i in range(len(self.parts))]
-
-        fits, combine = in_bench_order(done), "table"
+        fits, combine = [r.get("fitness_table", r["fitness"]) for r in results], "table"
         fitness = round(float(AGGREGATES[self.agg](fits)), FITNESS_DIGITS)
         out: dict = {}
         if joint is not None:
-            joint_fits = in_bench_order(joint)
+            joint_fits = [r["fitness_joint"] for r in results]
             joint_fitness = round(float(AGGREGATES[self.agg](joint_fits)), FITNESS_DIGITS)
             out = {"fitness_table": fitness, "fitness_joint": joint_fitness}
             if joint_fitness > fitness:  # the table on a tie

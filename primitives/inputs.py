@@ -42,6 +42,7 @@ from benchmark.ptq import (
     quantizable_layers,
     state_fingerprint,
 )
+from benchmark.quantizers import has_own_forward, layer_forward
 
 CACHE_VERSION = 3  # 3: computed in float64; 2: computed in float32, mapped float64; 1: .npz
 INPUT_DOCS = {
@@ -165,11 +166,9 @@ def _output_change(module: nn.Module, x: torch.Tensor, q: torch.Tensor, w: torch
     A ``Conv2d`` / ``Linear`` subclass with its own ``forward`` (weight standardization,
     a scaled weight, ...) is run as it is, with each weight: its output is not the plain
     linear map of the weight."""
-    base = nn.Conv2d if isinstance(module, nn.Conv2d) else nn.Linear
-    if type(module).forward is base.forward:
+    if not has_own_forward(module):
         return _linear_op(module, x, q - w)
-    call = torch.func.functional_call
-    return call(module, {"weight": q}, (x,)) - call(module, {"weight": w}, (x,))
+    return layer_forward(module, x, q) - layer_forward(module, x, w)
 
 
 def _virtual_gradient(folded: nn.Module, input_shape: tuple[int, ...]) -> list[torch.Tensor]:
@@ -281,8 +280,8 @@ def _compute_with_dz(
     with reuse_quantized_weights():  # Q_b(W) once for every chunk and the batch
         more = [_compute(model, chunk, None, only, dtype) for chunk in chunks]  # Dz alone
         inputs = _compute(model, x, y, settings, dtype)
-    for i, t in enumerate(inputs.tensors):
-        if more:
+    if more:
+        for i, t in enumerate(inputs.tensors):
             t["Dz"] = torch.cat([t["Dz"], *(m.tensors[i]["Dz"] for m in more)], 1)
     return inputs
 
